@@ -1,0 +1,178 @@
+"""Flowscope settings: everything that differs between machines comes from the environment."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from console.env import envbool, envfloat, envint, envlist, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("FLOWSCOPE_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = envbool("DEBUG", False)
+
+
+def _secret_key() -> str:
+    key = envstr("SECRET_KEY", "")
+    if key:
+        return key
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (make one with: python -c 'import secrets; print(secrets.token_urlsafe(50))')")
+    # A development key kept on disk, so sessions survive a restart of the demo.
+    path = VAR_DIR / "dev-secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "flows",
+    "flows.demo",
+    "tracing",
+    "console",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "console.urls"
+ASGI_APPLICATION = "console.asgi.application"
+WSGI_APPLICATION = "console.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _databases() -> dict:
+    default_url = f"sqlite:///{VAR_DIR / 'flowscope.sqlite3'}"
+    db = dj_database_url.parse(envstr("DATABASE_URL", default_url) or default_url, conn_max_age=0)
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        # Web, workers and tests share one file: WAL lets readers run beside the writer,
+        # IMMEDIATE takes the write lock up front so two writers queue instead of deadlocking.
+        db["OPTIONS"] = {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        }
+        # A file, not memory, so the Celery worker started by the tests sees the test database.
+        db["TEST"] = {"NAME": str(VAR_DIR / "test-flowscope.sqlite3")}
+    return {"default": db}
+
+
+DATABASES = _databases()
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+LOGIN_URL = "/admin/login/"
+
+# --- Redis: broker, channel layer and the engine's own keys (all prefixed "flows:") ---
+REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    },
+}
+
+# --- Celery ---
+# Late acknowledgement plus reject-on-worker-lost: a message is removed from the broker only
+# after its handler's outcome (success, retry scheduled, or dead letter) is durable.
+FLOWS_VISIBILITY_TIMEOUT = envint("FLOWS_VISIBILITY_TIMEOUT", 3600, minimum=10)
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": FLOWS_VISIBILITY_TIMEOUT}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "flows.control"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stalled-sagas": {"task": "flows.sweep_stalled_sagas", "schedule": 10.0},
+}
+
+# --- The engine ---
+# Modules that declare message types, handlers and sagas; imported when Django starts.
+FLOWS_MODULES = envlist("FLOWS_MODULES", ["flows.demo.catalog"])
+FLOWS_MAX_PAYLOAD_BYTES = envint("FLOWS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
+FLOWS_SAGA_STALL_SECONDS = envint("FLOWS_SAGA_STALL_SECONDS", 120, minimum=1)
+FLOWS_DELIVERY_TTL_SECONDS = envint("FLOWS_DELIVERY_TTL_SECONDS", 7 * 24 * 3600, minimum=60)
+FLOWS_REPLY_TTL_SECONDS = envint("FLOWS_REPLY_TTL_SECONDS", 3600, minimum=10)
+FLOWS_BACKPRESSURE_REFRESH_SECONDS = envfloat("FLOWS_BACKPRESSURE_REFRESH_SECONDS", 0.25)
+# Per-queue watermark overrides, e.g. {"invoices": {"high": 500, "low": 100, "mode": "raise"}}.
+FLOWS_BACKPRESSURE = json.loads(envstr("FLOWS_BACKPRESSURE", "{}") or "{}")
+
+# --- Production hardening: on whenever DEBUG is off, so `check --deploy` passes ---
+if not DEBUG:
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+}

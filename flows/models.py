@@ -1,0 +1,155 @@
+"""The engine's durable state: dead letters, the idempotency inbox, sagas and late replies.
+
+Per-hop records are spans (the tracing app), written in batches off the hot path; these rows
+are the writes that must not be lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class DeadLetter(models.Model):
+    class State(models.TextChoices):
+        DEAD = "dead"
+        REQUEUED = "requeued"
+        RESOLVED = "resolved"
+        DISCARDED = "discarded"
+
+    message_id = models.UUIDField()
+    message_type = models.CharField(max_length=200)
+    schema_version = models.PositiveIntegerField(default=1)
+    correlation_id = models.CharField(max_length=128, blank=True)
+    causation_id = models.CharField(max_length=128, blank=True)
+    queue = models.CharField(max_length=200)
+    consumer = models.CharField(max_length=200)
+    pattern = models.CharField(max_length=50, blank=True)
+    envelope = models.JSONField(help_text="the original envelope, as first published")
+
+    error_type = models.CharField(max_length=300)
+    error_message = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    fingerprint = models.CharField(max_length=40, help_text="exception type plus the handler's top frames")
+    poison = models.BooleanField(default=False, help_text="dead-lettered at once: it could never succeed as sent")
+    attempts = models.PositiveIntegerField()
+
+    state = models.CharField(max_length=12, choices=State.choices, default=State.DEAD)
+    series = models.PositiveIntegerField(default=0, help_text="how many times it was requeued")
+    times_dead = models.PositiveIntegerField(default=1)
+    first_dead_at = models.DateTimeField()
+    dead_at = models.DateTimeField()
+    requeued_at = models.DateTimeField(null=True, blank=True)
+    requeued_by = models.CharField(max_length=150, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    discarded_at = models.DateTimeField(null=True, blank=True)
+    discarded_by = models.CharField(max_length=150, blank=True)
+    discard_reason = models.TextField(blank=True)
+
+    saga = models.ForeignKey("SagaInstance", null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters")
+    saga_step = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["consumer", "message_id"], name="deadletter_once_per_consumer")]
+        indexes = [
+            models.Index(fields=["dead_at", "id"], name="deadletter_recent"),
+            models.Index(fields=["state", "dead_at", "id"], name="deadletter_state_recent"),
+            models.Index(fields=["fingerprint", "dead_at"], name="deadletter_group_recent"),
+            models.Index(fields=["message_type", "dead_at"], name="deadletter_type_recent"),
+            models.Index(fields=["queue", "dead_at"], name="deadletter_queue_recent"),
+            models.Index(fields=["consumer", "dead_at"], name="deadletter_consumer_recent"),
+            models.Index(fields=["correlation_id"], name="deadletter_correlation"),
+            models.Index(fields=["message_id"], name="deadletter_message"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_type} {self.message_id} at {self.consumer} ({self.state})"
+
+
+class InboxEntry(models.Model):
+    """One row per (consumer, message) an idempotent handler has applied, written in its transaction."""
+
+    consumer = models.CharField(max_length=200)
+    message_id = models.UUIDField()
+    processed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["consumer", "message_id"], name="inbox_once_per_consumer")]
+        indexes = [models.Index(fields=["processed_at"], name="inbox_age")]
+
+
+class SagaInstance(models.Model):
+    class State(models.TextChoices):
+        RUNNING = "running"
+        COMPLETED = "completed"
+        COMPENSATING = "compensating"
+        COMPENSATED = "compensated"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    saga_type = models.CharField(max_length=200)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.RUNNING)
+    current_step = models.IntegerField(default=0, help_text="the step running, or being compensated")
+    failed_step = models.IntegerField(null=True, blank=True)
+    data = models.JSONField(default=dict)
+    correlation_id = models.CharField(max_length=128)
+    headers = models.JSONField(default=dict, help_text="trace context carried to every step")
+    error = models.TextField(blank=True)
+    resumed = models.PositiveIntegerField(default=0, help_text="times the sweeper republished a stalled step")
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["state", "updated_at"], name="saga_state_age"),
+            models.Index(fields=["saga_type", "state"], name="saga_type_state"),
+            models.Index(fields=["correlation_id"], name="saga_correlation"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.saga_type} {self.id} ({self.state})"
+
+
+class SagaStep(models.Model):
+    """The saga's history: one row per step outcome, actions and compensations alike."""
+
+    class Phase(models.TextChoices):
+        ACTION = "action"
+        COMPENSATION = "compensation"
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    saga = models.ForeignKey(SagaInstance, on_delete=models.CASCADE, related_name="steps")
+    index = models.PositiveIntegerField()
+    name = models.CharField(max_length=200)
+    phase = models.CharField(max_length=12, choices=Phase.choices)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
+    message_id = models.UUIDField()
+    attempts = models.PositiveIntegerField()
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["finished_at", "id"]
+        indexes = [models.Index(fields=["saga", "finished_at"], name="sagastep_history")]
+
+
+class LateReply(models.Model):
+    """A reply that arrived after its requester stopped waiting: kept, not lost."""
+
+    request_id = models.UUIDField()
+    request_type = models.CharField(max_length=200)
+    correlation_id = models.CharField(max_length=128)
+    consumer = models.CharField(max_length=200)
+    reply = models.JSONField()
+    deadline = models.DateTimeField(null=True)
+    arrived_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["arrived_at"], name="latereply_recent")]

@@ -1,0 +1,36 @@
+"""Event fan-out: every subscriber gets its own copy on its own queue.
+
+Copies are independent deliveries, so a slow or failing subscriber holds up only itself; the
+per-event status (pending, retrying, succeeded, dead per subscriber) is kept in `deliveries`.
+"""
+
+from __future__ import annotations
+
+from flows import deliveries
+from django.db import transaction
+
+from flows.envelope import Envelope
+from flows.errors import ConfigurationError
+from flows.patterns.competing_consumers import CompetingConsumers
+from flows.publishing import publish_to
+from flows.registry import Handler, catalog
+from flows.schemas import MessageType
+
+
+class FanOut(CompetingConsumers):
+    name = "fan_out"
+    handlers_allowed = (1, None)
+
+    def check(self, mtype: MessageType, handlers: list[Handler]) -> None:
+        super().check(mtype, handlers)
+        queues = [h.queue for h in handlers]
+        if len(set(queues)) != len(queues):
+            raise ConfigurationError(f"fan_out type {mtype.name!r}: each subscriber needs a queue of its own, got {queues}")
+
+    def dispatch(self, envelope: Envelope) -> None:
+        subscribers = catalog.handlers_for(envelope.type)
+        consumers = [h.consumer for h in subscribers]
+        # Recorded on commit, like the sends, so a rolled-back event leaves no pending entries.
+        transaction.on_commit(lambda: deliveries.mark_pending(str(envelope.message_id), consumers))
+        for handler in subscribers:
+            publish_to(handler, envelope)

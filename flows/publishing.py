@@ -1,0 +1,62 @@
+"""The one way onto the broker: build an envelope, check it, apply back-pressure, send on commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from flows.backpressure import backpressure
+from flows.envelope import PATTERN, Envelope
+from flows.errors import ConfigurationError
+from flows.message import current_message
+from flows.registry import Handler, catalog
+
+
+def build_envelope(
+    message_type: str,
+    payload: dict[str, Any],
+    *,
+    schema_version: int | None = None,
+    correlation_id: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> Envelope:
+    """A new envelope, validated against its schema and the size limit.
+
+    Inside a handler the new message joins the handled one's conversation: same correlation id,
+    and the handled message as its cause.
+    """
+    mtype = catalog.message_type(message_type)
+    version = schema_version or mtype.latest
+    normalised = mtype.validate(version, payload)
+    parent = current_message.get()
+    envelope = Envelope(
+        type=message_type,
+        payload=normalised,
+        schema_version=version,
+        correlation_id=correlation_id or (parent.correlation_id if parent else ""),
+        causation_id=parent.message_id if parent else "",
+        headers={**(headers or {}), PATTERN: mtype.pattern},
+    )
+    envelope.check_size()
+    return envelope
+
+
+def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None = None, admit: bool = True) -> None:
+    """Send `envelope` to one handler's queue.
+
+    Inside a database transaction the send waits for the commit, so a rolled-back transaction
+    publishes nothing; back-pressure is applied now, so the producer feels it at once.
+    """
+    if countdown is not None and countdown > settings.FLOWS_VISIBILITY_TIMEOUT / 2:
+        raise ConfigurationError(
+            f"a delay of {countdown:g}s exceeds half the broker visibility timeout ({settings.FLOWS_VISIBILITY_TIMEOUT}s): "
+            "the broker would hand the message to a second worker"
+        )
+    if admit:
+        backpressure.admit(handler.queue)
+    from flows.tasks import deliver
+
+    args = [envelope.to_dict(), handler.consumer]
+    transaction.on_commit(lambda: deliver.apply_async(args=args, queue=handler.queue, countdown=countdown))

@@ -1,0 +1,22 @@
+"""The engine's Redis client: one connection pool per process (redis-py resets it after fork)."""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+from django.conf import settings
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
+
+
+def get_redis() -> redis.Redis:
+    return _client(settings.REDIS_URL)
+
+
+def key(*parts: str) -> str:
+    """Every key the engine owns starts with "flows:", so tests and operators can find them."""
+    return "flows:" + ":".join(parts)

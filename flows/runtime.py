@@ -1,0 +1,159 @@
+"""The worker side of every pattern: one delivery of one message to one handler.
+
+    extract -> schema (upcast + validate) -> duplicate check -> handler -> pattern hooks
+      ok        -> after_success (reply, status), close a requeued dead letter
+      failure   -> retry with backoff, attempt n of N
+      exhausted -> the pattern's say (saga compensation), else a dead letter
+      poison    -> straight to the dead letters, no retries
+
+The outcome is durable before this returns, and the broker message is acknowledged only after
+it returns (late ack), so a worker killed anywhere in here loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+
+from flows.deadletters import dead_letter_record, dead_letter_resolve, original_envelope
+from flows.envelope import ATTEMPT, PATTERN, REQUEUE_OF, SAGA_ID, SAGA_STEP, SERIES, Envelope
+from flows.errors import EnvelopeError, PoisonMessage, StaleTransition
+from flows.idempotency import duplicate_count, inbox_claim
+from flows.message import Message, current_message
+from flows.patterns import PATTERNS, Pattern, get_pattern
+from flows.publishing import publish_to
+from flows.registry import catalog
+from flows.stats import counters
+
+log = logging.getLogger(__name__)
+
+OK, RETRY, DEAD, DUPLICATE, HANDLED = "ok", "retry", "dead", "duplicate", "handled"
+
+
+def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
+    """Process one delivery; returns the outcome (ok, retry, dead, duplicate or handled)."""
+    try:
+        handler = catalog.handler(consumer) if isinstance(consumer, str) else None
+    except LookupError:
+        handler = None
+    if handler is None:
+        outcome = _dead_on_arrival(raw, consumer=str(consumer)[:200], queue="", exc=PoisonMessage(f"no handler is registered as consumer {consumer!r}"))
+        counters.add("unknown", str(consumer)[:200], outcome)
+        return outcome
+    try:
+        envelope = Envelope.from_dict(raw)
+    except EnvelopeError as exc:
+        outcome = _dead_on_arrival(raw, consumer=handler.consumer, queue=handler.queue, exc=exc)
+        counters.add("unknown", handler.consumer, outcome)
+        return outcome
+
+    message = Message(envelope=envelope, payload=envelope.payload, handler=handler, worker=worker)
+    pattern_name = _declared_pattern(envelope)
+    token = current_message.set(message)
+    try:
+        try:
+            pattern = get_pattern(envelope.header(PATTERN) or catalog.message_type(envelope.type).pattern)
+            payload = _read_payload(message)
+        except (PoisonMessage, LookupError) as exc:
+            outcome = _give_up(message, get_pattern(pattern_name), exc, poison=True)
+        else:
+            message = Message(envelope=envelope, payload=payload, handler=handler, worker=worker)
+            current_message.set(message)
+            outcome = _run(message, pattern)
+    finally:
+        current_message.reset(token)
+    counters.add(pattern_name, handler.consumer, outcome)
+    return outcome
+
+
+def _declared_pattern(envelope: Envelope) -> str:
+    name = envelope.header(PATTERN)
+    return name if isinstance(name, str) and name in PATTERNS else "fire_and_forget"
+
+
+def _read_payload(message: Message) -> dict[str, Any]:
+    envelope, handler = message.envelope, message.handler
+    if envelope.type != handler.message_type:
+        raise PoisonMessage(f"consumer {handler.consumer!r} handles {handler.message_type!r}, not {envelope.type!r}")
+    mtype = catalog.message_type(envelope.type)
+    return mtype.read(envelope.schema_version, envelope.payload, target=handler.target_version(mtype))
+
+
+def _run(message: Message, pattern: Pattern) -> str:
+    handler = message.handler
+    try:
+        if not pattern.should_process(message):
+            duplicate_count(handler.consumer)
+            return DUPLICATE
+        if handler.idempotent or pattern.transactional:
+            with transaction.atomic():
+                if handler.idempotent and not inbox_claim(consumer=handler.consumer, message_id=message.message_id):
+                    duplicate_count(handler.consumer)
+                    return DUPLICATE
+                result = handler.fn(message)
+                pattern.on_success(message, result)
+                _resolve_requeue(message)
+        else:
+            result = handler.fn(message)
+            pattern.on_success(message, result)
+            _resolve_requeue(message)
+    except StaleTransition:
+        duplicate_count(handler.consumer)
+        return DUPLICATE
+    except PoisonMessage as exc:
+        return _give_up(message, pattern, exc, poison=True)
+    except Exception as exc:
+        if message.attempt < handler.max_attempts:
+            return _retry(message, pattern, exc)
+        return _give_up(message, pattern, exc, poison=False)
+    pattern.after_success(message, result)
+    return OK
+
+
+def _resolve_requeue(message: Message) -> None:
+    requeue_of, series = message.envelope.header(REQUEUE_OF), message.envelope.header(SERIES)
+    if isinstance(requeue_of, int) and isinstance(series, int):
+        dead_letter_resolve(dead_letter_id=requeue_of, series=series)
+
+
+def _retry(message: Message, pattern: Pattern, exc: Exception) -> str:
+    handler = message.handler
+    delay = handler.backoff.delay(message.attempt)
+    log.info("%s %s attempt %d/%d failed (%s: %s); retrying in %.2fs", handler.consumer, message.message_id, message.attempt, handler.max_attempts, type(exc).__name__, exc, delay)
+    # Retries skip back-pressure: refusing one would lose the message it carries.
+    publish_to(handler, message.envelope.with_headers(**{ATTEMPT: message.attempt + 1}), countdown=delay, admit=False)
+    pattern.on_retry(message, exc, delay)
+    return RETRY
+
+
+def _give_up(message: Message, pattern: Pattern, exc: BaseException, *, poison: bool) -> str:
+    envelope, handler = message.envelope, message.handler
+    log.warning("%s %s gave up after attempt %d (%s: %s)", handler.consumer, message.message_id, message.attempt, type(exc).__name__, exc)
+    with transaction.atomic():
+        if pattern.on_exhausted(message, exc):
+            return HANDLED
+        series = envelope.header(SERIES)
+        saga_step = envelope.header(SAGA_STEP)
+        dead_letter_record(
+            envelope=original_envelope(envelope),
+            consumer=handler.consumer,
+            queue=handler.queue,
+            exc=exc,
+            attempts=message.attempt,
+            poison=poison,
+            series=series if isinstance(series, int) else 0,
+            saga_id=envelope.header(SAGA_ID),
+            saga_step=saga_step if isinstance(saga_step, int) else None,
+        )
+    pattern.after_dead(message)
+    return DEAD
+
+
+def _dead_on_arrival(raw: Any, *, consumer: str, queue: str, exc: BaseException) -> str:
+    """Store what arrived, as it arrived, when it cannot even be read as an envelope."""
+    envelope = raw if isinstance(raw, dict) else {"unparsed": repr(raw)[:10_000]}
+    log.warning("dead on arrival at %s: %s", consumer, exc)
+    dead_letter_record(envelope=envelope, consumer=consumer, queue=queue, exc=exc, attempts=1, poison=True)
+    return DEAD
