@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def _databases() -> dict:
             "timeout": 30,
         }
         # A file, not memory, so the Celery worker started by the tests sees the test database.
-        db["TEST"] = {"NAME": str(VAR_DIR / "test-flowscope.sqlite3")}
+        # Named per process so that two test runs on one machine never share it.
+        db["TEST"] = {"NAME": str(VAR_DIR / f"test-flowscope-{os.getpid()}.sqlite3")}
     return {"default": db}
 
 

@@ -18,11 +18,11 @@ from typing import Any
 from django.db import transaction
 
 from flows.deadletters import dead_letter_record, dead_letter_resolve, original_envelope
-from flows.envelope import ATTEMPT, PATTERN, REQUEUE_OF, SAGA_ID, SAGA_STEP, SERIES, Envelope
+from flows.envelope import ATTEMPT, REQUEUE_OF, SAGA_ID, SAGA_STEP, SERIES, Envelope
 from flows.errors import EnvelopeError, PoisonMessage, StaleTransition
 from flows.idempotency import duplicate_count, inbox_claim
 from flows.message import Message, current_message
-from flows.patterns import PATTERNS, Pattern, get_pattern
+from flows.patterns import Pattern, get_pattern
 from flows.publishing import publish_to
 from flows.registry import catalog
 from flows.stats import counters
@@ -30,6 +30,13 @@ from flows.stats import counters
 log = logging.getLogger(__name__)
 
 OK, RETRY, DEAD, DUPLICATE, HANDLED = "ok", "retry", "dead", "duplicate", "handled"
+
+
+class _Bare(Pattern):
+    name = "unknown"
+
+
+BARE = _Bare()
 
 
 def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
@@ -49,28 +56,29 @@ def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
         counters.add("unknown", handler.consumer, outcome)
         return outcome
 
+    # The pattern comes from the handler's declared type, never from what the message claims.
+    pattern = get_pattern(catalog.message_type(handler.message_type).pattern)
     message = Message(envelope=envelope, payload=envelope.payload, handler=handler, worker=worker)
-    pattern_name = _declared_pattern(envelope)
     token = current_message.set(message)
     try:
         try:
-            pattern = get_pattern(envelope.header(PATTERN) or catalog.message_type(envelope.type).pattern)
-            payload = _read_payload(message)
-        except (PoisonMessage, LookupError) as exc:
-            outcome = _give_up(message, get_pattern(pattern_name), exc, poison=True)
+            pattern.validate(message)
+        except PoisonMessage as exc:
+            # Headers the pattern cannot read: its hooks cannot run either.
+            outcome = _give_up(message, BARE, exc, poison=True)
         else:
-            message = Message(envelope=envelope, payload=payload, handler=handler, worker=worker)
-            current_message.set(message)
-            outcome = _run(message, pattern)
+            try:
+                payload = _read_payload(message)
+            except PoisonMessage as exc:
+                outcome = _give_up(message, pattern, exc, poison=True)
+            else:
+                message = Message(envelope=envelope, payload=payload, handler=handler, worker=worker)
+                current_message.set(message)
+                outcome = _run(message, pattern)
     finally:
         current_message.reset(token)
-    counters.add(pattern_name, handler.consumer, outcome)
+    counters.add(pattern.name, handler.consumer, outcome)
     return outcome
-
-
-def _declared_pattern(envelope: Envelope) -> str:
-    name = envelope.header(PATTERN)
-    return name if isinstance(name, str) and name in PATTERNS else "fire_and_forget"
 
 
 def _read_payload(message: Message) -> dict[str, Any]:
@@ -147,7 +155,7 @@ def _give_up(message: Message, pattern: Pattern, exc: BaseException, *, poison: 
             saga_id=envelope.header(SAGA_ID),
             saga_step=saga_step if isinstance(saga_step, int) else None,
         )
-    pattern.after_dead(message)
+    pattern.after_dead(message, exc)
     return DEAD
 
 

@@ -33,7 +33,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from flows.envelope import PATTERN, SAGA_ID, SAGA_PHASE, SAGA_STEP, Envelope
-from flows.errors import ConfigurationError, EnvelopeError, StaleTransition
+from flows.errors import ConfigurationError, EnvelopeError, PoisonMessage, StaleTransition
 from flows.message import Message, current_message
 from flows.models import SagaInstance, SagaStep
 from flows.publishing import publish_to
@@ -69,11 +69,9 @@ class SagaDefinition:
                             f"not less than FLOWS_SAGA_STALL_SECONDS ({settings.FLOWS_SAGA_STALL_SECONDS}s); the sweeper would resume it mid-retry"
                         )
 
-    def message_type(self, index: int, phase: str) -> str:
+    def message_type(self, index: int, phase: str) -> str | None:
         step = self.steps[index]
-        message_type = step.action if phase == ACTION else step.compensation
-        assert message_type is not None
-        return message_type
+        return step.action if phase == ACTION else step.compensation
 
     def previous_compensable(self, index: int) -> int | None:
         """The nearest step at or before `index` that has a compensation."""
@@ -132,6 +130,8 @@ def saga_start(name: str, data: dict[str, Any], *, correlation_id: str | None = 
 def _send(instance: SagaInstance, index: int, phase: str, *, admit: bool = False) -> None:
     definition = definition_of(instance)
     message_type = definition.message_type(index, phase)
+    if message_type is None:
+        raise ConfigurationError(f"saga {instance.saga_type!r} step {index} has no {phase}")
     parent = current_message.get()
     envelope = Envelope(
         type=message_type,
@@ -147,6 +147,24 @@ def _send(instance: SagaInstance, index: int, phase: str, *, admit: bool = False
     envelope.check_size()
     (handler,) = catalog.handlers_for(message_type)
     publish_to(handler, envelope, admit=admit)
+
+
+def check_position(message: Message) -> None:
+    """A step message must name its saga, step and phase, and the saga must exist."""
+    headers = message.envelope.headers
+    try:
+        saga_id = uuid.UUID(str(headers[SAGA_ID]))
+    except (KeyError, ValueError):
+        raise PoisonMessage(f"saga step message has no valid {SAGA_ID!r} header") from None
+    step_index, phase = headers.get(SAGA_STEP), headers.get(SAGA_PHASE)
+    if isinstance(step_index, bool) or not isinstance(step_index, int) or phase not in (ACTION, COMPENSATION):
+        raise PoisonMessage(f"saga step message needs an integer {SAGA_STEP!r} and {SAGA_PHASE!r} of action or compensation")
+    instance = SagaInstance.objects.filter(pk=saga_id).first()
+    if instance is None:
+        raise PoisonMessage(f"saga {saga_id} does not exist")
+    definition = definition_of(instance)
+    if not 0 <= step_index < len(definition.steps) or definition.message_type(step_index, phase) != message.envelope.type:
+        raise PoisonMessage(f"saga {instance.saga_type!r} has no step {step_index} ({phase}) of type {message.envelope.type!r}")
 
 
 def _position(message: Message) -> tuple[str, int, str]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 from celery import shared_task
+from celery.exceptions import Reject
 
 from flows import runtime, sagas
+
+log = logging.getLogger(__name__)
+REQUEUE_PAUSE_SECONDS = 1.0
 
 
 @shared_task(name="flows.deliver", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -16,7 +22,15 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
     # becomes a dead letter instead of a TypeError that Celery would acknowledge and drop.
     raw = args[0] if args else kwargs.get("envelope")
     consumer = args[1] if len(args) > 1 else kwargs.get("consumer")
-    return runtime.deliver(raw, consumer, worker=f"{self.request.hostname}/{os.getpid()}")
+    try:
+        return runtime.deliver(raw, consumer, worker=f"{self.request.hostname}/{os.getpid()}")
+    except Exception:
+        # The outcome could not be made durable (database or broker away). Celery would ack a
+        # failed task and drop the message; put it back instead, after a pause so an outage
+        # does not become a hot loop.
+        log.exception("could not record the outcome of a delivery to %r; returning it to the queue", consumer)
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        raise Reject(requeue=True) from None
 
 
 @shared_task(name="flows.sweep_stalled_sagas")

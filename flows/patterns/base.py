@@ -34,6 +34,9 @@ class Pattern:
             publish_to(handler, envelope)
 
     # -- hooks around one delivery, in the order the runtime calls them --
+    def validate(self, message: Message) -> None:
+        """Raise PoisonMessage if the headers this pattern relies on are missing or wrong."""
+
     def should_process(self, message: Message) -> bool:
         """False skips the handler: the delivery is a duplicate the pattern can see."""
         return True
@@ -52,5 +55,5 @@ class Pattern:
         it and no dead letter is written; runs in the same transaction as the dead letter."""
         return False
 
-    def after_dead(self, message: Message) -> None:
+    def after_dead(self, message: Message, exc: BaseException) -> None:
         """After the dead letter is committed."""

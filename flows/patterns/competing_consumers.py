@@ -18,5 +18,5 @@ class CompetingConsumers(Pattern):
     def on_retry(self, message: Message, exc: BaseException, delay: float) -> None:
         deliveries.mark(message.message_id, message.handler.consumer, deliveries.RETRYING, worker=message.worker)
 
-    def after_dead(self, message: Message) -> None:
+    def after_dead(self, message: Message, exc: BaseException) -> None:
         deliveries.mark(message.message_id, message.handler.consumer, deliveries.DEAD, worker=message.worker)

@@ -87,11 +87,10 @@ class RequestReply(Pattern):
         reply = message.envelope.child(message.envelope.type + ".reply", payload)
         self._reply(message, {"envelope": reply.to_dict()})
 
-    def on_exhausted(self, message: Message, exc: BaseException) -> bool:
-        # Tell the caller now rather than let it wait out its timeout; the request is still
-        # dead-lettered, so it can be fixed and requeued.
+    def after_dead(self, message: Message, exc: BaseException) -> None:
+        # Tell the caller now rather than let it wait out its timeout; the request is in the
+        # dead letters, so it can be fixed and requeued.
         self._reply(message, {"error": f"{type(exc).__name__}: {exc}"})
-        return False
 
     def _reply(self, message: Message, body: dict[str, Any]) -> None:
         reply_to = message.envelope.header(REPLY_TO)

@@ -19,6 +19,9 @@ class Saga(Pattern):
     def dispatch(self, envelope: Envelope) -> None:
         raise ConfigurationError(f"{envelope.type!r} is a saga step: start the saga with flows.start_saga(), do not send its steps")
 
+    def validate(self, message: Message) -> None:
+        sagas.check_position(message)
+
     def should_process(self, message: Message) -> bool:
         return sagas.saga_is_at(message)
 

@@ -1,0 +1,181 @@
+"""Test set-up: a private Redis for the run, real Celery workers on the test database.
+
+Nothing here reads state a previous run left behind: Redis is new for every run, the test
+database is created by pytest-django, and each test starts with the engine's keys cleared.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_MODULES = "flows.demo.catalog,tests.flows_under_test"
+# Queues the session worker leaves alone: back-pressure backlogs must stay full, the crash
+# saga gets a worker of its own to kill, and the competing consumers test brings its own.
+NOT_FOR_SESSION_WORKER = {"t.backlog.raise", "t.backlog.block", "t.sagas.crash", "t.work"}
+
+T = TypeVar("T")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from flows.devredis import RedisServer
+
+    server = RedisServer().start()
+    config._flowscope_redis = server  # type: ignore[attr-defined]
+    os.environ["REDIS_URL"] = server.url
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = server.url
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [server.url]
+    from console.celery import app
+
+    app.conf.broker_url = server.url
+
+    import tests.flows_under_test  # noqa: F401 - declares the test catalog
+    from flows.registry import catalog
+
+    catalog.check()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = getattr(config, "_flowscope_redis", None)
+    if server is not None:
+        server.stop()
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll until `condition()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def clean_engine_keys() -> Iterator[None]:
+    """Each test starts with no engine keys (faults, counters, statuses) and empty backlogs."""
+    from flows.redis import get_redis
+
+    redis = get_redis()
+    for name in redis.scan_iter(match="flows:*", count=1000):
+        redis.delete(name)
+    for queue in NOT_FOR_SESSION_WORKER:
+        redis.delete(queue)
+    yield
+
+
+def worker_database_url() -> str:
+    from django.db import connection
+
+    sd = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{Path(sd['NAME']).resolve()}"
+    if connection.vendor == "postgresql":
+        auth = quote(sd["USER"] or "")
+        if sd["PASSWORD"]:
+            auth += ":" + quote(sd["PASSWORD"])
+        return f"postgres://{auth}@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
+    raise RuntimeError(f"no worker set-up for database vendor {connection.vendor}")
+
+
+class Worker:
+    """A real Celery worker process (and its pool children) in a process group of its own."""
+
+    def __init__(self, name: str, queues: list[str], *, concurrency: int = 2, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.name = name
+        self.node = f"{name}@{socket.gethostname()}"
+        self.queues = queues
+        self.concurrency = concurrency
+        self.extra_env = extra_env or {}
+        self.args = args or []
+        self.log_path = Path(tempfile.mkdtemp(prefix="flowscope-worker-")) / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> Worker:
+        env = {
+            **os.environ,
+            "DATABASE_URL": worker_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "FLOWS_MODULES": TEST_MODULES,
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        command = [sys.executable, "manage.py", "worker", "--queues", ",".join(self.queues), "--concurrency", str(self.concurrency), "--name", self.node, *self.args]
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - open while the worker runs
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self._ready(), timeout=timeout, interval=0.1, what=f"worker {self.node} to be ready (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker {self.node} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        return " ready." in self.log_text()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker, pool children included: nothing gets to clean up."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # any orphaned pool child
+        except ProcessLookupError:
+            pass
+        self.log.close()
+
+
+def session_queues() -> list[str]:
+    from flows.registry import catalog
+
+    return sorted(set(catalog.queue_names()) - NOT_FOR_SESSION_WORKER) + ["flows.control"]
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup: Any) -> Iterator[Worker]:
+    """One worker node, two pool processes, on every queue but the ones tests keep to themselves."""
+    node = Worker("session", session_queues(), concurrency=2).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def start_worker(django_db_setup: Any) -> Iterator[Callable[..., Worker]]:
+    """Start extra workers for one test; each is stopped (or was killed) by the end of it."""
+    started: list[Worker] = []
+
+    def start(name: str, queues: list[str], **options: Any) -> Worker:
+        node = Worker(name, queues, **options).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()

@@ -1,0 +1,8 @@
+"""The production settings, with the few values a test run on plain HTTP needs."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "flowscope-tests-only-not-a-secret-0123456789abcdefghijklmnop")
+os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
+
+from console.settings import *  # noqa: E402,F403

@@ -1,0 +1,157 @@
+import threading
+
+import pytest
+
+import flows
+from flows import deadletters
+from flows.errors import FlowsError
+from flows.models import DeadLetter
+from flows.redis import get_redis, key
+from flows.registry import catalog
+from flows.tasks import deliver
+from tests.conftest import wait_for
+from tests.flows_under_test import fix, recorded
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def dead_letter_of(envelope, consumer="t_command") -> DeadLetter | None:
+    return DeadLetter.objects.filter(message_id=envelope.message_id, consumer=consumer).first()
+
+
+def attempts_made(envelope, consumer="t_command") -> int:
+    return int(get_redis().get(key("test", "attempts", consumer, str(envelope.message_id))) or 0)
+
+
+def test_a_message_that_always_fails_is_dead_lettered_after_exactly_max_attempts(worker):
+    envelope = flows.send("test.command", {"key": "doomed", "bug": "doomed-bug"})
+
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+    assert dead.attempts == catalog.handler("t_command").max_attempts == 3
+    assert attempts_made(envelope) == 3
+    assert dead.state == DeadLetter.State.DEAD
+    assert dead.error_type == "builtins.ValueError"
+    assert "a bug in the handler" in dead.error_message
+    assert "_run_job" in dead.traceback
+    assert dead.queue == "t.commands" and dead.message_type == "test.command"
+    assert dead.envelope["payload"]["key"] == "doomed"
+    assert "attempt" not in dead.envelope["headers"], "the stored envelope is the original, not the last attempt's"
+    assert len(dead.fingerprint) == 16 and not dead.poison
+
+
+def test_failures_from_the_same_bug_share_a_fingerprint_and_other_bugs_do_not(worker):
+    first = flows.send("test.command", {"key": "a", "bug": "same"})
+    second = flows.send("test.command", {"key": "b", "bug": "same"})
+    other = flows.send("test.command", {"key": "c", "poison": True})
+
+    a, b, c = (wait_for(lambda e=e: dead_letter_of(e), what="three dead letters") for e in (first, second, other))
+    assert a.fingerprint == b.fingerprint
+    assert a.fingerprint != c.fingerprint
+
+
+def test_a_poison_message_is_dead_lettered_at_once_without_retries(worker):
+    envelope = flows.send("test.command", {"key": "poison", "poison": True})
+
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+    assert dead.poison and dead.attempts == 1
+    assert attempts_made(envelope) == 1
+    assert "rejects this payload" in dead.error_message
+
+
+def test_requeue_republishes_the_original_and_the_fixed_message_then_succeeds(worker):
+    envelope = flows.send("test.command", {"key": "fixme", "bug": "fixme-bug"})
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+
+    fix("fixme-bug")
+    assert deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="alice") is True
+
+    entries = wait_for(lambda: [e for e in recorded("t_command") if e.startswith("fixme|")], what="the requeued message to succeed")
+    assert entries[0].split("|")[1] == "1", "a requeue starts a fresh series of attempts"
+    dead = wait_for(lambda: DeadLetter.objects.filter(pk=dead.pk, state=DeadLetter.State.RESOLVED).first(), what="the dead letter to resolve")
+    assert dead.requeued_by == "alice" and dead.series == 1 and dead.resolved_at is not None
+
+
+def test_a_requeued_message_that_fails_again_is_dead_again_not_duplicated(worker):
+    envelope = flows.send("test.command", {"key": "still-broken", "bug": "never-fixed"})
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+
+    assert deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="bob")
+    dead = wait_for(lambda: DeadLetter.objects.filter(pk=dead.pk, state=DeadLetter.State.DEAD, times_dead=2).first(), what="the second death")
+    assert DeadLetter.objects.filter(message_id=envelope.message_id).count() == 1
+    assert attempts_made(envelope) == 6
+
+
+def test_two_concurrent_requeues_of_one_dead_letter_republish_it_once(worker):
+    envelope = flows.send("test.command", {"key": "raced", "bug": "raced-bug"})
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+    fix("raced-bug")
+
+    results: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def requeue(actor: str) -> None:
+        from django.db import connection
+
+        barrier.wait()
+        try:
+            results.append(deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor=actor))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=requeue, args=(f"operator-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(results) == [False, True]
+    wait_for(lambda: DeadLetter.objects.filter(pk=dead.pk, state=DeadLetter.State.RESOLVED).exists(), what="the requeue to succeed")
+    # Three failed attempts before the fix, then exactly one delivery from the one requeue.
+    wait_for(lambda: attempts_made(envelope) >= 4)
+    assert attempts_made(envelope) == 4
+    assert len([e for e in recorded("t_command") if e.startswith("raced|")]) == 1
+
+
+def test_only_a_dead_letter_can_be_requeued_or_discarded(worker):
+    envelope = flows.send("test.command", {"key": "discard-me", "poison": True})
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+
+    with pytest.raises(ValueError, match="needs a reason"):
+        deadletters.dead_letter_discard(dead_letter_id=dead.pk, actor="carol", reason="  ")
+    assert deadletters.dead_letter_discard(dead_letter_id=dead.pk, actor="carol", reason="customer cancelled") is True
+    assert deadletters.dead_letter_discard(dead_letter_id=dead.pk, actor="carol", reason="again") is False
+    assert deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="carol") is False
+    dead.refresh_from_db()
+    assert (dead.state, dead.discarded_by, dead.discard_reason) == ("discarded", "carol", "customer cancelled")
+    assert deadletters.dead_letter_requeue(dead_letter_id=10**9, actor="carol") is False
+
+
+def test_requeue_of_a_dead_letter_whose_handler_is_gone_says_so_and_changes_nothing(worker):
+    envelope = flows.send("test.command", {"key": "orphan", "poison": True})
+    dead = wait_for(lambda: dead_letter_of(envelope), what="the dead letter")
+    DeadLetter.objects.filter(pk=dead.pk).update(consumer="retired_handler")
+
+    with pytest.raises(FlowsError, match="no longer registered"):
+        deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="dave")
+    dead.refresh_from_db()
+    assert dead.state == DeadLetter.State.DEAD and dead.series == 0
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (({"type": "test.command"}, "t_command"), "missing 'payload'"),
+        (({"type": "test.command", "payload": [1, 2]}, "t_command"), "payload must be a JSON object"),
+        (({"type": "test.command", "payload": {}, "message_id": "nope"}, "t_command"), "is not a UUID"),
+        (({"type": "test.command", "payload": {}, "surprise": 1}, "t_command"), "unknown fields: surprise"),
+        (({"type": "test.command", "payload": {"key": "k"}}, "nobody_home"), "no handler is registered as consumer 'nobody_home'"),
+        (("not even a dict", "t_command"), "envelope must be a JSON object"),
+        (({"type": "no.such.type", "payload": {}}, "t_command"), "handles 'test.command', not 'no.such.type'"),
+        (({"type": "test.command", "payload": {"key": 7}}, "t_command"), "payload does not match schema 'test.command' v1: key: Input should be a valid string"),
+    ],
+)
+def test_a_malformed_delivery_becomes_a_poison_dead_letter_with_its_reason(worker, args, reason):
+    deliver.apply_async(args=list(args), queue="t.commands")
+
+    dead = wait_for(lambda: DeadLetter.objects.filter(error_message__contains=reason).first(), what=f"a dead letter saying {reason!r}")
+    assert dead.poison and dead.attempts == 1
