@@ -52,6 +52,11 @@ class BackPressure:
         self._gauges: dict[str, _Gauge] = {}
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """Drop every cached depth, so the next check reads the broker."""
+        with self._lock:
+            self._gauges.clear()
+
     def admit(self, queue: str) -> None:
         """Return when `queue` may take one more message; raise QueueFull when it may not."""
         policy = policy_for(queue)

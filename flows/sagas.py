@@ -113,6 +113,8 @@ def saga_start(name: str, data: dict[str, Any], *, correlation_id: str | None = 
         raise ConfigurationError(f"unknown saga {name!r}; declared: {sorted(catalog.sagas)}")
     if not isinstance(data, dict):
         raise EnvelopeError(f"saga data must be a JSON object, got {type(data).__name__}")
+    first = catalog.message_type(catalog.sagas[name].steps[0].action)
+    first.validate(first.latest, data)  # refuse bad data now, not as a poisoned first step
     parent = current_message.get()
     saga_id = uuid.uuid4()
     with transaction.atomic():

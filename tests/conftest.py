@@ -69,8 +69,10 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 30.0, interval: flo
 @pytest.fixture(autouse=True)
 def clean_engine_keys() -> Iterator[None]:
     """Each test starts with no engine keys (faults, counters, statuses) and empty backlogs."""
+    from flows.backpressure import backpressure
     from flows.redis import get_redis
 
+    backpressure.forget()
     redis = get_redis()
     for name in redis.scan_iter(match="flows:*", count=1000):
         redis.delete(name)

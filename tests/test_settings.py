@@ -1,0 +1,37 @@
+"""The settings read the environment, and production settings pass Django's deploy check."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "SECRET_KEY", "DEBUG", "SECURE_SSL_REDIRECT")}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=120)
+
+
+def test_production_settings_pass_check_deploy_with_no_warnings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", DEBUG="0", SECRET_KEY="s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyzABCD", ALLOWED_HOSTS="flowscope.example.com")
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_without_a_secret_key_production_refuses_to_start_and_says_how_to_fix_it():
+    result = manage("check", DEBUG="0")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+
+
+def test_nonsense_in_the_environment_is_named():
+    result = manage("check", DEBUG="maybe")
+    assert result.returncode != 0
+    assert "DEBUG='maybe' is not a boolean" in result.stderr
+    result = manage("check", DEBUG="1", FLOWS_MAX_PAYLOAD_BYTES="lots")
+    assert "FLOWS_MAX_PAYLOAD_BYTES='lots' is not a whole number" in result.stderr
+
+
+def test_database_url_chooses_the_database():
+    result = manage("shell", "-c", "from django.db import connection; print(connection.vendor, connection.settings_dict['NAME'])", DEBUG="1", DATABASE_URL="postgres://u@db.example:5432/flows")
+    assert result.stdout.strip().endswith("postgresql flows"), result.stderr
