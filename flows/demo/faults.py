@@ -86,9 +86,9 @@ DEMO_PROFILE = {
     "billing_on_order_placed": Fault(error_rate=0.05, latency_ms=5),
     "notify_on_order_placed": Fault(poison_rate=0.02, latency_ms=5),
     "shipping_on_order_placed": Fault(latency_ms=40),
-    "charge_card": Fault(error_rate=0.25, latency_ms=5),
+    "charge_card": Fault(error_rate=0.4, latency_ms=5),
     "book_shipment": Fault(error_rate=0.05, latency_ms=5),
     "refund_card": Fault(error_rate=0.02),
     "legacy_credit_check": Fault(latency_ms=250, error_rate=0.03),
-    "render_invoice": Fault(latency_ms=900, error_rate=0.02),
+    "render_invoice": Fault(latency_ms=1200, error_rate=0.02),
 }
