@@ -47,7 +47,7 @@ def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
         handler = None
     if handler is None:
         outcome = _dead_on_arrival(raw, consumer=str(consumer)[:200], queue="", exc=PoisonMessage(f"no handler is registered as consumer {consumer!r}"))
-        counters.add("unknown", str(consumer)[:200], outcome)
+        counters.add("unknown", "(unknown consumer)", outcome)  # not the claimed name: unbounded
         return outcome
     try:
         envelope = Envelope.from_dict(raw)
