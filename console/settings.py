@@ -146,6 +146,7 @@ CELERY_TASK_DEFAULT_QUEUE = "flows.control"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-sagas": {"task": "flows.sweep_stalled_sagas", "schedule": 10.0},
+    "prune-old-spans": {"task": "tracing.prune_spans", "schedule": 3600.0},
 }
 
 # --- The engine ---
@@ -158,6 +159,17 @@ FLOWS_REPLY_TTL_SECONDS = envint("FLOWS_REPLY_TTL_SECONDS", 3600, minimum=10)
 FLOWS_BACKPRESSURE_REFRESH_SECONDS = envfloat("FLOWS_BACKPRESSURE_REFRESH_SECONDS", 0.25)
 # Per-queue watermark overrides, e.g. {"invoices": {"high": 500, "low": 100, "mode": "raise"}}.
 FLOWS_BACKPRESSURE = json.loads(envstr("FLOWS_BACKPRESSURE", "{}") or "{}")
+
+# --- Tracing (the standard OTEL_* variables are read by OpenTelemetry itself) ---
+TRACING_EXPORT_DELAY_MS = envint("TRACING_EXPORT_DELAY_MS", 200, minimum=1)
+TRACING_SINK_MAX_SPANS = envint("TRACING_SINK_MAX_SPANS", 2_000_000, minimum=1)
+TRACING_CAPTURE_PAYLOAD = envbool("TRACING_CAPTURE_PAYLOAD", False)
+TRACING_RETENTION_DAYS = envfloat("TRACING_RETENTION_DAYS", 7.0)
+TRACING_OTLP_MAX_BYTES = envint("TRACING_OTLP_MAX_BYTES", 8 * 1024 * 1024, minimum=1024)
+TRACING_EDGE_BUCKET_SECONDS = envint("TRACING_EDGE_BUCKET_SECONDS", 10, minimum=1)
+# Payload fields masked wherever a payload is shown or exported (e-mail addresses and card
+# numbers are masked anywhere, whatever the field).
+FLOWSCOPE_REDACT_FIELDS = envlist("FLOWSCOPE_REDACT_FIELDS", ["password", "secret", "token", "api_key", "authorization", "card_number", "cvv", "iban", "ssn", "email"])
 
 # --- Production hardening: on whenever DEBUG is off, so `check --deploy` passes ---
 if not DEBUG:

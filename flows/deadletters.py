@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from flows import telemetry
 from flows.envelope import ATTEMPT, REQUEUE_OF, SERIES, Envelope
 from flows.errors import FlowsError
 from flows.models import DeadLetter
@@ -69,6 +70,7 @@ def dead_letter_record(
         "poison": poison,
         "attempts": attempts,
         "dead_at": now,
+        "trace_id": telemetry.trace_id_of(envelope.get("headers") if isinstance(envelope.get("headers"), dict) else {}),
     }
     message_id = _message_id(envelope)
     try:
@@ -116,8 +118,13 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str) -> bool:
         except LookupError:
             raise FlowsError(f"dead letter {dead.pk}: consumer {dead.consumer!r} is no longer registered; deploy it again or discard") from None
         envelope = Envelope.from_dict(dead.envelope).with_headers(**{ATTEMPT: 1, REQUEUE_OF: dead.pk, SERIES: dead.series})
-        # Sent when this transaction commits, so the worker never sees the row still "dead".
-        publish_to(handler, envelope)
+        # A new trace, linked to the one the message died in; each opens from the other.
+        attributes = {"flowscope.dead_letter_id": dead.pk, "flowscope.actor": actor[:150], "messaging.message.id": str(dead.message_id)}
+        with telemetry.root_span(f"requeue {dead.message_type}", links_to=dead.envelope.get("headers") or {}, attributes=attributes) as span:
+            # Sent when this transaction commits, so the worker never sees the row still "dead".
+            publish_to(handler, envelope)
+            requeue_trace = format(span.get_span_context().trace_id, "032x")
+        DeadLetter.objects.filter(pk=dead.pk).update(requeue_trace_id=requeue_trace)
     return True
 
 

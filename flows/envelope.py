@@ -25,6 +25,7 @@ PATTERN = "pattern"
 SAGA_ID = "saga_id"
 SAGA_STEP = "saga_step"
 SAGA_PHASE = "saga_phase"
+SAGA_TYPE = "saga_type"
 REQUEUE_OF = "requeue_of"
 SERIES = "series"
 

@@ -49,6 +49,8 @@ class DeadLetter(models.Model):
 
     saga = models.ForeignKey("SagaInstance", null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_letters")
     saga_step = models.PositiveIntegerField(null=True, blank=True)
+    trace_id = models.CharField(max_length=32, blank=True, help_text="the trace the message died in")
+    requeue_trace_id = models.CharField(max_length=32, blank=True, help_text="the trace of its latest requeue")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["consumer", "message_id"], name="deadletter_once_per_consumer")]
@@ -61,6 +63,8 @@ class DeadLetter(models.Model):
             models.Index(fields=["consumer", "dead_at"], name="deadletter_consumer_recent"),
             models.Index(fields=["correlation_id"], name="deadletter_correlation"),
             models.Index(fields=["message_id"], name="deadletter_message"),
+            models.Index(fields=["trace_id"], name="deadletter_trace"),
+            models.Index(fields=["requeue_trace_id"], name="deadletter_requeue_trace"),
         ]
 
     def __str__(self) -> str:

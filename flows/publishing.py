@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
+from flows import telemetry
 from flows.backpressure import backpressure
 from flows.envelope import PATTERN, Envelope
 from flows.errors import ConfigurationError
@@ -43,11 +44,12 @@ def build_envelope(
     return envelope
 
 
-def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None = None, admit: bool = True) -> None:
+def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None = None, admit: bool = True, trace: bool = True) -> None:
     """Send `envelope` to one handler's queue.
 
     Inside a database transaction the send waits for the commit, so a rolled-back transaction
-    publishes nothing; back-pressure is applied now, so the producer feels it at once.
+    publishes nothing; back-pressure is applied now, so the producer feels it at once. With
+    `trace`, the send is a span and the copy carries its context; without, the envelope's own.
     """
     if countdown is not None and countdown > settings.FLOWS_VISIBILITY_TIMEOUT / 2:
         raise ConfigurationError(
@@ -58,5 +60,7 @@ def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None 
         backpressure.admit(handler.queue)
     from flows.tasks import deliver
 
+    if trace:
+        envelope = telemetry.traced_headers(envelope, queue=handler.queue)
     args = [envelope.to_dict(), handler.consumer]
     transaction.on_commit(lambda: deliver.apply_async(args=args, queue=handler.queue, countdown=countdown))

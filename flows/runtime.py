@@ -12,11 +12,13 @@ it returns (late ack), so a worker killed anywhere in here loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from django.db import transaction
 
+from flows import telemetry
 from flows.deadletters import dead_letter_record, dead_letter_resolve, original_envelope
 from flows.envelope import ATTEMPT, REQUEUE_OF, SAGA_ID, SAGA_STEP, SERIES, Envelope
 from flows.errors import EnvelopeError, PoisonMessage, StaleTransition
@@ -26,6 +28,7 @@ from flows.patterns import Pattern, get_pattern
 from flows.publishing import publish_to
 from flows.registry import catalog
 from flows.stats import counters
+from tracing.redaction import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +44,19 @@ BARE = _Bare()
 
 def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
     """Process one delivery; returns the outcome (ok, retry, dead, duplicate or handled)."""
-    try:
-        handler = catalog.handler(consumer) if isinstance(consumer, str) else None
-    except LookupError:
-        handler = None
+    handler = catalog.handlers.get(consumer) if isinstance(consumer, str) else None
     if handler is None:
-        outcome = _dead_on_arrival(raw, consumer=str(consumer)[:200], queue="", exc=PoisonMessage(f"no handler is registered as consumer {consumer!r}"))
+        with telemetry.process_span(None, queue="", consumer="(unknown consumer)", worker=worker):
+            outcome = _dead_on_arrival(raw, consumer=str(consumer)[:200], queue="", exc=PoisonMessage(f"no handler is registered as consumer {consumer!r}"))
+            telemetry.set_outcome(outcome)
         counters.add("unknown", "(unknown consumer)", outcome)  # not the claimed name: unbounded
         return outcome
     try:
         envelope = Envelope.from_dict(raw)
     except EnvelopeError as exc:
-        outcome = _dead_on_arrival(raw, consumer=handler.consumer, queue=handler.queue, exc=exc)
+        with telemetry.process_span(None, queue=handler.queue, consumer=handler.consumer, worker=worker):
+            outcome = _dead_on_arrival(raw, consumer=handler.consumer, queue=handler.queue, exc=exc)
+            telemetry.set_outcome(outcome)
         counters.add("unknown", handler.consumer, outcome)
         return outcome
 
@@ -61,24 +65,27 @@ def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
     message = Message(envelope=envelope, payload=envelope.payload, handler=handler, worker=worker)
     token = current_message.set(message)
     try:
-        try:
-            pattern.validate(message)
-        except PoisonMessage as exc:
-            # Headers the pattern cannot read: its hooks cannot run either.
-            outcome = _give_up(message, BARE, exc, poison=True)
-        else:
-            try:
-                payload = _read_payload(message)
-            except PoisonMessage as exc:
-                outcome = _give_up(message, pattern, exc, poison=True)
-            else:
-                message = Message(envelope=envelope, payload=payload, handler=handler, worker=worker)
-                current_message.set(message)
-                outcome = _run(message, pattern)
+        with telemetry.process_span(envelope, queue=handler.queue, consumer=handler.consumer, worker=worker):
+            outcome = _process(message, pattern)
+            telemetry.set_outcome(outcome)
     finally:
         current_message.reset(token)
     counters.add(pattern.name, handler.consumer, outcome)
     return outcome
+
+
+def _process(message: Message, pattern: Pattern) -> str:
+    try:
+        pattern.validate(message)
+    except PoisonMessage as exc:
+        return _give_up(message, BARE, exc, poison=True)  # headers the pattern's hooks cannot read
+    try:
+        payload = _read_payload(message)
+    except PoisonMessage as exc:
+        return _give_up(message, pattern, exc, poison=True)
+    message = dataclasses.replace(message, payload=payload)
+    current_message.set(message)
+    return _run(message, pattern)
 
 
 def _read_payload(message: Message) -> dict[str, Any]:
@@ -128,17 +135,20 @@ def _resolve_requeue(message: Message) -> None:
 
 def _retry(message: Message, pattern: Pattern, exc: Exception) -> str:
     handler = message.handler
+    telemetry.record_failure(exc, final=False)
     delay = handler.backoff.delay(message.attempt)
-    log.info("%s %s attempt %d/%d failed (%s: %s); retrying in %.2fs", handler.consumer, message.message_id, message.attempt, handler.max_attempts, type(exc).__name__, exc, delay)
-    # Retries skip back-pressure: refusing one would lose the message it carries.
-    publish_to(handler, message.envelope.with_headers(**{ATTEMPT: message.attempt + 1}), countdown=delay, admit=False)
+    log.info("%s %s attempt %d/%d failed (%s: %s); retrying in %.2fs", handler.consumer, message.message_id, message.attempt, handler.max_attempts, type(exc).__name__, redact_text(str(exc)), delay)
+    # Retries skip back-pressure (refusing one would lose the message it carries) and keep the
+    # original trace context, so every attempt is a sibling under the send that started them.
+    publish_to(handler, message.envelope.with_headers(**{ATTEMPT: message.attempt + 1}), countdown=delay, admit=False, trace=False)
     pattern.on_retry(message, exc, delay)
     return RETRY
 
 
 def _give_up(message: Message, pattern: Pattern, exc: BaseException, *, poison: bool) -> str:
     envelope, handler = message.envelope, message.handler
-    log.warning("%s %s gave up after attempt %d (%s: %s)", handler.consumer, message.message_id, message.attempt, type(exc).__name__, exc)
+    telemetry.record_failure(exc, final=True)
+    log.warning("%s %s gave up after attempt %d (%s: %s)", handler.consumer, message.message_id, message.attempt, type(exc).__name__, redact_text(str(exc)))
     with transaction.atomic():
         if pattern.on_exhausted(message, exc):
             return HANDLED
@@ -162,6 +172,7 @@ def _give_up(message: Message, pattern: Pattern, exc: BaseException, *, poison: 
 def _dead_on_arrival(raw: Any, *, consumer: str, queue: str, exc: BaseException) -> str:
     """Store what arrived, as it arrived, when it cannot even be read as an envelope."""
     envelope = raw if isinstance(raw, dict) else {"unparsed": repr(raw)[:10_000]}
-    log.warning("dead on arrival at %s: %s", consumer, exc)
+    telemetry.record_failure(exc, final=True)
+    log.warning("dead on arrival at %s: %s", consumer, redact_text(str(exc)))
     dead_letter_record(envelope=envelope, consumer=consumer, queue=queue, exc=exc, attempts=1, poison=True)
     return DEAD

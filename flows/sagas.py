@@ -32,7 +32,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from flows.envelope import PATTERN, SAGA_ID, SAGA_PHASE, SAGA_STEP, Envelope
+from flows import telemetry
+from flows.envelope import PATTERN, SAGA_ID, SAGA_PHASE, SAGA_STEP, SAGA_TYPE, Envelope
 from flows.errors import ConfigurationError, EnvelopeError, PoisonMessage, StaleTransition
 from flows.message import Message, current_message
 from flows.models import SagaInstance, SagaStep
@@ -117,12 +118,15 @@ def saga_start(name: str, data: dict[str, Any], *, correlation_id: str | None = 
     first.validate(first.latest, data)  # refuse bad data now, not as a poisoned first step
     parent = current_message.get()
     saga_id = uuid.uuid4()
-    with transaction.atomic():
+    correlation = correlation_id or (parent.correlation_id if parent else str(saga_id))
+    attributes = {"flowscope.saga_id": str(saga_id), "flowscope.flow": name, "messaging.message.conversation_id": correlation}
+    with telemetry.child_span(f"saga {name}", attributes=attributes), transaction.atomic():
         instance = SagaInstance.objects.create(
             id=saga_id,
             saga_type=name,
             data=data,
-            correlation_id=correlation_id or (parent.correlation_id if parent else str(saga_id)),
+            correlation_id=correlation,
+            headers=telemetry.current_headers(),  # every step, even one the sweeper resends, joins this trace
             updated_at=timezone.now(),
         )
         _send(instance, 0, ACTION, admit=True)
@@ -144,11 +148,12 @@ def _send(instance: SagaInstance, index: int, phase: str, *, admit: bool = False
         message_id=uuid.uuid5(instance.pk, f"{index}:{phase}"),
         correlation_id=instance.correlation_id,
         causation_id=parent.message_id if parent else "",
-        headers={**instance.headers, PATTERN: "saga", SAGA_ID: str(instance.pk), SAGA_STEP: index, SAGA_PHASE: phase},
+        headers={PATTERN: "saga", SAGA_TYPE: instance.saga_type, SAGA_ID: str(instance.pk), SAGA_STEP: index, SAGA_PHASE: phase},
     )
     envelope.check_size()
     (handler,) = catalog.handlers_for(message_type)
-    publish_to(handler, envelope, admit=admit)
+    with telemetry.continuing(instance.headers):
+        publish_to(handler, envelope, admit=admit)
 
 
 def check_position(message: Message) -> None:

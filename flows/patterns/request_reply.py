@@ -14,6 +14,9 @@ from typing import Any
 
 from django.conf import settings
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from flows import telemetry
 from flows.envelope import REPLY_DEADLINE, REPLY_TO, Envelope
 from flows.errors import ReplyTimeout, RequestFailed
 from flows.message import Message
@@ -44,16 +47,25 @@ def _closed_key(reply_to: str) -> str:
 class PendingReply:
     """A request in flight. `result()` waits for the reply, at most until the deadline."""
 
-    def __init__(self, envelope: Envelope, timeout: float) -> None:
+    def __init__(self, envelope: Envelope, timeout: float, trace_headers: dict[str, str]) -> None:
         self.envelope = envelope
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
+        self.trace_headers = trace_headers  # the request's span: the wait joins its trace
 
     @property
     def message_id(self) -> str:
         return str(self.envelope.message_id)
 
     def result(self) -> dict[str, Any]:
+        with telemetry.child_span(f"await reply {self.envelope.type}", parent_headers=self.trace_headers, kind=SpanKind.CLIENT) as span:
+            try:
+                return self._wait()
+            except (ReplyTimeout, RequestFailed) as exc:
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+
+    def _wait(self) -> dict[str, Any]:
         redis = get_redis()
         reply_to = self.envelope.headers[REPLY_TO]
         remaining = self.deadline - time.monotonic()
@@ -78,13 +90,13 @@ class RequestReply(Pattern):
         envelope = build_envelope(message_type, payload, **envelope_options)
         deadline = datetime.now(timezone.utc).timestamp() + timeout
         envelope = envelope.with_headers(**{REPLY_TO: key("reply", str(envelope.message_id)), REPLY_DEADLINE: deadline})
-        pending = PendingReply(envelope, timeout)
-        self.dispatch(envelope)
-        return pending
+        with telemetry.child_span(f"request {message_type}", kind=SpanKind.PRODUCER, attributes={"messaging.message.id": str(envelope.message_id)}):
+            self.dispatch(envelope)
+            return PendingReply(envelope, timeout, telemetry.current_headers())
 
     def after_success(self, message: Message, result: Any) -> None:
         payload = result if isinstance(result, dict) else {"result": result}
-        reply = message.envelope.child(message.envelope.type + ".reply", payload)
+        reply = message.envelope.child(message.envelope.type + ".reply", payload, **telemetry.current_headers())
         self._reply(message, {"envelope": reply.to_dict()})
 
     def after_dead(self, message: Message, exc: BaseException) -> None:

@@ -1,0 +1,67 @@
+"""Stored spans, the links between traces, and the flow graph's rolling aggregates."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Span(models.Model):
+    trace_id = models.CharField(max_length=32, help_text="32 lowercase hex characters")
+    span_id = models.CharField(max_length=16)
+    parent_span_id = models.CharField(max_length=16, blank=True)
+    name = models.CharField(max_length=300)
+    kind = models.PositiveSmallIntegerField(default=0, help_text="OpenTelemetry SpanKind: 0 internal, 1 server, 2 client, 3 producer, 4 consumer")
+    service = models.CharField(max_length=200, blank=True)
+    start_time = models.DateTimeField()
+    duration_us = models.BigIntegerField()
+    status_code = models.PositiveSmallIntegerField(default=0, help_text="0 unset, 1 ok, 2 error")
+    status_message = models.TextField(blank=True)
+    attributes = models.JSONField(default=dict)
+    events = models.JSONField(default=list)
+    links = models.JSONField(default=list)
+    # Lifted out of the attributes so the console can find a message, conversation or saga fast.
+    message_id = models.CharField(max_length=64, blank=True)
+    correlation_id = models.CharField(max_length=128, blank=True)
+    saga_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id"], name="span_once")]
+        indexes = [
+            models.Index(fields=["trace_id", "start_time"], name="span_trace"),
+            models.Index(fields=["start_time"], name="span_time"),
+            models.Index(fields=["message_id"], name="span_message"),
+            models.Index(fields=["correlation_id"], name="span_correlation"),
+            models.Index(fields=["saga_id"], name="span_saga"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.trace_id}/{self.span_id}"
+
+
+class SpanLink(models.Model):
+    """A span's link to a span of another trace, indexed both ways (a requeue and its dead letter)."""
+
+    trace_id = models.CharField(max_length=32)
+    span_id = models.CharField(max_length=16)
+    linked_trace_id = models.CharField(max_length=32)
+    linked_span_id = models.CharField(max_length=16)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id", "linked_trace_id", "linked_span_id"], name="spanlink_once")]
+        indexes = [models.Index(fields=["linked_trace_id"], name="spanlink_reverse"), models.Index(fields=["trace_id"], name="spanlink_forward")]
+
+
+class EdgeStat(models.Model):
+    """Counts and a latency histogram for one flow-graph edge over one time bucket."""
+
+    bucket = models.DateTimeField(help_text="start of the bucket (EDGE_BUCKET_SECONDS long)")
+    source = models.CharField(max_length=300)
+    target = models.CharField(max_length=300)
+    count = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    dead = models.BigIntegerField(default=0)
+    histogram = models.JSONField(default=list, help_text="latency counts per bucket of tracing.histogram.BOUNDS_MS")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "source", "target"], name="edgestat_once")]
+        indexes = [models.Index(fields=["bucket"], name="edgestat_time")]

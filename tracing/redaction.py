@@ -1,0 +1,57 @@
+"""Redaction of sensitive values wherever a payload or an error is shown or exported.
+
+Two nets: values under configured field names (FLOWSCOPE_REDACT_FIELDS, matched without regard
+to case, `-` or `_`), and values that look like an e-mail address or a card number anywhere in
+a string (a 13 to 19 digit run that passes the Luhn check).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+
+MASK = "[redacted]"
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+_DIGITS = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
+
+
+def _sensitive_names() -> set[str]:
+    return {_norm(n) for n in settings.FLOWSCOPE_REDACT_FIELDS}
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def redact_text(text: str) -> str:
+    text = _EMAIL.sub(MASK, text)
+
+    def card(match: re.Match[str]) -> str:
+        digits = re.sub(r"\D", "", match.group())
+        return MASK if _luhn(digits) else match.group()
+
+    return _DIGITS.sub(card, text)
+
+
+def redact(value: Any, *, _names: set[str] | None = None) -> Any:
+    """A copy of `value` (JSON-like) with sensitive fields and values masked."""
+    names = _sensitive_names() if _names is None else _names
+    if isinstance(value, dict):
+        return {k: (MASK if isinstance(k, str) and _norm(k) in names else redact(v, _names=names)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v, _names=names) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)
+    return value

@@ -1,0 +1,121 @@
+"""The span sink: batches of spans in a Redis stream, bounded, with every drop counted.
+
+Workers and the web process export here (off the hot path, from the SDK's batch thread); the
+OTLP receiver pushes here too; the collector drains it into the database. When the collector
+is down, spans wait, up to TRACING_SINK_MAX_SPANS; past that a batch is refused and its spans
+are added to a drop counter that the console shows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from django.conf import settings
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from flows.redis import get_redis, key
+
+log = logging.getLogger(__name__)
+
+STREAM = key("spans")
+PENDING = key("spans", "pending")  # spans in the stream, not yet stored
+DROPPED = key("spans", "dropped")  # spans refused at the bound, or lost with Redis away
+GROUP = "collector"
+
+# KEYS: stream, pending, dropped. ARGV: batch JSON, span count, bound. Returns 1 kept, 0 dropped.
+_PUSH = """
+local pending = tonumber(redis.call('GET', KEYS[2]) or '0')
+local n = tonumber(ARGV[2])
+if pending + n > tonumber(ARGV[3]) then
+  redis.call('INCRBY', KEYS[3], n)
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', 'b', ARGV[1])
+redis.call('INCRBY', KEYS[2], n)
+return 1
+"""
+
+
+def _hex(value: int, width: int) -> str:
+    return format(value, f"0{width}x")
+
+
+def encode(span: ReadableSpan) -> dict[str, Any]:
+    """A span as the sink carries it: short keys, ids as lowercase hex, times in ns."""
+    context = span.context
+    assert context is not None
+    return {
+        "t": _hex(context.trace_id, 32),
+        "s": _hex(context.span_id, 16),
+        "p": _hex(span.parent.span_id, 16) if span.parent else "",
+        "n": span.name,
+        "k": span.kind.value,
+        "sv": str(span.resource.attributes.get("service.name", "")),
+        "st": span.start_time,
+        "en": span.end_time,
+        "sc": span.status.status_code.value,
+        "sm": span.status.description or "",
+        "a": dict(span.attributes or {}),
+        "e": [[e.name, e.timestamp, dict(e.attributes or {})] for e in span.events],
+        "l": [[_hex(link.context.trace_id, 32), _hex(link.context.span_id, 16), dict(link.attributes or {})] for link in span.links],
+    }
+
+
+class SinkFull(Exception):
+    """The sink is at its bound: the spans were counted as dropped."""
+
+
+def push(spans: list[dict[str, Any]]) -> None:
+    """Put encoded spans in the sink; SinkFull at the bound, redis errors when Redis is away."""
+    if not spans:
+        return
+    batch = json.dumps(spans, separators=(",", ":"), default=str)
+    kept = get_redis().eval(_PUSH, 3, STREAM, PENDING, DROPPED, batch, len(spans), settings.TRACING_SINK_MAX_SPANS)
+    if not kept:
+        raise SinkFull(f"span sink holds its limit of {settings.TRACING_SINK_MAX_SPANS} spans; {len(spans)} dropped")
+
+
+class RedisStreamExporter(SpanExporter):
+    def __init__(self) -> None:
+        self._lost = 0  # dropped while Redis was unreachable: reported once it answers again
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        encoded = [encode(span) for span in spans]
+        try:
+            push(encoded)
+        except SinkFull as exc:
+            log.warning("%s", exc)
+            return SpanExportResult.FAILURE
+        except redis.RedisError:
+            with self._lock:
+                self._lost += len(encoded)
+            log.warning("span sink unreachable; %d span(s) dropped so far", self._lost, exc_info=True)
+            return SpanExportResult.FAILURE
+        self._report_lost()
+        return SpanExportResult.SUCCESS
+
+    def _report_lost(self) -> None:
+        with self._lock:
+            lost, self._lost = self._lost, 0
+        if lost:
+            try:
+                get_redis().incrby(DROPPED, lost)
+            except redis.RedisError:
+                with self._lock:
+                    self._lost += lost
+
+    def shutdown(self) -> None:
+        self._report_lost()
+
+
+def sink_status() -> dict[str, int]:
+    redis_client = get_redis()
+    pending, dropped = redis_client.mget(PENDING, DROPPED)
+    return {"pending": int(pending or 0), "dropped": int(dropped or 0)}
