@@ -165,7 +165,8 @@ TRACING_EXPORT_DELAY_MS = envint("TRACING_EXPORT_DELAY_MS", 200, minimum=1)
 TRACING_SINK_MAX_SPANS = envint("TRACING_SINK_MAX_SPANS", 2_000_000, minimum=1)
 TRACING_CAPTURE_PAYLOAD = envbool("TRACING_CAPTURE_PAYLOAD", False)
 TRACING_RETENTION_DAYS = envfloat("TRACING_RETENTION_DAYS", 7.0)
-TRACING_OTLP_MAX_BYTES = envint("TRACING_OTLP_MAX_BYTES", 8 * 1024 * 1024, minimum=1024)
+TRACING_OTLP_MAX_BYTES = envint("TRACING_OTLP_MAX_BYTES", 2 * 1024 * 1024, minimum=1024)
+TRACING_OTLP_TOKEN = envstr("TRACING_OTLP_TOKEN", "")  # if set, POST /v1/traces needs "Authorization: Bearer <token>"
 TRACING_EDGE_BUCKET_SECONDS = envint("TRACING_EDGE_BUCKET_SECONDS", 10, minimum=1)
 # Payload fields masked wherever a payload is shown or exported (e-mail addresses and card
 # numbers are masked anywhere, whatever the field).

@@ -2,9 +2,11 @@ from django.contrib import admin
 from django.urls import path
 
 from console import views
+from tracing.views import receive_traces
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("v1/traces", receive_traces, name="otlp-traces"),
 ]

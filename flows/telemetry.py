@@ -55,18 +55,19 @@ def message_attributes(envelope: Envelope, *, queue: str, operation: str) -> dic
     return attributes
 
 
-def _producer_name() -> str:
+def _producer_node() -> str:
+    """The flow graph's name for whoever sends: the handler it runs in, else its service."""
     message = current_message.get()
     if message is not None:
-        return message.handler.consumer
-    return str(setup.provider().resource.attributes.get("service.name", "flowscope"))
+        return f"handler:{message.handler.consumer}"
+    return f"service:{setup.provider().resource.attributes.get('service.name', 'flowscope')}"
 
 
 def traced_headers(envelope: Envelope, *, queue: str) -> Envelope:
     """Record a send span for this copy and carry its context in the copy's headers."""
     tracer = setup.tracer()
     attributes = message_attributes(envelope, queue=queue, operation="send")
-    attributes["flowscope.producer"] = _producer_name()
+    attributes["flowscope.producer"] = _producer_node()
     with tracer.start_as_current_span(f"send {envelope.type}", kind=SpanKind.PRODUCER, attributes=attributes):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)

@@ -75,7 +75,8 @@ def clean_engine_keys() -> Iterator[None]:
     backpressure.forget()
     redis = get_redis()
     for name in redis.scan_iter(match="flows:*", count=1000):
-        redis.delete(name)
+        if not name.startswith(b"flows:spans"):  # the span sink belongs to the running collector
+            redis.delete(name)
     for queue in NOT_FOR_SESSION_WORKER:
         redis.delete(queue)
     yield
@@ -95,20 +96,19 @@ def worker_database_url() -> str:
     raise RuntimeError(f"no worker set-up for database vendor {connection.vendor}")
 
 
-class Worker:
-    """A real Celery worker process (and its pool children) in a process group of its own."""
+class ManagedProcess:
+    """A real process of ours (a worker, the collector) in a process group of its own, on the
+    test database and the run's Redis; started when its log shows `ready_marker`."""
 
-    def __init__(self, name: str, queues: list[str], *, concurrency: int = 2, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(self, name: str, args: list[str], *, ready_marker: str, extra_env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.node = f"{name}@{socket.gethostname()}"
-        self.queues = queues
-        self.concurrency = concurrency
+        self.args = args
+        self.ready_marker = ready_marker
         self.extra_env = extra_env or {}
-        self.args = args or []
-        self.log_path = Path(tempfile.mkdtemp(prefix="flowscope-worker-")) / f"{name}.log"
+        self.log_path = Path(tempfile.mkdtemp(prefix="flowscope-proc-")) / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> Worker:
+    def start(self, timeout: float = 60.0) -> ManagedProcess:
         env = {
             **os.environ,
             "DATABASE_URL": worker_database_url(),
@@ -117,23 +117,22 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
-        command = [sys.executable, "manage.py", "worker", "--queues", ",".join(self.queues), "--concurrency", str(self.concurrency), "--name", self.node, *self.args]
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - open while the worker runs
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: self._ready(), timeout=timeout, interval=0.1, what=f"worker {self.node} to be ready (log: {self.log_path})")
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - open while the process runs
+        self.process = subprocess.Popen([sys.executable, "manage.py", *self.args], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self._ready(), timeout=timeout, interval=0.1, what=f"{self.name} to be ready (log: {self.log_path})")
         return self
 
     def _ready(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"worker {self.node} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
-        return " ready." in self.log_text()
+            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        return self.ready_marker in self.log_text()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        """SIGKILL the whole worker, pool children included: nothing gets to clean up."""
+        """SIGKILL the whole group, pool children included: nothing gets to clean up."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
@@ -154,6 +153,15 @@ class Worker:
         self.log.close()
 
 
+class Worker(ManagedProcess):
+    """A real Celery worker: `concurrency` prefork children on `queues`."""
+
+    def __init__(self, name: str, queues: list[str], *, concurrency: int = 2, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+        self.node = f"{name}@{socket.gethostname()}"
+        command = ["worker", "--queues", ",".join(queues), "--concurrency", str(concurrency), "--name", self.node, *(args or [])]
+        super().__init__(name, command, ready_marker=" ready.", extra_env=extra_env)
+
+
 def session_queues() -> list[str]:
     from flows.registry import catalog
 
@@ -166,6 +174,14 @@ def worker(django_db_setup: Any) -> Iterator[Worker]:
     node = Worker("session", session_queues(), concurrency=2).start()
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="session")
+def collector(django_db_setup: Any) -> Iterator[ManagedProcess]:
+    """The span collector, as `make demo` runs it; tests may stop and start it again."""
+    process = ManagedProcess("collector", ["collector"], ready_marker=" ready").start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -45,10 +45,15 @@ class SpanLink(models.Model):
     span_id = models.CharField(max_length=16)
     linked_trace_id = models.CharField(max_length=32)
     linked_span_id = models.CharField(max_length=16)
+    start_time = models.DateTimeField(help_text="when the linking span started; retention goes by it")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["trace_id", "span_id", "linked_trace_id", "linked_span_id"], name="spanlink_once")]
-        indexes = [models.Index(fields=["linked_trace_id"], name="spanlink_reverse"), models.Index(fields=["trace_id"], name="spanlink_forward")]
+        indexes = [
+            models.Index(fields=["linked_trace_id"], name="spanlink_reverse"),
+            models.Index(fields=["trace_id"], name="spanlink_forward"),
+            models.Index(fields=["start_time"], name="spanlink_time"),
+        ]
 
 
 class EdgeStat(models.Model):

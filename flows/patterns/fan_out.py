@@ -6,7 +6,7 @@ per-event status (pending, retrying, succeeded, dead per subscriber) is kept in 
 
 from __future__ import annotations
 
-from flows import deliveries
+from flows import deliveries, telemetry
 from django.db import transaction
 
 from flows.envelope import Envelope
@@ -32,5 +32,9 @@ class FanOut(CompetingConsumers):
         consumers = [h.consumer for h in subscribers]
         # Recorded on commit, like the sends, so a rolled-back event leaves no pending entries.
         transaction.on_commit(lambda: deliveries.mark_pending(str(envelope.message_id), consumers))
-        for handler in subscribers:
-            publish_to(handler, envelope)
+        # One span for the event, so every subscriber's copy is in one trace even when the event
+        # starts a conversation.
+        attributes = telemetry.message_attributes(envelope, queue=",".join(h.queue for h in subscribers), operation="create")
+        with telemetry.child_span(f"publish {envelope.type}", attributes=attributes):
+            for handler in subscribers:
+                publish_to(handler, envelope)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from tracing.collector import Collector
+
+
+class Command(BaseCommand):
+    help = "Drain the span sink into the database and keep the flow graph's aggregates, until stopped."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        collector = Collector()
+        collector.ensure_group()
+        self.stdout.write(f"collector {collector.name} ready", ending="\n")
+        self.stdout.flush()
+        collector.run(stop)
+        self.stdout.write(f"collector stopped after storing {collector.stored} spans")

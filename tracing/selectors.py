@@ -1,0 +1,108 @@
+"""Reads the console needs: a trace as a tree, the traces of a message, conversation or saga,
+and the flow graph over a time window (from the aggregates, never from the span table)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Max, Min, Q
+from django.utils import timezone
+
+from tracing import histogram
+from tracing.aggregates import bucket_start
+from tracing.models import EdgeStat, Span, SpanLink
+
+
+@dataclasses.dataclass
+class SpanNode:
+    span: Span
+    children: list[SpanNode] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TraceTree:
+    trace_id: str
+    roots: list[SpanNode]
+    spans: int
+    links_out: list[dict[str, str]]  # spans here that link to other traces
+    links_in: list[dict[str, str]]  # spans of other traces that link here
+
+    def walk(self) -> list[tuple[int, Span]]:
+        """Every span, depth first in start order, with its depth."""
+        out: list[tuple[int, Span]] = []
+        stack = [(0, node) for node in reversed(self.roots)]
+        while stack:
+            depth, node = stack.pop()
+            out.append((depth, node.span))
+            stack.extend((depth + 1, child) for child in reversed(node.children))
+        return out
+
+
+def trace_tree(trace_id: str) -> TraceTree | None:
+    spans = list(Span.objects.filter(trace_id=trace_id).order_by("start_time", "id"))
+    if not spans:
+        return None
+    nodes = {s.span_id: SpanNode(s) for s in spans}
+    roots = []
+    for node in nodes.values():
+        parent = nodes.get(node.span.parent_span_id)
+        (parent.children if parent else roots).append(node)  # a missing parent: shown as a root
+    links_out = [{"span_id": l.span_id, "trace_id": l.linked_trace_id, "linked_span_id": l.linked_span_id} for l in SpanLink.objects.filter(trace_id=trace_id)]
+    links_in = [{"span_id": l.linked_span_id, "trace_id": l.trace_id, "linking_span_id": l.span_id} for l in SpanLink.objects.filter(linked_trace_id=trace_id)]
+    return TraceTree(trace_id=trace_id, roots=roots, spans=len(spans), links_out=links_out, links_in=links_in)
+
+
+def traces_for(*, correlation_id: str = "", message_id: str = "", saga_id: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    """The traces that hold a span of this conversation, message or saga; newest first."""
+    if not (correlation_id or message_id or saga_id):
+        raise ValueError("name a correlation id, a message id or a saga id")
+    match = Q()
+    if correlation_id:
+        match |= Q(correlation_id=correlation_id)
+    if message_id:
+        match |= Q(message_id=message_id)
+    if saga_id:
+        match |= Q(saga_id=saga_id)
+    rows = (
+        Span.objects.filter(match)
+        .values("trace_id")
+        .annotate(first=Min("start_time"), last=Max("start_time"), spans=Count("id"), errors=Count("id", filter=Q(status_code=2)))
+        .order_by("-first")[:limit]
+    )
+    return list(rows)
+
+
+def flow_graph(*, since: datetime | None = None, until: datetime | None = None, window: timedelta = timedelta(minutes=15)) -> dict[str, Any]:
+    """Nodes (producers, queues, handlers) and edges with rate, error rate, dead-letter rate,
+    p50 and p95 latency over [since, until), whole buckets."""
+    until = until or timezone.now()
+    since = since or until - window
+    first = bucket_start(int(since.timestamp() * 1e9))
+    seconds = max((until - first).total_seconds(), 1.0)
+    merged: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"count": 0, "errors": 0, "dead": 0, "histogram": histogram.empty()})
+    for row in EdgeStat.objects.filter(bucket__gte=first, bucket__lt=until):
+        edge = merged[(row.source, row.target)]
+        edge["count"] += row.count
+        edge["errors"] += row.errors
+        edge["dead"] += row.dead
+        histogram.merge(edge["histogram"], row.histogram)
+    edges = []
+    for (source, target), e in sorted(merged.items()):
+        edges.append({
+            "source": source,
+            "target": target,
+            "count": e["count"],
+            "errors": e["errors"],
+            "dead": e["dead"],
+            "rate_per_s": e["count"] / seconds,
+            "error_rate": e["errors"] / e["count"] if e["count"] else 0.0,
+            "dead_rate": e["dead"] / e["count"] if e["count"] else 0.0,
+            "p50_ms": histogram.percentile(e["histogram"], 0.50),
+            "p95_ms": histogram.percentile(e["histogram"], 0.95),
+        })
+    names = sorted({e["source"] for e in edges} | {e["target"] for e in edges})
+    nodes = [{"id": name, "kind": name.split(":", 1)[0], "label": name.split(":", 1)[-1]} for name in names]
+    return {"since": first.isoformat(), "until": until.isoformat(), "nodes": nodes, "edges": edges}
