@@ -72,6 +72,15 @@ def t_command(message: flows.Message) -> None:
     _run_job("t_command", message)
 
 
+# -- a queue of its own, for the flow graph test to count exactly --
+flows.message_type("test.graph", pattern="fire_and_forget", schemas={1: Job})
+
+
+@flows.handler("test.graph", consumer="t_graph", queue="t.graph", max_attempts=3, backoff=QUICK)
+def t_graph(message: flows.Message) -> None:
+    _run_job("t_graph", message)
+
+
 # -- idempotent: the effect is a ledger row, in the handler's transaction --
 flows.message_type("test.credit", pattern="fire_and_forget", schemas={1: Job})
 

@@ -4,5 +4,6 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "flowscope-tests-only-not-a-secret-0123456789abcdefghijklmnop")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
+os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 
 from console.settings import *  # noqa: E402,F403

@@ -64,6 +64,7 @@ def test_a_request_and_its_reply_are_one_trace(worker, collector):
     assert pending.result() == {"echo": "TRACE ME"}
     flush_here()
     (process,) = wait_spans(1, message_id=pending.message_id, kind=CONSUMER)
+    wait_spans(4, trace_id=process.trace_id, what="request, send, process and await spans")
     tree = trace_tree(process.trace_id)
     names = [span.name for _, span in tree.walk()]
     assert names[0] == "request test.ask"
@@ -83,6 +84,7 @@ def test_a_saga_s_steps_and_compensations_are_in_its_trace_in_order(worker, coll
     assert [(s.attributes["flowscope.saga_step"], s.attributes["flowscope.saga_phase"]) for s in processed] == [
         (0, "action"), (1, "action"), (2, "action"), (2, "action"), (1, "compensation"), (0, "compensation"),
     ]
+    wait_spans(1, trace_id=processed[0].trace_id, name="saga test.trip", what="the saga's root span")
     tree = trace_tree(processed[0].trace_id)
     assert tree.roots[0].span.name == "saga test.trip" and len(tree.roots) == 1
 
@@ -97,6 +99,7 @@ def test_a_requeued_dead_letter_runs_in_a_new_trace_linked_both_ways_to_the_old(
     assert dead.requeue_trace_id and dead.requeue_trace_id != dead.trace_id
 
     wait_spans(1, trace_id=dead.requeue_trace_id, kind=CONSUMER, what="the requeued attempt's span")
+    wait_spans(1, trace_id=dead.requeue_trace_id, name="requeue test.command", what="the requeue's root span")
     new, old = trace_tree(dead.requeue_trace_id), trace_tree(dead.trace_id)
     assert new.roots[0].span.name == "requeue test.command"
     assert [link["trace_id"] for link in new.links_out] == [dead.trace_id]
@@ -112,3 +115,12 @@ def test_pool_children_recycled_after_every_task_lose_no_spans(start_worker, col
     processed = wait_spans(10, message_id__in=ids, kind=CONSUMER, what="ten consumer spans")
     assert sorted(s.message_id for s in processed) == sorted(ids)
     assert len({s.attributes["flowscope.worker"] for s in processed}) == 10, "each task ran in a fresh child"
+
+
+def test_captured_payloads_are_redacted_in_span_attributes(start_worker, collector):
+    start_worker("capturing", ["t.work"], concurrency=1, extra_env={"TRACING_CAPTURE_PAYLOAD": "1"})
+    envelope = flows.send("test.work", {"key": "mail ada@example.com card 4111-1111-1111-1111"})
+    (span,) = wait_spans(1, message_id=str(envelope.message_id), kind=CONSUMER)
+    captured = span.attributes["flowscope.payload"]
+    assert '"key": "mail [redacted] card [redacted]"' in captured
+    assert "ada@example.com" not in str(span.attributes) and "4111" not in str(span.attributes)

@@ -20,6 +20,8 @@ from flows.demo.supervisor import Supervisor
 from flows.devredis import ensure_redis
 from flows.models import DeadLetter, SagaInstance
 from flows.stats import processed_totals
+from tracing.models import Span
+from tracing.sink import sink_status
 
 WORKERS = {
     # name: (queues, concurrency, extra flags)
@@ -58,6 +60,7 @@ class Command(BaseCommand):
             env = {**os.environ, "REDIS_URL": redis_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
             supervisor = Supervisor(env=env, log_dir=var / "log")
             supervisor.start("web", "runserver", "--noreload", f"127.0.0.1:{options['port']}")
+            supervisor.start("collector", "collector")
             for name, (queues, concurrency, extra) in WORKERS.items():
                 supervisor.start(name, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra)
             supervisor.start("loadgen", "loadgen", "--rate", str(options["rate"]), log=False)
@@ -113,3 +116,5 @@ class Command(BaseCommand):
         sagas = dict(SagaInstance.objects.values_list("state").annotate(n=Count("id")).order_by())
         self.stdout.write(f"dead letters (all runs): {dead}")
         self.stdout.write(f"sagas by state (all runs): {sagas}")
+        spans = sink_status()
+        self.stdout.write(f"spans stored (all runs): {Span.objects.count()}; waiting in the sink: {spans['pending']}; dropped: {spans['dropped']}")

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flows.demo.loadgen import LoadGenerator, parse_mix
+from tracing import setup
 
 
 class Command(BaseCommand):
@@ -19,6 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--mix", default="", help="weights, e.g. order=35,payment=25,credit=10,invoice=20,audit=10")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        setup.set_default_service("flowscope-loadgen")
         try:
             generator = LoadGenerator(rate=options["rate"], mix=parse_mix(options["mix"]) if options["mix"] else None)
         except ValueError as exc:

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from console.celery import app
 from flows.registry import catalog
+from tracing import setup
 
 CONTROL_QUEUE = "flows.control"
 
@@ -25,6 +26,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-tasks-per-child", type=int, default=0)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        setup.set_default_service("flowscope-worker")
         declared = set(catalog.queue_names()) | {CONTROL_QUEUE}
         queues = [q.strip() for q in options["queues"].split(",") if q.strip()] or sorted(declared)
         unknown = sorted(set(queues) - declared)

@@ -1,0 +1,116 @@
+import json
+import time
+
+import pytest
+
+import flows
+from flows.redis import get_redis
+from tests.conftest import wait_for
+from tests.tracing_helpers import flush_here, wait_spans
+from tracing import sink
+from tracing.collector import Collector, store
+from tracing.models import EdgeStat, Span
+from tracing.selectors import flow_graph
+
+pytestmark = pytest.mark.django_db(transaction=True)
+CONSUMER = 4
+
+
+def fake_span(trace: str, span: str, *, queue: str = "q.fake", consumer: str = "c_fake", error: bool = False, outcome: str = "ok", ms: float = 5.0) -> dict:
+    now = time.time_ns()
+    return {
+        "t": trace, "s": span, "p": "", "n": "process fake", "k": CONSUMER, "sv": "test", "st": now - int(ms * 1e6), "en": now,
+        "sc": 2 if error else 1, "sm": "", "a": {"messaging.destination.name": queue, "flowscope.consumer": consumer, "flowscope.outcome": outcome},
+        "e": [], "l": [],
+    }
+
+
+def test_spans_sent_while_the_collector_is_down_wait_in_the_sink_and_are_all_stored_later(worker, collector):
+    collector.stop()
+    try:
+        sent = [flows.send("test.command", {"key": f"offline-{i}"}) for i in range(50)]
+        ids = [str(e.message_id) for e in sent]
+        flush_here()
+        wait_for(lambda: sink.sink_status()["pending"] >= 100, what="sends and attempts to wait in the sink")
+        assert not Span.objects.filter(message_id__in=ids).exists()
+    finally:
+        collector.start()
+    stored = wait_spans(100, message_id__in=ids, what="every span of the 50 messages")
+    assert len(stored) == 100  # one send and one process span each, none twice
+    assert sink.sink_status()["dropped"] == 0
+
+
+def test_past_its_bound_the_sink_refuses_batches_and_counts_every_dropped_span(settings):
+    flush_here()  # so this process's own exporter has nothing to drop while the bound is low
+    before = sink.sink_status()
+    settings.TRACING_SINK_MAX_SPANS = before["pending"] + 3
+    sink.push([fake_span("a" * 32, f"{i:016x}") for i in range(2)])
+    with pytest.raises(sink.SinkFull, match="2 dropped"):
+        sink.push([fake_span("a" * 32, f"{i:016x}") for i in range(10, 12)])
+    after = sink.sink_status()
+    assert after["dropped"] - before["dropped"] == 2
+    assert after["pending"] - before["pending"] == 2
+
+
+def test_a_batch_redelivered_after_a_crash_is_stored_and_counted_once():
+    spans = [fake_span("b" * 32, f"{i:016x}", queue="q.once", consumer="c_once") for i in range(5)]
+    assert store(spans) == 5
+    assert store(spans + [fake_span("b" * 32, "ffffffffffffffff", queue="q.once", consumer="c_once")]) == 1
+    assert Span.objects.filter(trace_id="b" * 32).count() == 6
+    assert sum(EdgeStat.objects.filter(source="queue:q.once").values_list("count", flat=True)) == 6
+
+
+def test_a_collector_that_died_before_acknowledging_has_its_batches_taken_up_again():
+    redis = get_redis()
+    stream, group = "flows:spans:crashtest", "collector"
+    redis.delete(stream)
+    redis.xgroup_create(stream, group, id="0", mkstream=True)
+    redis.xadd(stream, {"b": json.dumps([fake_span("c" * 32, "0000000000000001", queue="q.crash")])})
+    redis.xreadgroup(group, "dead-one", {stream: ">"}, count=10)  # read, never acknowledged
+
+    import tracing.collector as module
+
+    original = module.STREAM
+    module.STREAM = stream
+    try:
+        survivor = Collector(name="dead-one")  # the same name restarted: recovers its own pending
+        assert survivor.step() == 1
+        assert survivor.step() == 0
+    finally:
+        module.STREAM = original
+        redis.delete(stream)
+    assert Span.objects.filter(trace_id="c" * 32).count() == 1
+
+
+def test_the_flow_graph_counts_a_known_workload_exactly():
+    spans = [fake_span("d" * 32, f"{i:016x}", queue="q.graph", consumer="c_graph", ms=10) for i in range(7)]
+    spans += [fake_span("d" * 32, f"{i:016x}", queue="q.graph", consumer="c_graph", error=True, ms=100) for i in range(7, 10)]
+    spans += [fake_span("d" * 32, "00000000000000aa", queue="q.graph", consumer="c_graph", error=True, outcome="dead", ms=100)]
+    producer = dict(fake_span("d" * 32, "00000000000000ab", queue="q.graph"), k=3, a={"messaging.destination.name": "q.graph", "flowscope.producer": "service:shop"})
+    store(spans + [producer])
+
+    graph = flow_graph()
+    edges = {(e["source"], e["target"]): e for e in graph["edges"]}
+    consume = edges[("queue:q.graph", "handler:c_graph")]
+    assert (consume["count"], consume["errors"], consume["dead"]) == (11, 4, 1)
+    assert consume["error_rate"] == pytest.approx(4 / 11) and consume["dead_rate"] == pytest.approx(1 / 11)
+    assert 8 <= consume["p50_ms"] <= 13 and 80 <= consume["p95_ms"] <= 125
+    assert edges[("service:shop", "queue:q.graph")]["count"] == 1
+    assert {"id": "queue:q.graph", "kind": "queue", "label": "q.graph"} in graph["nodes"]
+
+
+def test_the_flow_graph_of_real_traffic_has_producer_queue_and_handler_edges(worker, collector):
+    for i in range(3):
+        flows.send("test.graph", {"key": f"g{i}", "fail_times": 1})
+    flush_here()
+
+    def edges() -> dict:
+        return {(x["source"], x["target"]): x for x in flow_graph()["edges"]}
+
+    wait_for(lambda: edges().get(("queue:t.graph", "handler:t_graph"), {}).get("count", 0) >= 6, what="six attempts in the graph")
+    wait_for(lambda: edges().get(("service:flowscope", "queue:t.graph"), {}).get("count", 0) >= 3, what="three sends in the graph")
+    time.sleep(1)  # anything extra would have arrived by now
+    graph = edges()
+    consume = graph[("queue:t.graph", "handler:t_graph")]
+    assert (consume["count"], consume["errors"], consume["dead"]) == (6, 3, 0)
+    assert graph[("service:flowscope", "queue:t.graph")]["count"] == 3

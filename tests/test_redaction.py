@@ -1,0 +1,27 @@
+import pytest
+
+from tracing.redaction import MASK, redact, redact_text
+
+
+def test_configured_fields_are_masked_at_any_depth_whatever_their_spelling():
+    payload = {"order": {"Card-Number": "4111111111111111", "items": [{"api_key": "k-1", "sku": "X"}]}, "Password": "hunter2", "note": "ok"}
+    assert redact(payload) == {"order": {"Card-Number": MASK, "items": [{"api_key": MASK, "sku": "X"}]}, "Password": MASK, "note": "ok"}
+
+
+def test_email_addresses_and_card_numbers_are_masked_inside_any_text():
+    text = "customer ada@example.com paid with 4111 1111 1111 1111 for order 123456789012"
+    assert redact_text(text) == f"customer {MASK} paid with {MASK} for order 123456789012"
+
+
+def test_digit_runs_that_fail_the_luhn_check_are_left_alone():
+    assert redact_text("tracking 1234567812345678") == "tracking 1234567812345678"
+
+
+@pytest.mark.parametrize("value", [None, 3, 2.5, True])
+def test_non_text_values_pass_through(value):
+    assert redact(value) == value
+
+
+def test_the_field_list_comes_from_settings(settings):
+    settings.FLOWSCOPE_REDACT_FIELDS = ["customer_ref"]
+    assert redact({"customer_ref": "C-9", "password": "p"}) == {"customer_ref": MASK, "password": "p"}
