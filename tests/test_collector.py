@@ -69,16 +69,11 @@ def test_a_collector_that_died_before_acknowledging_has_its_batches_taken_up_aga
     redis.incrby(sink.PENDING, 1)  # as sink.push counts it
     redis.xreadgroup(group, "dead-one", {stream: ">"}, count=10)  # read, never acknowledged
 
-    import tracing.collector as module
-
-    original = module.STREAM
-    module.STREAM = stream
     try:
-        survivor = Collector(name="dead-one")  # the same name restarted: recovers its own pending
+        survivor = Collector(name="dead-one", stream=stream)  # the same name restarted: recovers its own pending
         assert survivor.step() == 1
         assert survivor.step() == 0
     finally:
-        module.STREAM = original
         redis.delete(stream)
     assert Span.objects.filter(trace_id="c" * 32).count() == 1
 

@@ -8,12 +8,12 @@ are added to a drop counter that the console shows.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis
 from django.conf import settings
 from opentelemetry.sdk.trace import ReadableSpan
@@ -75,7 +75,7 @@ def push(spans: list[dict[str, Any]]) -> None:
     """Put encoded spans in the sink; SinkFull at the bound, redis errors when Redis is away."""
     if not spans:
         return
-    batch = json.dumps(spans, separators=(",", ":"), default=str)
+    batch = orjson.dumps(spans, default=str, option=orjson.OPT_NON_STR_KEYS)
     kept = get_redis().eval(_PUSH, 3, STREAM, PENDING, DROPPED, batch, len(spans), settings.TRACING_SINK_MAX_SPANS)
     if not kept:
         raise SinkFull(f"span sink holds its limit of {settings.TRACING_SINK_MAX_SPANS} spans; {len(spans)} dropped")

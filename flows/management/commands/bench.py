@@ -1,0 +1,99 @@
+"""`manage.py bench`: Flowscope's cost against plain Celery, and how fast its collector stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import django
+import redis as redis_py
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+
+from flows.bench import spans, throughput
+from flows.redis import get_redis
+from flows.registry import catalog
+
+
+class Command(BaseCommand):
+    help = "Measure Flowscope against bare Celery on this machine's broker and database; print a table, optionally --json PATH."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
+        parser.add_argument("--json", dest="json_path", default="", help="also write the figures here")
+        parser.add_argument("--concurrency", type=int, default=2, help="pool processes of each measured worker")
+        parser.add_argument("--only", default="", help="comma-separated: p1, p2")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        import flows.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
+
+        catalog.check()
+        call_command("migrate", interactive=False, verbosity=0)  # the span tables, on a fresh database
+        only = {p.strip() for p in options["only"].split(",") if p.strip()}
+        unknown = only - {"p1", "p2"}
+        if unknown:
+            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from p1, p2")
+        quick = options["quick"]
+        log_dir = Path(settings.VAR_DIR) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        figures: dict[str, Any] = {"quick": quick, "machine": self._machine()}
+        started = time.monotonic()
+
+        if not only or "p1" in only:
+            n = 3_000 if quick else 20_000
+            collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                bare = throughput.bare_rate(n, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress)
+                traced = throughput.flowscope_rate(n, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress)
+            finally:
+                collector.terminate()
+                collector.wait(30)
+            figures.update({"p1_messages": n, "bare_celery_per_s": round(bare, 1), "flowscope_fire_and_forget_per_s": round(traced, 1), "p1_fire_and_forget_ratio": round(traced / bare, 3)})
+        if not only or "p2" in only:
+            n = 20_000 if quick else 200_000
+            figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
+
+        figures["seconds"] = round(time.monotonic() - started, 1)
+        self._progress("")
+        self._table(figures)
+        if options["json_path"]:
+            Path(options["json_path"]).write_text(json.dumps(figures, indent=2) + "\n")
+            self.stdout.write(f"figures written to {options['json_path']}")
+
+    def _progress(self, text: str) -> None:
+        sys.stderr.write(f"\r\033[K{text}" if text else "\r\033[K")
+        sys.stderr.flush()
+
+    def _table(self, figures: dict[str, Any]) -> None:
+        width = max(len(k) for k in figures)
+        for name, value in figures.items():
+            if name != "machine":
+                self.stdout.write(f"{name:<{width}}  {value}")
+        for name, value in figures["machine"].items():
+            self.stdout.write(f"{'machine.' + name:<{width}}  {value}")
+
+    def _machine(self) -> dict[str, Any]:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            commit = ""
+        try:
+            redis_version = get_redis().info("server").get("redis_version", "")
+        except redis_py.RedisError:
+            redis_version = "unreachable"
+        return {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "django": django.get_version(),
+            "redis": redis_version,
+            "database": f"{connection.vendor} {connection.Database.sqlite_version if connection.vendor == 'sqlite' else connection.pg_version}",
+            "commit": commit or "unknown",
+        }
