@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import path
 
 from console import views
+from console.api.api import api
 from tracing.views import receive_traces
 
 urlpatterns = [
@@ -9,4 +10,5 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("v1/traces", receive_traces, name="otlp-traces"),
+    path("api/v1/", api.urls),
 ]

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from flows import telemetry
 from flows.envelope import ATTEMPT, REQUEUE_OF, SERIES, Envelope
-from flows.errors import FlowsError
+from flows.errors import EnvelopeError, FlowsError
 from flows.models import DeadLetter
 from flows.publishing import publish_to
 from flows.registry import catalog
@@ -100,12 +100,21 @@ def dead_letter_record(
     return DeadLetter.objects.get(consumer=consumer, message_id=message_id)
 
 
-def dead_letter_requeue(*, dead_letter_id: int, actor: str) -> bool:
+def dead_letter_requeue(*, dead_letter_id: int, actor: str, payload: dict[str, Any] | None = None) -> bool:
     """Republish a dead letter's original envelope to its queue as a fresh series of attempts.
 
+    With `payload`, the envelope is first corrected: the new payload must pass the message
+    type's schema at the envelope's version (PayloadInvalid otherwise, and nothing changes).
     Returns False, changing nothing, when the dead letter is no longer dead (someone else
     requeued or discarded it first).
     """
+    if payload is not None:
+        current = DeadLetter.objects.filter(pk=dead_letter_id).values_list("message_type", "schema_version").first()
+        if current is None:
+            return False
+        if not isinstance(payload, dict):
+            raise EnvelopeError("the payload must be a JSON object")
+        payload = catalog.message_type(current[0]).validate(current[1], payload)
     with transaction.atomic():
         claimed = DeadLetter.objects.filter(pk=dead_letter_id, state=DeadLetter.State.DEAD).update(
             state=DeadLetter.State.REQUEUED, series=F("series") + 1, requeued_at=timezone.now(), requeued_by=actor[:150]
@@ -113,6 +122,10 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str) -> bool:
         if claimed != 1:
             return False
         dead = DeadLetter.objects.get(pk=dead_letter_id)
+        if payload is not None:
+            dead.envelope = {**dead.envelope, "payload": payload}
+            Envelope.from_dict(dead.envelope).check_size()
+            DeadLetter.objects.filter(pk=dead.pk).update(envelope=dead.envelope)
         try:
             handler = catalog.handler(dead.consumer)
         except LookupError:

@@ -157,3 +157,31 @@ class LateReply(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["arrived_at"], name="latereply_recent")]
+
+
+class RequeueJob(models.Model):
+    """A bulk requeue: the dead letters matching a filter (or a selection), at a set rate."""
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+
+    created_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    filters = models.JSONField(default=dict, help_text="a DeadLetterFilter, as strings")
+    ids = models.JSONField(default=list, help_text="a selection of dead letter ids, instead of a filter")
+    rate_per_s = models.FloatField(null=True, blank=True, help_text="at most this many a second; empty: as fast as it goes")
+    max_id = models.BigIntegerField(help_text="dead letters that arrive after the job started are not part of it")
+    total = models.PositiveIntegerField()
+    done = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0, help_text="no longer dead when their turn came")
+    cursor_id = models.BigIntegerField(default=0)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
+    error = models.TextField(blank=True)
+
+    @property
+    def progress(self) -> float:
+        return 1.0 if not self.total else min(1.0, (self.done + self.skipped) / self.total)

@@ -36,3 +36,18 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
 @shared_task(name="flows.sweep_stalled_sagas")
 def sweep_stalled_sagas() -> int:
     return sagas.sweep_stalled_sagas()
+
+
+@shared_task(name="flows.run_requeue_job", acks_late=True)
+def run_requeue_job(job_id: int) -> None:
+    from flows.models import RequeueJob
+    from flows.requeue_jobs import requeue_job_run_slice
+
+    try:
+        more = requeue_job_run_slice(job_id)
+    except Exception as exc:
+        # Say so on the job, where the operator watches it, rather than only in a worker log.
+        RequeueJob.objects.filter(pk=job_id, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.FAILED, error=f"{type(exc).__name__}: {exc}")
+        raise
+    if more:
+        run_requeue_job.apply_async(args=[job_id], queue="flows.control")

@@ -1,0 +1,142 @@
+"""Dead letters: list, groups, detail, requeue, discard, edit and requeue, bulk requeue jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from ninja import Query, Router, Schema
+from ninja.errors import HttpError
+
+from console.api.auth import need
+from console.api.schemas import DiscardIn, EditRequeueIn, RequeueJobIn
+from console.audit import audit
+from console.models import Role
+from console.presenters import dead_letter_detail, dead_letter_summary, job_summary
+from flows.deadletters import dead_letter_discard, dead_letter_requeue
+from flows.models import DeadLetter, RequeueJob
+from flows.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_start
+from flows.selectors import DeadLetterFilter, dead_letter_groups, dead_letters_page
+from tracing.redaction import redact
+
+router = Router(tags=["dead letters"])
+
+
+class FilterQuery(Schema):
+    since: datetime | None = None
+    until: datetime | None = None
+    message_type: str = ""
+    queue: str = ""
+    consumer: str = ""
+    state: DeadLetter.State | None = None
+    fingerprint: str = ""
+
+    def to_filter(self) -> DeadLetterFilter:
+        return DeadLetterFilter(since=self.since, until=self.until, message_type=self.message_type, queue=self.queue, consumer=self.consumer, state=self.state.value if self.state else "", fingerprint=self.fingerprint)
+
+
+@router.get("/deadletters")
+def list_dead_letters(request: HttpRequest, filters: Query[FilterQuery], cursor: str = "", limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+    """Newest first. `next_cursor` fetches the following page (keyset: as fast on page 1,000 as on page 1).
+
+    200 {"items": [...], "next_cursor": "..."}; 400 for a cursor this API did not give out.
+    """
+    need(request, Role.VIEWER)
+    rows, next_cursor = dead_letters_page(filters.to_filter(), cursor=cursor, limit=limit)
+    return {"items": [dead_letter_summary(d) for d in rows], "next_cursor": next_cursor}
+
+
+@router.get("/deadletters/groups")
+def list_groups(request: HttpRequest, filters: Query[FilterQuery], limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+    """Dead letters grouped by cause (fingerprint): count, first and last seen, an example."""
+    need(request, Role.VIEWER)
+    return [{**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()} for g in dead_letter_groups(filters.to_filter(), limit=limit)]
+
+
+@router.get("/deadletters/{dead_letter_id}")
+def get_dead_letter(request: HttpRequest, dead_letter_id: int) -> dict[str, Any]:
+    """Envelope (payload redacted), error, traceback, attempts, trace ids and saga step. 404 if unknown."""
+    need(request, Role.VIEWER)
+    return dead_letter_detail(get_object_or_404(DeadLetter, pk=dead_letter_id))
+
+
+def _conflict(dead: DeadLetter) -> HttpError:
+    return HttpError(409, f"dead letter {dead.pk} is {dead.state}, not dead: nothing done")
+
+
+@router.post("/deadletters/{dead_letter_id}/requeue")
+def requeue(request: HttpRequest, dead_letter_id: int) -> dict[str, Any]:
+    """Republish the original envelope as a fresh series of attempts. 200 {"requeued": true};
+    403 below operator; 404 unknown; 409 when it is no longer dead (someone got there first)."""
+    principal = need(request, Role.OPERATOR)
+    dead = get_object_or_404(DeadLetter, pk=dead_letter_id)
+    with transaction.atomic():
+        if not dead_letter_requeue(dead_letter_id=dead.pk, actor=principal.name):
+            raise _conflict(DeadLetter.objects.get(pk=dead.pk))
+        audit(principal, "requeue", object_type="dead_letter", object_ids=[dead.pk], before={"state": dead.state}, after={"state": "requeued"})
+    return {"requeued": True, "dead_letter": dead_letter_summary(DeadLetter.objects.get(pk=dead.pk))}
+
+
+@router.post("/deadletters/{dead_letter_id}/discard")
+def discard(request: HttpRequest, dead_letter_id: int, body: DiscardIn) -> dict[str, Any]:
+    """Give up on a dead letter, with a reason. 409 when it is no longer dead."""
+    principal = need(request, Role.OPERATOR)
+    dead = get_object_or_404(DeadLetter, pk=dead_letter_id)
+    with transaction.atomic():
+        if not dead_letter_discard(dead_letter_id=dead.pk, actor=principal.name, reason=body.reason):
+            raise _conflict(DeadLetter.objects.get(pk=dead.pk))
+        audit(principal, "discard", object_type="dead_letter", object_ids=[dead.pk], before={"state": dead.state}, after={"state": "discarded"}, detail=body.reason)
+    return {"discarded": True}
+
+
+@router.post("/deadletters/{dead_letter_id}/edit-requeue")
+def edit_and_requeue(request: HttpRequest, dead_letter_id: int, body: EditRequeueIn) -> dict[str, Any]:
+    """Correct the payload (checked against the message type's schema: 400 naming the field
+    otherwise) and requeue; the old and new payloads go to the audit log."""
+    principal = need(request, Role.OPERATOR)
+    dead = get_object_or_404(DeadLetter, pk=dead_letter_id)
+    before = dead.envelope.get("payload")
+    with transaction.atomic():
+        if not dead_letter_requeue(dead_letter_id=dead.pk, actor=principal.name, payload=body.payload):
+            raise _conflict(DeadLetter.objects.get(pk=dead.pk))
+        after = DeadLetter.objects.get(pk=dead.pk).envelope.get("payload")
+        audit(principal, "edit_requeue", object_type="dead_letter", object_ids=[dead.pk], before={"payload": redact(before)}, after={"payload": redact(after)})
+    return {"requeued": True, "payload": redact(after)}
+
+
+@router.post("/requeue-jobs")
+def start_requeue_job(request: HttpRequest, body: RequeueJobIn) -> dict[str, Any]:
+    """Requeue a selection (`ids`) or everything matching a filter, at `rate_per_s`.
+    With `dry_run` only counts: 200 {"count": n}. Otherwise 200 with the job (poll it, or
+    watch its progress on the live socket); 409 when nothing matches."""
+    principal = need(request, Role.OPERATOR)
+    filters = None if body.ids is not None else DeadLetterFilter(
+        since=body.since, until=body.until, message_type=body.message_type, queue=body.queue, consumer=body.consumer, fingerprint=body.fingerprint
+    )
+    if body.dry_run:
+        return {"count": requeue_count(filters=filters, ids=body.ids)}
+    with transaction.atomic():
+        job = requeue_job_start(actor=principal.name, filters=filters, ids=body.ids, rate_per_s=body.rate_per_s)
+        audit(principal, "bulk_requeue", object_type="requeue_job", object_ids=[job.pk], after={"total": job.total, "rate_per_s": job.rate_per_s, "filters": job.filters, "ids": job.ids[:1000]})
+    return job_summary(job)
+
+
+@router.get("/requeue-jobs/{job_id}")
+def get_requeue_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    need(request, Role.VIEWER)
+    return job_summary(get_object_or_404(RequeueJob, pk=job_id))
+
+
+@router.post("/requeue-jobs/{job_id}/cancel")
+def cancel_requeue_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+    """Stop a running job after the message in hand. 409 when it is not running."""
+    principal = need(request, Role.OPERATOR)
+    job = get_object_or_404(RequeueJob, pk=job_id)
+    with transaction.atomic():
+        if not requeue_job_cancel(job_id=job.pk):
+            raise HttpError(409, f"job {job.pk} is {job.state}, not running")
+        audit(principal, "cancel_bulk_requeue", object_type="requeue_job", object_ids=[job.pk], before={"done": job.done})
+    return job_summary(RequeueJob.objects.get(pk=job.pk))

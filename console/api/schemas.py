@@ -1,0 +1,36 @@
+"""Request bodies of the JSON API, validated by django-ninja (422 with the field and problem)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ninja import Schema
+from pydantic import Field
+
+
+class DiscardIn(Schema):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class EditRequeueIn(Schema):
+    payload: dict[str, Any]
+
+
+class RequeueJobIn(Schema):
+    ids: list[int] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
+    since: datetime | None = None
+    until: datetime | None = None
+    message_type: str = ""
+    queue: str = ""
+    consumer: str = ""
+    fingerprint: str = ""
+    rate_per_s: float | None = Field(default=None, gt=0, le=100_000, description="leave out for no limit")
+    dry_run: bool = False
+
+
+class MessageIn(Schema):
+    type: str = Field(min_length=1, max_length=200)
+    payload: dict[str, Any]
+    schema_version: int | None = Field(default=None, ge=1)
+    correlation_id: str | None = Field(default=None, max_length=128)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.http import HttpRequest
+from ninja import Query, Router
+from ninja.errors import HttpError
+
+from console.api.auth import need
+from console.models import Role
+from tracing.redaction import redact
+from tracing.selectors import trace_tree, traces_for
+
+router = Router(tags=["traces"])
+TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@router.get("/traces")
+def search_traces(request: HttpRequest, correlation_id: str = "", message_id: str = "", saga_id: str = "", limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+    """Traces holding a span of this conversation, message or saga; 400 if none is named."""
+    need(request, Role.VIEWER)
+    if not (correlation_id or message_id or saga_id):
+        raise HttpError(400, "name a correlation_id, a message_id or a saga_id")
+    rows = traces_for(correlation_id=correlation_id, message_id=message_id, saga_id=saga_id, limit=limit)
+    return [{**r, "first": r["first"].isoformat(), "last": r["last"].isoformat()} for r in rows]
+
+
+@router.get("/traces/{trace_id}")
+def get_trace(request: HttpRequest, trace_id: str, offset: int = Query(0, ge=0), limit: int = Query(2000, ge=1, le=20000)) -> dict[str, Any]:
+    """The hop tree, depth first in start order, a window of it at a time (`offset`, `limit`),
+    with links to and from other traces. 400 for a malformed id, 404 for an unknown one."""
+    need(request, Role.VIEWER)
+    if not TRACE_ID.match(trace_id):
+        raise HttpError(400, "a trace id is 32 lowercase hexadecimal characters")
+    tree = trace_tree(trace_id)
+    if tree is None:
+        raise HttpError(404, f"no spans stored for trace {trace_id}")
+    walked = tree.walk()
+    start = min((s.start_time for _, s in walked))
+    return {
+        "trace_id": trace_id,
+        "spans": tree.spans,
+        "offset": offset,
+        "links_out": tree.links_out,
+        "links_in": tree.links_in,
+        "items": [
+            {
+                "depth": depth,
+                "span_id": s.span_id,
+                "parent_span_id": s.parent_span_id,
+                "name": s.name,
+                "service": s.service,
+                "kind": s.kind,
+                "start_ms": round((s.start_time - start).total_seconds() * 1000, 3),
+                "duration_ms": s.duration_us / 1000,
+                "status_code": s.status_code,
+                "status_message": s.status_message,
+                "attributes": redact(s.attributes),
+                "events": redact(s.events),
+                "links": s.links,
+            }
+            for depth, s in walked[offset : offset + limit]
+        ],
+    }

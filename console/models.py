@@ -1,0 +1,81 @@
+"""Who may do what (roles, API tokens) and what they did (the audit log)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+TOKEN_PREFIX = "fs_"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A token for scripts. Only its hash is stored; the token itself is shown once."""
+
+    name = models.CharField(max_length=100)
+    role = models.CharField(max_length=10, choices=Role.choices)
+    token_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=12, help_text="the token's first characters, to tell tokens apart")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.role}, {self.hint}...)"
+
+    @classmethod
+    def issue(cls, *, name: str, role: str, created_by: str) -> tuple[ApiToken, str]:
+        """A new token and its secret, which is not kept anywhere."""
+        if role not in Role.values:
+            raise ValueError(f"role must be one of {', '.join(Role.values)}, got {role!r}")
+        if not name.strip():
+            raise ValueError("a token needs a name, to know later what it is for")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(name=name.strip()[:100], role=role, token_hash=hash_token(secret), hint=secret[:10], created_by=created_by[:150])
+        return token, secret
+
+
+class AuditEntry(models.Model):
+    """One operator action: who, what, on which messages, when, and the state before and after."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.CharField(max_length=150)
+    via = models.CharField(max_length=20, help_text="web, api, token or command")
+    action = models.CharField(max_length=50)
+    object_type = models.CharField(max_length=50, blank=True)
+    object_ids = models.JSONField(default=list)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_type} {self.object_ids}"
+
+
+class UserRole(models.Model):
+    """A user's role in the console. Superusers are admins whatever this says."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="console_role")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role}"
