@@ -54,6 +54,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -114,9 +115,19 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "console.staticfinders.PlotlyFinder",
+]
+# Served by WhiteNoise from the finders, so the ASGI app needs no collectstatic step or proxy.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
 
 # --- Redis: broker, channel layer and the engine's own keys (all prefixed "flows:") ---
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -166,6 +177,7 @@ TRACING_SINK_MAX_SPANS = envint("TRACING_SINK_MAX_SPANS", 2_000_000, minimum=1)
 TRACING_CAPTURE_PAYLOAD = envbool("TRACING_CAPTURE_PAYLOAD", False)
 TRACING_RETENTION_DAYS = envfloat("TRACING_RETENTION_DAYS", 7.0)
 TRACING_OTLP_MAX_BYTES = envint("TRACING_OTLP_MAX_BYTES", 2 * 1024 * 1024, minimum=1024)
+TRACING_COLLECTOR_THREADS = envlist("TRACING_COLLECTOR_THREADS", ["console.broadcast.start"])
 TRACING_OTLP_TOKEN = envstr("TRACING_OTLP_TOKEN", "")  # if set, POST /v1/traces needs "Authorization: Bearer <token>"
 TRACING_EDGE_BUCKET_SECONDS = envint("TRACING_EDGE_BUCKET_SECONDS", 10, minimum=1)
 # Payload fields masked wherever a payload is shown or exported (e-mail addresses and card

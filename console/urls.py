@@ -1,13 +1,28 @@
+"""Every route of the console in one table: pages, the JSON API, the OTLP receiver, metrics."""
+
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import views
+from console import pages, views
 from console.api.api import api
 from tracing.views import receive_traces
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", pages.overview, name="overview"),
+    path("graph/", pages.graph, name="graph"),
+    path("deadletters/", pages.dead_letters, name="dead-letters"),
+    path("deadletters/<int:dead_letter_id>/", pages.dead_letter, name="dead-letter"),
+    path("sagas/", pages.sagas, name="sagas"),
+    path("sagas/<uuid:saga_id>/", pages.saga, name="saga"),
+    path("traces/", pages.traces, name="traces"),
+    path("traces/<str:trace_id>/", pages.trace, name="trace"),
+    path("search/", pages.search, name="search"),
+    path("audit/", pages.audit_log, name="audit"),
+    path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("v1/traces", receive_traces, name="otlp-traces"),
     path("api/v1/", api.urls),

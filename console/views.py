@@ -1,26 +1,20 @@
-"""Until the console pages land: a status page for the demo and a health check for scripts."""
+"""Machine endpoints: a health check for load balancers, Prometheus metrics for scrapers."""
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
 
+from console.api.auth import TokenAuth
+from console.models import Role
+from console.roles import principal_for_user
 from flows.backpressure import queue_statuses
+from flows.idempotency import duplicate_counts
 from flows.models import DeadLetter, SagaInstance
 from flows.redis import get_redis
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    context = {
-        "dead_letters": dict(DeadLetter.objects.values_list("state").annotate(n=Count("id")).order_by()),
-        "sagas": dict(SagaInstance.objects.values_list("state").annotate(n=Count("id")).order_by()),
-        "queues": queue_statuses(),
-    }
-    return render(request, "console/home.html", context)
+from flows.stats import processed_totals, workers_online
+from tracing.sink import sink_status
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -38,3 +32,44 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["database"] = f"error: {exc}"
     healthy = all(v == "ok" for v in checks.values())
     return JsonResponse({"status": "ok" if healthy else "degraded", "checks": checks}, status=200 if healthy else 503)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format; a viewer's session or a bearer API token (any role)."""
+    principal = principal_for_user(request.user) if request.user.is_authenticated else None
+    header = request.headers.get("Authorization", "")
+    if principal is None and header.startswith("Bearer "):
+        principal = TokenAuth().authenticate(request, header[7:])
+    if principal is None or not principal.can(Role.VIEWER):
+        return HttpResponse("authentication required: a session or 'Authorization: Bearer <token>'\n", status=401, content_type="text/plain")
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            rendered = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
+
+    totals = processed_totals()
+    metric("flowscope_deliveries_total", "counter", "Deliveries by pattern, handler and outcome.",
+           [({"pattern": p, "consumer": c, "outcome": o}, n) for (p, c, o), n in sorted(totals.items())])
+    metric("flowscope_duplicates_total", "counter", "Redeliveries recognised as duplicates, by handler.",
+           [({"consumer": c}, n) for c, n in sorted(duplicate_counts().items())])
+    metric("flowscope_dead_letters", "gauge", "Dead letters by state.",
+           [({"state": s}, n) for s, n in sorted(DeadLetter.objects.values_list("state").annotate(n=Count("id")).order_by())])
+    metric("flowscope_requeues_total", "counter", "Requeues of dead letters.", [({}, DeadLetter.objects.aggregate(n=Sum("series"))["n"] or 0)])
+    metric("flowscope_sagas", "gauge", "Sagas by type and state.",
+           [({"saga_type": t, "state": s}, n) for t, s, n in SagaInstance.objects.values_list("saga_type", "state").annotate(n=Count("id")).order_by()])
+    statuses = queue_statuses()
+    metric("flowscope_queue_depth", "gauge", "Messages waiting per queue.", [({"queue": q.name}, q.depth) for q in statuses])
+    metric("flowscope_queue_throttled", "gauge", "1 while back-pressure throttles a queue.", [({"queue": q.name}, int(q.state == "throttled")) for q in statuses])
+    sink = sink_status()
+    metric("flowscope_span_ingest_pending", "gauge", "Spans waiting for the collector (ingest lag).", [({}, sink["pending"])])
+    metric("flowscope_spans_dropped_total", "counter", "Spans dropped at the sink's bound or with Redis away.", [({}, sink["dropped"])])
+    metric("flowscope_workers_online", "gauge", "Worker processes with a recent heartbeat.", [({}, len(workers_online()))])
+    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -9,13 +9,17 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import Counter
+from typing import Any
 
 from flows.redis import get_redis, key
 
 log = logging.getLogger(__name__)
 PROCESSED_KEY = key("stats", "processed")
+WORKERS_KEY = key("workers")
 FLUSH_SECONDS = 1.0
+ONLINE_SECONDS = 10.0
 
 
 class _Counters:
@@ -24,6 +28,12 @@ class _Counters:
         self._lock = threading.Lock()
         self._pid = 0
         self._stop = threading.Event()
+
+    def identify(self, worker: str) -> None:
+        """Name this process in the heartbeat that tells the console which workers are online."""
+        if self._pid != os.getpid():
+            self._start()
+        self.worker = worker
 
     def add(self, pattern: str, consumer: str, outcome: str) -> None:
         if self._pid != os.getpid():
@@ -34,12 +44,15 @@ class _Counters:
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
-        if not counts:
+        worker = getattr(self, "worker", "")
+        if not counts and not worker:
             return
         try:
             pipe = get_redis().pipeline(transaction=False)
             for field, n in counts.items():
                 pipe.hincrby(PROCESSED_KEY, field, n)
+            if worker:
+                pipe.hset(WORKERS_KEY, worker, repr(time.time()))
             pipe.execute()
         except Exception:  # Redis away: keep the counts for the next flush
             log.warning("could not flush processing counters; will retry", exc_info=True)
@@ -48,6 +61,7 @@ class _Counters:
 
     def _start(self) -> None:
         self._pid = os.getpid()
+        self.worker = ""
         self._counts = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -60,6 +74,17 @@ class _Counters:
 
 
 counters = _Counters()
+
+
+def workers_online() -> list[dict[str, Any]]:
+    """Worker processes that sent a heartbeat in the last ONLINE_SECONDS, and how long ago."""
+    now = time.time()
+    online = []
+    for worker, seen in get_redis().hgetall(WORKERS_KEY).items():
+        age = now - float(seen)
+        if age <= ONLINE_SECONDS:
+            online.append({"worker": worker.decode(), "seen_s": round(age, 1)})
+    return sorted(online, key=lambda w: w["worker"])
 
 
 def processed_totals() -> dict[tuple[str, str, str], int]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_process_init
 from celery.exceptions import Reject
 
 from flows import runtime, sagas
+from flows.stats import counters
 
 log = logging.getLogger(__name__)
 REQUEUE_PAUSE_SECONDS = 1.0
@@ -22,8 +25,10 @@ def deliver(self: Any, *args: Any, **kwargs: Any) -> str:
     # becomes a dead letter instead of a TypeError that Celery would acknowledge and drop.
     raw = args[0] if args else kwargs.get("envelope")
     consumer = args[1] if len(args) > 1 else kwargs.get("consumer")
+    worker = f"{self.request.hostname}/{os.getpid()}"
+    counters.identify(worker)
     try:
-        return runtime.deliver(raw, consumer, worker=f"{self.request.hostname}/{os.getpid()}")
+        return runtime.deliver(raw, consumer, worker=worker)
     except Exception:
         # The outcome could not be made durable (database or broker away). Celery would ack a
         # failed task and drop the message; put it back instead, after a pause so an outage
@@ -51,3 +56,11 @@ def run_requeue_job(job_id: int) -> None:
         raise
     if more:
         run_requeue_job.apply_async(args=[job_id], queue="flows.control")
+
+
+@worker_process_init.connect
+def _heartbeat_from_the_start(**_: Any) -> None:
+    # An idle pool process is online too: name it before its first task (the worker command
+    # puts the node name in FLOWSCOPE_NODE; a bare `celery worker` falls back to the host).
+    counters.identify(f"{os.environ.get('FLOWSCOPE_NODE') or 'celery@' + socket.gethostname()}/{os.getpid()}")
+    counters.flush()

@@ -10,7 +10,10 @@ from console.roles import set_role
 
 
 def person(role: str | None, name: str = "") -> User:
-    user = User.objects.create_user(name or f"{role or 'norole'}-user", password="a-long-test-password")
+    name = name or f"{role or 'norole'}-user"
+    if User.objects.filter(username=name).exists():
+        name = f"{name}-{User.objects.count()}"
+    user = User.objects.create_user(name, password="a-long-test-password")
     if role:
         set_role(user, role)
     return user

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.http import HttpRequest
 from ninja import Query, Router
+from ninja.responses import Status
 from ninja.errors import HttpError
 
 from console.api.auth import need
@@ -37,7 +38,7 @@ def get_queues(request: HttpRequest) -> list[dict[str, Any]]:
 
 
 @router.post("/messages", response={202: dict[str, Any]})
-def publish_message(request: HttpRequest, body: MessageIn) -> tuple[int, dict[str, Any]]:
+def publish_message(request: HttpRequest, body: MessageIn) -> Status[dict[str, Any]]:
     """Publish into a flow (fire-and-forget, fan-out or competing consumers), validated against
     the type's schema: 202 {"message_id": ...}; 400 naming what is wrong; 404 for an unknown
     type; 409 for a type that is not sent this way; 503 with the queue's state under back-pressure."""
@@ -49,4 +50,4 @@ def publish_message(request: HttpRequest, body: MessageIn) -> tuple[int, dict[st
     except QueueFull as exc:
         raise HttpError(503, str(exc)) from None
     audit(principal, "publish", object_type="message", object_ids=[str(envelope.message_id)], after={"type": body.type})
-    return 202, {"message_id": str(envelope.message_id), "correlation_id": envelope.correlation_id}
+    return Status(202, {"message_id": str(envelope.message_id), "correlation_id": envelope.correlation_id})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from console.celery import app
+from celery import current_app as app  # the project's app (console/celery.py), without importing console
 from flows.registry import catalog
 from tracing import setup
 
@@ -36,7 +38,9 @@ class Command(BaseCommand):
             raise CommandError("--concurrency must be at least 1")
         argv = ["worker", "-Q", ",".join(queues), "-c", str(options["concurrency"]), "-P", options["pool"], "-l", options["loglevel"], "-O", "fair"]
         if options["name"]:
-            argv += ["-n", options["name"]]
+            node = options["name"].replace("%h", socket.gethostname())
+            argv += ["-n", node]
+            os.environ["FLOWSCOPE_NODE"] = node  # the pool children name their heartbeat with it
         if options["beat"]:
             argv += ["-B", "-s", "var/celerybeat-schedule"]
         if options["max_tasks_per_child"]:

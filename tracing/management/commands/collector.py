@@ -4,7 +4,9 @@ import signal
 import threading
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.utils.module_loading import import_string
 
 from tracing.collector import Collector
 
@@ -18,6 +20,10 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stop.set())
         collector = Collector()
         collector.ensure_group()
+        # Work that belongs beside the collector (the console's live broadcaster), named in settings
+        # so that tracing does not import the console.
+        for path in settings.TRACING_COLLECTOR_THREADS:
+            import_string(path)(stop)
         self.stdout.write(f"collector {collector.name} ready", ending="\n")
         self.stdout.flush()
         collector.run(stop)

@@ -1,0 +1,89 @@
+"""The live state the console pushes over the websocket: one snapshot, whole each time, so a
+frame the channel layer drops costs nothing but a second of freshness.
+
+Heavier parts (dead-letter counts and groups) are recomputed at most every few seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from flows.backpressure import queue_statuses
+from flows.models import RequeueJob
+from flows.selectors import DeadLetterFilter, dead_letter_counts, dead_letter_groups, saga_counts
+from flows.stats import workers_online
+from tracing import histogram
+from tracing.models import EdgeStat
+from tracing.selectors import flow_graph
+from tracing.sink import sink_status
+
+GROUP = "live"
+WINDOW = timedelta(minutes=15)
+_cache: dict[str, tuple[float, Any]] = {}
+
+
+def _cached(name: str, seconds: float, compute: Callable[[], Any]) -> Any:
+    now = time.monotonic()
+    hit = _cache.get(name)
+    if hit is None or now - hit[0] > seconds:
+        hit = (now, compute())
+        _cache[name] = hit
+    return hit[1]
+
+
+def series(window: timedelta = WINDOW) -> dict[str, Any]:
+    """Messages handled a second, error rate and p95 per bucket over the window (handler edges)."""
+    since = timezone.now() - window
+    buckets: dict[Any, dict[str, Any]] = {}
+    for row in EdgeStat.objects.filter(bucket__gte=since, target__startswith="handler:").order_by("bucket"):
+        b = buckets.setdefault(row.bucket, {"count": 0, "errors": 0, "histogram": histogram.empty()})
+        b["count"] += row.count
+        b["errors"] += row.errors
+        histogram.merge(b["histogram"], row.histogram)
+    from django.conf import settings
+
+    size = settings.TRACING_EDGE_BUCKET_SECONDS
+    times = sorted(buckets)
+    return {
+        "t": [t.isoformat() for t in times],
+        "rate": [round(buckets[t]["count"] / size, 2) for t in times],
+        "error_rate": [round(buckets[t]["errors"] / buckets[t]["count"], 4) if buckets[t]["count"] else 0 for t in times],
+        "p95_ms": [histogram.percentile(buckets[t]["histogram"], 0.95) for t in times],
+    }
+
+
+def snapshot() -> dict[str, Any]:
+    recent = series()
+    last = {k: v[-2:] for k, v in recent.items()}  # the newest bucket is still filling; use the one before too
+    jobs = [
+        {"id": j.pk, "state": j.state, "total": j.total, "done": j.done, "skipped": j.skipped, "progress": round(j.progress, 4)}
+        for j in RequeueJob.objects.filter(created_at__gte=timezone.now() - timedelta(hours=1)).order_by("-id")[:10]
+    ]
+    return {
+        "at": timezone.now().isoformat(),
+        "series": recent,
+        "now": {
+            "rate": max(last["rate"], default=0),
+            "error_rate": last["error_rate"][-1] if last["error_rate"] else 0,
+            "p95_ms": last["p95_ms"][-1] if last["p95_ms"] else None,
+        },
+        "queues": [dataclasses.asdict(q) for q in queue_statuses()],
+        "dead_letters": _cached("dead_letters", 3.0, lambda: {
+            "counts": dead_letter_counts(),
+            "groups": [
+                {**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()}
+                for g in dead_letter_groups(DeadLetterFilter(since=timezone.now() - timedelta(hours=24), state="dead"), limit=5)
+            ],
+        }),
+        "sagas": _cached("sagas", 3.0, saga_counts),
+        "workers": workers_online(),
+        "graph": flow_graph(window=timedelta(minutes=5)),
+        "jobs": jobs,
+        "sink": sink_status(),
+    }

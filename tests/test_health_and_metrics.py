@@ -1,0 +1,34 @@
+import pytest
+from django.test import Client
+
+from tests.people import client_for, token_for
+
+pytestmark = pytest.mark.django_db
+
+
+def test_health_reports_redis_and_the_database(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {"redis": "ok", "database": "ok"}}
+
+
+def test_health_is_503_naming_the_part_that_is_down(client, settings):
+    from flows.devredis import free_port
+
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded" and body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"].startswith("error: ")
+
+
+def test_metrics_need_a_session_or_a_token_and_speak_prometheus():
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", headers={"Authorization": "Bearer fs_wrong"}).status_code == 401
+    by_token = Client().get("/metrics", headers={"Authorization": f"Bearer {token_for('viewer')}"})
+    assert by_token.status_code == 200 and by_token["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = client_for("viewer").get("/metrics").content.decode()
+    for name in ("flowscope_deliveries_total", "flowscope_dead_letters", "flowscope_requeues_total", "flowscope_sagas", "flowscope_queue_depth", "flowscope_span_ingest_pending", "flowscope_workers_online"):
+        assert f"# TYPE {name} " in text
+    assert 'flowscope_queue_depth{queue="t.commands"} 0' in text
