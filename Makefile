@@ -21,6 +21,7 @@ demo: setup
 	DEBUG=$${DEBUG:-1} $(PY) manage.py demo
 
 test: setup
+	scripts/ensure-chromium
 	$(PY) -m pytest $(ARGS)
 
 check: setup

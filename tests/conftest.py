@@ -100,9 +100,10 @@ class ManagedProcess:
     """A real process of ours (a worker, the collector) in a process group of its own, on the
     test database and the run's Redis; started when its log shows `ready_marker`."""
 
-    def __init__(self, name: str, args: list[str], *, ready_marker: str, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, args: list[str], *, ready_marker: str, extra_env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
         self.name = name
         self.args = args
+        self.command = command or [sys.executable, "manage.py"]
         self.ready_marker = ready_marker
         self.extra_env = extra_env or {}
         self.log_path = Path(tempfile.mkdtemp(prefix="flowscope-proc-")) / f"{name}.log"
@@ -118,7 +119,7 @@ class ManagedProcess:
             **self.extra_env,
         }
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - open while the process runs
-        self.process = subprocess.Popen([sys.executable, "manage.py", *self.args], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen([*self.command, *self.args], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: self._ready(), timeout=timeout, interval=0.1, what=f"{self.name} to be ready (log: {self.log_path})")
         return self
 

@@ -69,7 +69,7 @@ const Flowscope = (() => {
   /* -- overview -- */
   function chart(id, x, y, color) {
     const node = document.getElementById(id);
-    Plotly.react(node, [{ x, y, type: "scatter", mode: "lines", line: { color, width: 2 }, fill: "tozeroy" }], {
+    Plotly.react(node, [{ x, y, type: "scatter", mode: "lines+markers", line: { color, width: 2 }, marker: { size: 4 }, fill: "tozeroy" }], {
       title: { text: node.dataset.title, font: { size: 12 } }, margin: { l: 40, r: 10, t: 30, b: 30 }, height: 220,
     }, { displayModeBar: false, responsive: true });
   }
@@ -108,15 +108,17 @@ const Flowscope = (() => {
       const [a, b] = [pos[e.source], pos[e.target]];
       if (!a || !b) return;
       const label = `${e.source} → ${e.target}<br>${e.rate_per_s.toFixed(2)}/s · errors ${pct(e.error_rate)} · p95 ${ms(e.p95_ms)}`;
-      traces.push({ x: [a[0], (a[0] + b[0]) / 2, b[0]], y: [a[1], (a[1] + b[1]) / 2, b[1]], mode: "lines+markers", type: "scatter",
+      const short = `${e.rate_per_s.toFixed(1)}/s · ${pct(e.error_rate)} err · p95 ${ms(e.p95_ms)}`;
+      traces.push({ x: [a[0], (a[0] + b[0]) / 2, b[0]], y: [a[1], (a[1] + b[1]) / 2, b[1]], mode: "lines+markers+text", type: "scatter",
         line: { color: health(e), width: 1 + Math.min(8, Math.log2(1 + e.rate_per_s)) }, marker: { size: [0, 10, 0], color: health(e) },
-        hoverinfo: "text", text: ["", label, ""], customdata: [null, { edge: e }, null], showlegend: false });
+        text: ["", short, ""], textposition: "top center", textfont: { size: 10, color: health(e) },
+        hoverinfo: "text", hovertext: ["", label, ""], customdata: [null, { edge: e }, null], showlegend: false });
     });
     traces.push({ x: graph.nodes.map((n) => pos[n.id][0]), y: graph.nodes.map((n) => pos[n.id][1]), mode: "markers+text", type: "scatter",
       text: graph.nodes.map((n) => n.label), textposition: "top center", hoverinfo: "text", customdata: graph.nodes.map((n) => ({ node: n })),
       marker: { size: 18, color: graph.nodes.map((n) => ({ service: "#2b6cb0", queue: "#805ad5", handler: "#2f855a" }[n.kind] || "#718096")) }, showlegend: false });
     const node = $("#flow-graph");
-    Plotly.react(node, traces, { xaxis: { visible: false, range: [-0.3, 2.3] }, yaxis: { visible: false }, margin: { l: 10, r: 10, t: 10, b: 10 }, hovermode: "closest",
+    Plotly.react(node, traces, { xaxis: { visible: false, range: [-0.3, 2.3] }, yaxis: { visible: false, range: [-1.05, 0.12] }, margin: { l: 10, r: 10, t: 10, b: 10 }, hovermode: "closest",
       annotations: ["producers", "queues", "handlers"].map((t, i) => ({ x: i, y: 0.05, text: t, showarrow: false, font: { color: "#667" } })) }, { displayModeBar: false, responsive: true });
     if (!node.dataset.bound) {
       node.dataset.bound = "1";

@@ -1,0 +1,86 @@
+import asyncio
+import threading
+import time
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from console import broadcast
+from console.asgi import application
+from console.consumers import LiveConsumer
+from tests.people import person
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def connect_as(user) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
+    communicator.scope["user"] = user
+    return communicator
+
+
+def test_an_anonymous_socket_is_closed_at_once():
+    from django.contrib.auth.models import AnonymousUser
+
+    async def go():
+        communicator = connect_as(AnonymousUser())
+        connected, code = await communicator.connect()
+        assert (connected, code) == (False, 4401)
+
+    asyncio.run(go())
+
+
+def test_a_signed_in_browser_gets_a_whole_snapshot_on_connect_and_on_refresh():
+    user = person("viewer")
+
+    async def go():
+        communicator = connect_as(user)
+        connected, _ = await communicator.connect()
+        assert connected
+        first = await communicator.receive_json_from(timeout=10)
+        assert first["type"] == "snapshot"
+        assert {"series", "now", "queues", "dead_letters", "sagas", "workers", "graph", "jobs", "sink"} <= set(first["frame"])
+        await communicator.send_json_to({"type": "refresh"})
+        assert (await communicator.receive_json_from(timeout=10))["type"] == "snapshot"
+        await communicator.send_json_to({"type": "delete everything"})
+        assert (await communicator.receive_json_from(timeout=10)) == {"type": "error", "error": 'unknown request; the only one is {"type": "refresh"}'}
+        await communicator.send_to(text_data="not json")
+        assert (await communicator.receive_json_from(timeout=10))["type"] == "error"
+        await communicator.disconnect()
+
+    asyncio.run(go())
+
+
+def test_a_socket_from_a_foreign_origin_is_refused():
+    async def go():
+        communicator = WebsocketCommunicator(application, "/ws/live/", headers=[(b"origin", b"http://evil.example"), (b"host", b"localhost")])
+        connected, _ = await communicator.connect()
+        assert not connected
+
+    asyncio.run(go())
+
+
+def test_the_broadcaster_sends_about_one_frame_a_second_to_every_browser():
+    user = person("viewer")
+    stop = threading.Event()
+
+    async def go():
+        communicator = connect_as(user)
+        await communicator.connect()
+        await communicator.receive_json_from(timeout=10)  # the snapshot on connect
+        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 0.5}, daemon=True)
+        thread.start()
+        arrivals = []
+        try:
+            for _ in range(3):
+                frame = await communicator.receive_json_from(timeout=10)
+                assert frame["type"] == "snapshot"
+                arrivals.append(time.monotonic())
+        finally:
+            stop.set()
+            thread.join(10)
+            await communicator.disconnect()
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        assert all(gap > 0.3 for gap in gaps), f"frames are paced, not bursted: {gaps}"
+
+    asyncio.run(go())
