@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
-from console.api import deadletters, sagas, system, traces
+from console.api import admin, deadletters, sagas, system, traces
 from console.api.auth import AUTH
 from flows.errors import EnvelopeError, FlowsError, PoisonMessage, UnknownMessageType
 from flows.selectors import BadCursor
@@ -13,6 +13,7 @@ from flows.selectors import BadCursor
 api = NinjaAPI(title="Flowscope", version="1", description="Dead letters, sagas, traces and flows.", auth=AUTH, docs_url=None, urls_namespace="api")
 for module in (deadletters, sagas, traces, system):
     api.add_router("/", module.router)
+api.add_router("/admin", admin.router)
 
 
 def _error(request: HttpRequest, status: int, message: str) -> HttpResponse:

@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from flows.bench import spans, throughput
+from flows.bench import pages, spans, throughput
 from flows.redis import get_redis
 from flows.registry import catalog
 
@@ -30,7 +30,7 @@ class Command(BaseCommand):
         parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
         parser.add_argument("--json", dest="json_path", default="", help="also write the figures here")
         parser.add_argument("--concurrency", type=int, default=2, help="pool processes of each measured worker")
-        parser.add_argument("--only", default="", help="comma-separated: p1, p2")
+        parser.add_argument("--only", default="", help="comma-separated: p1, p2, p4, p5")
 
     def handle(self, *args: Any, **options: Any) -> None:
         import flows.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
@@ -38,9 +38,9 @@ class Command(BaseCommand):
         catalog.check()
         call_command("migrate", interactive=False, verbosity=0)  # the span tables, on a fresh database
         only = {p.strip() for p in options["only"].split(",") if p.strip()}
-        unknown = only - {"p1", "p2"}
+        unknown = only - {"p1", "p2", "p4", "p5"}
         if unknown:
-            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from p1, p2")
+            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from p1, p2, p4, p5")
         quick = options["quick"]
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +60,11 @@ class Command(BaseCommand):
         if not only or "p2" in only:
             n = 20_000 if quick else 200_000
             figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
+
+        if not only or "p4" in only:
+            figures.update(pages.dead_letter_page_ms(100_000 if quick else 1_000_000, self._progress))
+        if not only or "p5" in only:
+            figures.update(pages.trace_page_ms(20_000, self._progress))
 
         figures["seconds"] = round(time.monotonic() - started, 1)
         self._progress("")

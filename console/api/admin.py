@@ -1,0 +1,71 @@
+"""Admin-only: API tokens and span retention."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from ninja import Router, Schema
+from ninja.errors import HttpError
+from pydantic import Field
+
+from console.api.auth import need
+from console.audit import audit
+from console.models import ApiToken, Role
+from tracing.retention import prune_spans
+
+router = Router(tags=["admin"])
+
+
+class TokenIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    role: Role
+
+
+class PruneIn(Schema):
+    days: float = Field(ge=0, le=3650)
+
+
+def _token(t: ApiToken) -> dict[str, Any]:
+    return {"id": t.pk, "name": t.name, "role": t.role, "hint": t.hint, "created_by": t.created_by, "created_at": t.created_at.isoformat(),
+            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None, "revoked": t.revoked_at is not None}
+
+
+@router.get("/tokens")
+def list_tokens(request: HttpRequest) -> list[dict[str, Any]]:
+    need(request, Role.ADMIN)
+    return [_token(t) for t in ApiToken.objects.order_by("-created_at")]
+
+
+@router.post("/tokens")
+def create_token(request: HttpRequest, body: TokenIn) -> dict[str, Any]:
+    """The token itself is in this answer only; afterwards only its hash exists."""
+    principal = need(request, Role.ADMIN)
+    with transaction.atomic():
+        token, secret = ApiToken.issue(name=body.name, role=body.role.value, created_by=principal.name)
+        audit(principal, "create_token", object_type="api_token", object_ids=[token.pk], after={"name": token.name, "role": token.role})
+    return {**_token(token), "token": secret}
+
+
+@router.post("/tokens/{token_id}/revoke")
+def revoke_token(request: HttpRequest, token_id: int) -> dict[str, Any]:
+    principal = need(request, Role.ADMIN)
+    token = get_object_or_404(ApiToken, pk=token_id)
+    with transaction.atomic():
+        if not ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+            raise HttpError(409, f"token {token.pk} is already revoked")
+        audit(principal, "revoke_token", object_type="api_token", object_ids=[token.pk])
+    return _token(ApiToken.objects.get(pk=token.pk))
+
+
+@router.post("/retention/prune")
+def prune(request: HttpRequest, body: PruneIn) -> dict[str, int]:
+    """Delete spans older than `days` now (the hourly task applies TRACING_RETENTION_DAYS)."""
+    principal = need(request, Role.ADMIN)
+    deleted = prune_spans(older_than=timedelta(days=body.days))
+    audit(principal, "prune_spans", object_type="spans", after={**deleted, "older_than_days": body.days})
+    return deleted

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from console.audit import audit
+from console.models import ApiToken, Role
+
+
+class Command(BaseCommand):
+    help = "Create an API token for scripts; the token is printed once and only its hash is kept."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", required=True, help="what the token is for")
+        parser.add_argument("--role", required=True, choices=Role.values)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with transaction.atomic():
+            try:
+                token, secret = ApiToken.issue(name=options["name"], role=options["role"], created_by="manage.py create_token")
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            audit("manage.py create_token", "create_token", object_type="api_token", object_ids=[token.pk], after={"name": token.name, "role": token.role})
+        self.stdout.write(secret)
+        self.stderr.write(f"token {token.hint}... ({token.role}) created; it is not shown again. Use it as 'Authorization: Bearer <token>'.")
