@@ -7,7 +7,7 @@ import flows
 from flows.redis import get_redis
 from tests.conftest import wait_for
 from tests.tracing_helpers import flush_here, wait_spans
-from tracing import sink
+from tracing import setup, sink
 from tracing.collector import Collector, store
 from tracing.models import EdgeStat, Span
 from tracing.selectors import flow_graph
@@ -103,10 +103,11 @@ def test_the_flow_graph_of_real_traffic_has_producer_queue_and_handler_edges(wor
     def edges() -> dict:
         return {(x["source"], x["target"]): x for x in flow_graph()["edges"]}
 
+    producer = f"service:{setup.provider().resource.attributes['service.name']}"  # this test process
     wait_for(lambda: edges().get(("queue:t.graph", "handler:t_graph"), {}).get("count", 0) >= 6, what="six attempts in the graph")
-    wait_for(lambda: edges().get(("service:flowscope", "queue:t.graph"), {}).get("count", 0) >= 3, what="three sends in the graph")
+    wait_for(lambda: edges().get((producer, "queue:t.graph"), {}).get("count", 0) >= 3, what="three sends in the graph")
     time.sleep(1)  # anything extra would have arrived by now
     graph = edges()
     consume = graph[("queue:t.graph", "handler:t_graph")]
     assert (consume["count"], consume["errors"], consume["dead"]) == (6, 3, 0)
-    assert graph[("service:flowscope", "queue:t.graph")]["count"] == 3
+    assert graph[(producer, "queue:t.graph")]["count"] == 3

@@ -13,6 +13,25 @@ from tests.people import person
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def run(coroutine_function) -> None:
+    """Run an async test body on a loop of its own, in a thread of its own: this thread may
+    already hold one (Playwright's, in the same session)."""
+    failures = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coroutine_function())
+        except BaseException as exc:  # handed back to the test below
+            failures.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(60)
+    if failures:
+        raise failures[0]
+    assert not thread.is_alive(), "the async test body did not finish within 60s"
+
+
 def connect_as(user) -> WebsocketCommunicator:
     communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
     communicator.scope["user"] = user
@@ -27,7 +46,7 @@ def test_an_anonymous_socket_is_closed_at_once():
         connected, code = await communicator.connect()
         assert (connected, code) == (False, 4401)
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_a_signed_in_browser_gets_a_whole_snapshot_on_connect_and_on_refresh():
@@ -48,7 +67,7 @@ def test_a_signed_in_browser_gets_a_whole_snapshot_on_connect_and_on_refresh():
         assert (await communicator.receive_json_from(timeout=10))["type"] == "error"
         await communicator.disconnect()
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_a_socket_from_a_foreign_origin_is_refused():
@@ -57,7 +76,7 @@ def test_a_socket_from_a_foreign_origin_is_refused():
         connected, _ = await communicator.connect()
         assert not connected
 
-    asyncio.run(go())
+    run(go)
 
 
 def test_the_broadcaster_sends_about_one_frame_a_second_to_every_browser():
@@ -83,4 +102,4 @@ def test_the_broadcaster_sends_about_one_frame_a_second_to_every_browser():
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
         assert all(gap > 0.3 for gap in gaps), f"frames are paced, not bursted: {gaps}"
 
-    asyncio.run(go())
+    run(go)
