@@ -18,14 +18,14 @@ log = logging.getLogger(__name__)
 INTERVAL = 1.0
 
 
-def run(stop: threading.Event, interval: float = INTERVAL) -> None:
+def run(stop: threading.Event, interval: float = INTERVAL, group: str = live.GROUP) -> None:
     layer = get_channel_layer()
     send = async_to_sync(layer.group_send)
     while not stop.is_set():
         started = time.monotonic()
         try:
             close_old_connections()
-            send(live.GROUP, {"type": "live.frame", "frame": live.snapshot()})
+            send(group, {"type": "live.frame", "frame": live.snapshot()})
         except Exception:  # Redis or the database away for a moment: the next second tries again
             log.warning("live snapshot not sent", exc_info=True)
         stop.wait(max(0.05, interval - (time.monotonic() - started)))

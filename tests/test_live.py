@@ -1,11 +1,13 @@
 import asyncio
 import threading
 import time
+import uuid
 
 import pytest
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
-from console import broadcast
+from console import broadcast, live
 from console.asgi import application
 from console.consumers import LiveConsumer
 from tests.people import person
@@ -79,27 +81,46 @@ def test_a_socket_from_a_foreign_origin_is_refused():
     run(go)
 
 
-def test_the_broadcaster_sends_about_one_frame_a_second_to_every_browser():
-    user = person("viewer")
+def test_the_broadcaster_paces_its_frames_whatever_the_load():
     stop = threading.Event()
+
+    async def go():
+        layer = get_channel_layer()
+        group, channel = f"pacing-{uuid.uuid4().hex}", await layer.new_channel()
+        await layer.group_add(group, channel)
+        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 0.5, "group": group}, daemon=True)
+        thread.start()
+        arrivals = []
+        try:
+            for _ in range(3):
+                message = await asyncio.wait_for(layer.receive(channel), timeout=10)
+                assert message["type"] == "live.frame" and "queues" in message["frame"]
+                arrivals.append(time.monotonic())
+        finally:
+            stop.set()
+            thread.join(10)
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        assert all(gap > 0.3 for gap in gaps), f"frames are paced, not bursted: {gaps}"
+
+    run(go)
+
+
+def test_a_signed_in_browser_receives_every_broadcast_frame():
+    user = person("viewer")
 
     async def go():
         communicator = connect_as(user)
         await communicator.connect()
         await communicator.receive_json_from(timeout=10)  # the snapshot on connect
-        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 0.5}, daemon=True)
-        thread.start()
-        arrivals = []
-        try:
-            for _ in range(3):
-                frame = await communicator.receive_json_from(timeout=10)
-                assert frame["type"] == "snapshot"
-                arrivals.append(time.monotonic())
-        finally:
-            stop.set()
-            thread.join(10)
-            await communicator.disconnect()
-        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-        assert all(gap > 0.3 for gap in gaps), f"frames are paced, not bursted: {gaps}"
+        marker = uuid.uuid4().hex
+        await get_channel_layer().group_send(live.GROUP, {"type": "live.frame", "frame": {"marker": marker}})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the session's collector may broadcast meanwhile
+            frame = await communicator.receive_json_from(timeout=10)
+            if frame["frame"].get("marker") == marker:
+                break
+        else:
+            raise AssertionError("the broadcast frame never reached the browser")
+        await communicator.disconnect()
 
     run(go)
