@@ -20,7 +20,7 @@ from console.models import AuditEntry, Role
 from console.presenters import dead_letter_detail, dead_letter_summary, saga_detail, saga_summary
 from console.roles import principal_for_user
 from flows.models import DeadLetter, SagaInstance
-from flows.selectors import BadCursor, DeadLetterFilter, dead_letter_groups, dead_letters_page, sagas_page
+from flows.selectors import BadCursor, DeadLetterFilter, dead_letters_page, sagas_page
 from tracing.models import Span
 from tracing.selectors import traces_for
 
@@ -89,7 +89,6 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
         request,
         nav="dead",
         rows=[dead_letter_summary(d) for d in rows],
-        groups=dead_letter_groups(filters, limit=20),
         filters=filters,
         states=DeadLetter.State.values,
         next_cursor=next_cursor,
@@ -97,6 +96,7 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
         filter_dict=({k: v for k, v in {
             "since": filters.since.isoformat() if filters.since else None, "until": filters.until.isoformat() if filters.until else None,
             "message_type": filters.message_type, "queue": filters.queue, "consumer": filters.consumer, "fingerprint": filters.fingerprint,
+            "state": filters.state,
         }.items() if v}),
     ))
 

@@ -145,11 +145,23 @@ const Flowscope = (() => {
   }
 
   /* -- dead letters: selection, groups and filter requeue, with a dry-run count, a rate, progress and cancel -- */
-  function deadLetters() {
+  async function loadGroups(filter, canOperate) {
+    const query = new URLSearchParams({ ...filter, limit: 20 }).toString();
+    const groups = await api("GET", "/api/v1/deadletters/groups?" + query);
+    $("#groups").innerHTML = groups.map((g) => `<tr data-fingerprint="${esc(g.fingerprint)}">
+      <td><b>${esc(g.error_type)}</b><br><span class="muted">${esc(g.error_message.slice(0, 120))}</span></td>
+      <td>${esc(g.message_type)} · ${esc(g.consumer)}</td><td class="num">${g.count}</td>
+      <td>${esc(g.first_seen.slice(0, 19).replace("T", " "))}</td><td>${esc(g.last_seen.slice(0, 19).replace("T", " "))}</td>
+      <td><a href="?state=dead&fingerprint=${esc(g.fingerprint)}">list</a>${canOperate ? ` · <button class="requeue-group" data-fingerprint="${esc(g.fingerprint)}">Requeue group…</button>` : ""}</td></tr>`).join("")
+      || `<tr><td colspan="6" class="muted">No dead letters match.</td></tr>`;
+  }
+
+  async function deadLetters() {
+    const filter = JSON.parse($("#filter").textContent);
     const bulk = $("#bulk");
+    await loadGroups(filter, Boolean(bulk));
     if (!bulk) return;
     let request = null, job = null;
-    const filter = JSON.parse($("#filter").textContent);
     $("#select-all")?.addEventListener("change", (e) => $$(".pick").forEach((box) => { box.checked = e.target.checked; }));
     async function prepare(body, what) {
       request = body;
