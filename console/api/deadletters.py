@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from django.db import transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
-from ninja import Query, Router, Schema
+from ninja import Query, Router
 from ninja.errors import HttpError
 
 from console.api.auth import need
-from console.api.schemas import DiscardIn, EditRequeueIn, RequeueJobIn
+from console.api.schemas import DiscardIn, EditRequeueIn, FilterQuery, RequeueJobIn
 from console.audit import audit
 from console.models import Role
 from console.presenters import dead_letter_detail, dead_letter_summary, job_summary
 from flows.deadletters import dead_letter_discard, dead_letter_requeue
 from flows.models import DeadLetter, RequeueJob
 from flows.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_start
-from flows.selectors import DeadLetterFilter, dead_letter_groups, dead_letters_page
+from flows.selectors import dead_letter_groups, dead_letters_page
 from tracing.redaction import redact
 
 router = Router(tags=["dead letters"])
-
-
-class FilterQuery(Schema):
-    since: datetime | None = None
-    until: datetime | None = None
-    message_type: str = ""
-    queue: str = ""
-    consumer: str = ""
-    state: DeadLetter.State | None = None
-    fingerprint: str = ""
-
-    def to_filter(self) -> DeadLetterFilter:
-        return DeadLetterFilter(since=self.since, until=self.until, message_type=self.message_type, queue=self.queue, consumer=self.consumer, state=self.state.value if self.state else "", fingerprint=self.fingerprint)
 
 
 @router.get("/deadletters")
@@ -113,9 +99,7 @@ def start_requeue_job(request: HttpRequest, body: RequeueJobIn) -> dict[str, Any
     With `dry_run` only counts: 200 {"count": n}. Otherwise 200 with the job (poll it, or
     watch its progress on the live socket); 409 when nothing matches."""
     principal = need(request, Role.OPERATOR)
-    filters = None if body.ids is not None else DeadLetterFilter(
-        since=body.since, until=body.until, message_type=body.message_type, queue=body.queue, consumer=body.consumer, fingerprint=body.fingerprint
-    )
+    filters = None if body.ids is not None else body.to_filter()
     if body.dry_run:
         return {"count": requeue_count(filters=filters, ids=body.ids)}
     with transaction.atomic():

@@ -8,6 +8,9 @@ from typing import Any
 from ninja import Schema
 from pydantic import Field
 
+from flows.models import DeadLetter
+from flows.selectors import DeadLetterFilter
+
 
 class DiscardIn(Schema):
     reason: str = Field(min_length=1, max_length=2000)
@@ -17,14 +20,27 @@ class EditRequeueIn(Schema):
     payload: dict[str, Any]
 
 
-class RequeueJobIn(Schema):
-    ids: list[int] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
+class FilterQuery(Schema):
+    """The dead-letter filter, as query parameters or in a body."""
+
     since: datetime | None = None
     until: datetime | None = None
     message_type: str = ""
     queue: str = ""
     consumer: str = ""
+    state: DeadLetter.State | None = None
     fingerprint: str = ""
+
+    def to_filter(self) -> DeadLetterFilter:
+        values = self.model_dump(include=set(FilterQuery.model_fields))
+        values["state"] = self.state.value if self.state else ""
+        return DeadLetterFilter(**values)
+
+
+class RequeueJobIn(FilterQuery):
+    """A selection (`ids`) or the filter; only dead letters in state "dead" are ever requeued."""
+
+    ids: list[int] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
     rate_per_s: float | None = Field(default=None, gt=0, le=100_000, description="leave out for no limit")
     dry_run: bool = False
 
