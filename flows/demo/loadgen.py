@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -10,10 +11,13 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
+
 import flows
 from flows.errors import QueueFull, ReplyTimeout, RequestFailed
 from flows.patterns.request_reply import PendingReply
 
+log = logging.getLogger(__name__)
 FLOWS = ("order", "payment", "credit", "invoice", "audit")
 DEFAULT_MIX = {"order": 35, "payment": 25, "credit": 10, "invoice": 20, "audit": 10}
 
@@ -88,6 +92,10 @@ class LoadGenerator:
             self.count(f"sent.{flow}")
         except QueueFull:
             self.count(f"refused.{flow}")
+        except (redis.RedisError, OSError, ValueError) as exc:
+            # A load generator keeps going through a broker hiccup; it counts and says so.
+            self.count(f"errors.{flow}")
+            log.warning("sending %s failed: %s", flow, exc)
 
     def _await_reply(self, pending: PendingReply) -> None:
         try:
@@ -97,3 +105,6 @@ class LoadGenerator:
             self.count("replies.timeout")
         except RequestFailed:
             self.count("replies.failed")
+        except redis.RedisError as exc:
+            self.count("replies.error")
+            log.warning("awaiting a credit check failed: %s", exc)

@@ -34,8 +34,9 @@ class Command(BaseCommand):
     def _progress(self, elapsed: float | None, counts: Counter[str]) -> None:
         sent = sum(v for k, v in counts.items() if k.startswith("sent."))
         refused = sum(v for k, v in counts.items() if k.startswith("refused."))
+        errors = sum(v for k, v in counts.items() if k.startswith("errors."))
         flows = " ".join(f"{k[5:]}={v}" for k, v in sorted(counts.items()) if k.startswith("sent."))
         replies = f"replies ok={counts['replies.ok']} timeout={counts['replies.timeout']} failed={counts['replies.failed']}"
         head = "loadgen done" if elapsed is None else f"loadgen {elapsed:5.0f}s"
-        self.stdout.write(f"{head}: sent {sent} ({flows}); refused by back-pressure {refused}; {replies}")
+        self.stdout.write(f"{head}: sent {sent} ({flows}); refused by back-pressure {refused}; {replies}" + (f"; failed to send {errors}" if errors else ""))
         self.stdout.flush()
