@@ -36,5 +36,5 @@ def progress(run: str) -> tuple[int, float, float]:
 
 
 @shared_task(name="flows.bench_noop", acks_late=True)
-def bare_noop() -> None:
-    count_done("bare")
+def bare_noop(run: str = "bare") -> None:
+    count_done(run)

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from flows.bench import pages, spans, throughput
+from flows.bench import pages, patterns, spans, throughput
 from flows.redis import get_redis
 from flows.registry import catalog
 
@@ -31,7 +31,7 @@ class Command(BaseCommand):
         parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
         parser.add_argument("--json", dest="json_path", default="", help="also write the figures here")
         parser.add_argument("--concurrency", type=int, default=2, help="pool processes of each measured worker")
-        parser.add_argument("--only", default="", help="comma-separated: p1, p2, p4, p5")
+        parser.add_argument("--only", default="", help="comma-separated: p1, p2, p4, p5, p6")
 
     def handle(self, *args: Any, **options: Any) -> None:
         import flows.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
@@ -39,9 +39,9 @@ class Command(BaseCommand):
         catalog.check()
         call_command("migrate", interactive=False, verbosity=0)  # the span tables, on a fresh database
         only = {p.strip() for p in options["only"].split(",") if p.strip()}
-        unknown = only - {"p1", "p2", "p4", "p5"}
+        unknown = only - {"p1", "p2", "p4", "p5", "p6"}
         if unknown:
-            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from p1, p2, p4, p5")
+            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from p1, p2, p4, p5, p6")
         quick = options["quick"]
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -49,28 +49,13 @@ class Command(BaseCommand):
         started = time.monotonic()
 
         if not only or "p1" in only:
-            # Alternating rounds, ratio of medians: this machine's speed drifts by a quarter
-            # between minutes, so one run of each side would measure the drift.
-            n, rounds = (3_000, 1) if quick else (10_000, 3)
-            collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            bare, traced = [], []
-            try:
-                for _ in range(rounds):
-                    bare.append(throughput.bare_rate(n, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
-                    traced.append(throughput.flowscope_rate(n, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
-            finally:
-                collector.terminate()
-                collector.wait(30)
-            ratios = [x / y for x, y in zip(traced, bare)]  # each pair ran back to back
-            figures.update({
-                "p1_messages": n, "p1_rounds": rounds, "bare_celery_per_s": round(statistics.median(bare), 1),
-                "flowscope_fire_and_forget_per_s": round(statistics.median(traced), 1),
-                "p1_fire_and_forget_ratio": round(statistics.median(ratios), 3), "p1_round_ratios": [round(r, 3) for r in ratios],
-            })
+            figures.update(self._patterns(quick=quick, concurrency=options["concurrency"], log_dir=log_dir))
         if not only or "p2" in only:
             n = 20_000 if quick else 200_000
             figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
 
+        if not only or "p6" in only:
+            figures.update(patterns.requeue_rates(2_000 if quick else 20_000, 200 if quick else 1_000, 100.0 if quick else 500.0, self._progress))
         if not only or "p4" in only:
             figures.update(pages.dead_letter_page_ms(100_000 if quick else 1_000_000, self._progress))
         if not only or "p5" in only:
@@ -82,6 +67,36 @@ class Command(BaseCommand):
         if options["json_path"]:
             Path(options["json_path"]).write_text(json.dumps(figures, indent=2) + "\n")
             self.stdout.write(f"figures written to {options['json_path']}")
+
+    def _patterns(self, *, quick: bool, concurrency: int, log_dir: Path) -> dict[str, Any]:
+        """Every pattern on real workers against bare Celery, the collector running throughout."""
+        # Alternating rounds, the median of back-to-back ratios: this machine's speed drifts by a
+        # quarter between minutes, so one run of each side would measure the drift.
+        n, rounds = (3_000, 1) if quick else (10_000, 3)
+        report = self._progress
+        collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            bare, traced = [], []
+            for _ in range(rounds):
+                bare.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
+                traced.append(throughput.flowscope_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
+            ratios = [x / y for x, y in zip(traced, bare)]
+            bare3, fanned = patterns.fanout_rates(n // 3, concurrency=concurrency, log_dir=log_dir, progress=report)
+            idempotent = patterns.idempotent_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
+            bare_after = throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
+            figures: dict[str, Any] = {
+                "p1_messages": n, "p1_rounds": rounds, "bare_celery_per_s": round(statistics.median(bare), 1),
+                "flowscope_fire_and_forget_per_s": round(statistics.median(traced), 1),
+                "p1_fire_and_forget_ratio": round(statistics.median(ratios), 3), "p1_round_ratios": [round(r, 3) for r in ratios],
+                "bare_3_queues_per_s": round(bare3, 1), "flowscope_fanout_deliveries_per_s": round(fanned, 1), "p1_fanout_ratio": round(fanned / bare3, 3),
+                "flowscope_idempotent_per_s": round(idempotent, 1), "p1_idempotent_ratio": round(idempotent / bare_after, 3),
+            }
+            figures.update(patterns.request_reply(300 if quick else 2_000, concurrency=concurrency, log_dir=log_dir, progress=report))
+            figures["saga_per_s"] = round(patterns.saga_rate(100 if quick else 1_000, concurrency=concurrency, log_dir=log_dir, progress=report), 1)
+            return figures
+        finally:
+            collector.terminate()
+            collector.wait(30)
 
     def _progress(self, text: str) -> None:
         sys.stderr.write(f"\r\033[K{text}" if text else "\r\033[K")
