@@ -15,6 +15,7 @@ FILES = {"vendor/plotly.min.js": "plotly.min.js"}
 
 class PlotlyFinder(BaseFinder):
     storage = FileSystemStorage(location=str(PLOTLY_DIR))
+    storage.prefix = "vendor"  # type: ignore[attr-defined]  # collectstatic places the files under it
 
     def check(self, **kwargs: Any) -> list[Any]:
         return []
@@ -27,7 +28,5 @@ class PlotlyFinder(BaseFinder):
         return [full] if find_all else full
 
     def list(self, ignore_patterns: Any) -> Any:
-        for public, name in FILES.items():
-            # collectstatic copies from (path in storage, storage); the prefix gives the public path.
-            self.storage.prefix = "vendor"  # type: ignore[attr-defined]
+        for name in FILES.values():
             yield name, self.storage

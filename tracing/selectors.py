@@ -50,8 +50,8 @@ def trace_tree(trace_id: str) -> TraceTree | None:
     for node in nodes.values():
         parent = nodes.get(node.span.parent_span_id)
         (parent.children if parent else roots).append(node)  # a missing parent: shown as a root
-    links_out = [{"span_id": l.span_id, "trace_id": l.linked_trace_id, "linked_span_id": l.linked_span_id} for l in SpanLink.objects.filter(trace_id=trace_id)]
-    links_in = [{"span_id": l.linked_span_id, "trace_id": l.trace_id, "linking_span_id": l.span_id} for l in SpanLink.objects.filter(linked_trace_id=trace_id)]
+    links_out = [{"span_id": k.span_id, "trace_id": k.linked_trace_id, "linked_span_id": k.linked_span_id} for k in SpanLink.objects.filter(trace_id=trace_id)]
+    links_in = [{"span_id": k.linked_span_id, "trace_id": k.trace_id, "linking_span_id": k.span_id} for k in SpanLink.objects.filter(linked_trace_id=trace_id)]
     return TraceTree(trace_id=trace_id, roots=roots, spans=len(spans), links_out=links_out, links_in=links_in)
 
 
