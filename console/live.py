@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from flows.backpressure import queue_statuses
@@ -46,8 +47,6 @@ def series(window: timedelta = WINDOW) -> dict[str, Any]:
         b["count"] += row.count
         b["errors"] += row.errors
         histogram.merge(b["histogram"], row.histogram)
-    from django.conf import settings
-
     size = settings.TRACING_EDGE_BUCKET_SECONDS
     times = sorted(buckets)
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flows import telemetry
 from flows.models import DeadLetter, RequeueJob, SagaInstance
 from flows.selectors import saga_age_seconds, saga_plan
 from tracing.redaction import redact, redact_text
@@ -68,8 +69,6 @@ def saga_summary(s: SagaInstance) -> dict[str, Any]:
 
 
 def saga_detail(s: SagaInstance) -> dict[str, Any]:
-    from flows import telemetry
-
     return {
         **saga_summary(s),
         "data": redact(s.data),

@@ -13,6 +13,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from google.rpc.status_pb2 import Status
 
 from tracing import otlp, sink
 
@@ -20,8 +21,6 @@ from tracing import otlp, sink
 def _error(status: int, message: str, content_type: str, **headers: str) -> HttpResponse:
     # OTLP answers errors with a google.rpc.Status; its message field is what clients log.
     if content_type == otlp.PROTOBUF:
-        from google.rpc.status_pb2 import Status
-
         body, ctype = Status(code=status, message=message).SerializeToString(), otlp.PROTOBUF
     else:
         body, ctype = json.dumps({"code": status, "message": message}).encode(), otlp.JSON
