@@ -111,3 +111,37 @@ def test_the_flow_graph_of_real_traffic_has_producer_queue_and_handler_edges(wor
     consume = graph[("queue:t.graph", "handler:t_graph")]
     assert (consume["count"], consume["errors"], consume["dead"]) == (6, 3, 0)
     assert graph[(producer, "queue:t.graph")]["count"] == 3
+
+
+def test_a_database_error_does_not_stop_the_collector_and_loses_no_batch(monkeypatch):
+    import threading
+
+    from django.db import OperationalError
+
+    import tracing.collector as module
+
+    redis = get_redis()
+    stream = "flows:spans:dbtest"
+    redis.delete(stream)
+    redis.xadd(stream, {"b": json.dumps([fake_span("e" * 32, "0000000000000007", queue="q.db")])})
+    redis.incrby(sink.PENDING, 1)
+    real_store, calls = module.store, []
+
+    def flaky_store(spans):
+        calls.append(len(spans))
+        if len(calls) == 1:
+            raise OperationalError("canceling statement due to lock timeout")
+        return real_store(spans)
+
+    monkeypatch.setattr(module, "store", flaky_store)
+    stop = threading.Event()
+    collector = Collector(name="survivor", stream=stream, block_ms=50)
+    thread = threading.Thread(target=collector.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: Span.objects.filter(trace_id="e" * 32).exists(), what="the batch to be stored on the second try")
+    finally:
+        stop.set()
+        thread.join(15)
+        redis.delete(stream)
+    assert calls == [1, 1] and not thread.is_alive()

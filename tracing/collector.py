@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import redis
-from django.db import connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 
 from flows.redis import get_redis
 from tracing import aggregates
@@ -98,6 +98,12 @@ def store(spans: list[dict[str, Any]]) -> int:
     if not spans:
         return 0
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # Yield rather than deadlock: a TRUNCATE or a long migration holding one of our
+            # three tables makes this transaction give up after a moment; the batch stays
+            # unacknowledged and is stored on the next round.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '500ms'")
         seen = _already_stored(spans)
         fresh, ids = [], set()
         for s in spans:
@@ -175,6 +181,15 @@ class Collector:
                 if "NOGROUP" not in str(exc):
                     raise
                 self._recover()  # the stream was deleted, or Redis restarted without persistence
+            except DatabaseError:
+                # The database away, or a lock not granted in time: the batch was not
+                # acknowledged, so the next round reads it again.
+                log.warning("could not store a batch of spans; retrying in %.1fs", backoff, exc_info=True)
+                close_old_connections()
+                connection.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+                self._recover()
 
     def _recover(self) -> None:
         self._recovering = True
