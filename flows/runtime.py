@@ -46,19 +46,13 @@ def deliver(raw: Any, consumer: Any, *, worker: str) -> str:
     """Process one delivery; returns the outcome (ok, retry, dead, duplicate or handled)."""
     handler = catalog.handlers.get(consumer) if isinstance(consumer, str) else None
     if handler is None:
-        with telemetry.process_span(None, queue="", consumer="(unknown consumer)", worker=worker):
-            outcome = _dead_on_arrival(raw, consumer=str(consumer)[:200], queue="", exc=PoisonMessage(f"no handler is registered as consumer {consumer!r}"))
-            telemetry.set_outcome(outcome)
-        counters.add("unknown", "(unknown consumer)", outcome)  # not the claimed name: unbounded
-        return outcome
+        # Counted under one label, not the claimed name: that would be unbounded.
+        exc = PoisonMessage(f"no handler is registered as consumer {consumer!r}")
+        return _dead_on_arrival(raw, consumer=str(consumer)[:200], label="(unknown consumer)", queue="", exc=exc, worker=worker)
     try:
         envelope = Envelope.from_dict(raw)
     except EnvelopeError as exc:
-        with telemetry.process_span(None, queue=handler.queue, consumer=handler.consumer, worker=worker):
-            outcome = _dead_on_arrival(raw, consumer=handler.consumer, queue=handler.queue, exc=exc)
-            telemetry.set_outcome(outcome)
-        counters.add("unknown", handler.consumer, outcome)
-        return outcome
+        return _dead_on_arrival(raw, consumer=handler.consumer, label=handler.consumer, queue=handler.queue, exc=exc, worker=worker)
 
     # The pattern comes from the handler's declared type, never from what the message claims.
     pattern = get_pattern(catalog.message_type(handler.message_type).pattern)
@@ -169,10 +163,13 @@ def _give_up(message: Message, pattern: Pattern, exc: BaseException, *, poison: 
     return DEAD
 
 
-def _dead_on_arrival(raw: Any, *, consumer: str, queue: str, exc: BaseException) -> str:
+def _dead_on_arrival(raw: Any, *, consumer: str, label: str, queue: str, exc: BaseException, worker: str) -> str:
     """Store what arrived, as it arrived, when it cannot even be read as an envelope."""
     envelope = raw if isinstance(raw, dict) else {"unparsed": repr(raw)[:10_000]}
-    telemetry.record_failure(exc, final=True)
-    log.warning("dead on arrival at %s: %s", consumer, redact_text(str(exc)))
-    dead_letter_record(envelope=envelope, consumer=consumer, queue=queue, exc=exc, attempts=1, poison=True)
+    with telemetry.process_span(None, queue=queue, consumer=label, worker=worker):
+        telemetry.record_failure(exc, final=True)
+        log.warning("dead on arrival at %s: %s", consumer, redact_text(str(exc)))
+        dead_letter_record(envelope=envelope, consumer=consumer, queue=queue, exc=exc, attempts=1, poison=True)
+        telemetry.set_outcome(DEAD)
+    counters.add("unknown", label, DEAD)
     return DEAD

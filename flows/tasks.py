@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init
 from celery.exceptions import Reject
+from celery.signals import worker_process_init
 
 from flows import runtime, sagas
 from flows.stats import counters

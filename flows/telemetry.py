@@ -96,9 +96,8 @@ def process_span(envelope: Envelope | None, *, queue: str, consumer: str, worker
 def set_outcome(outcome: str) -> None:
     span = trace.get_current_span()
     span.set_attribute("flowscope.outcome", outcome)
-    if outcome in ("ok", "duplicate", "handled"):
-        if outcome != "handled":
-            span.set_status(Status(StatusCode.OK))
+    if outcome in ("ok", "duplicate"):  # "handled" keeps the error status its attempt set
+        span.set_status(Status(StatusCode.OK))
 
 
 def record_failure(exc: BaseException, *, final: bool) -> None:

@@ -42,5 +42,6 @@ def need(request: HttpRequest, role: str) -> Principal:
     """The caller, if its role reaches `role`; 403 naming both otherwise."""
     principal: Principal = request.auth  # type: ignore[attr-defined]
     if not principal.can(role):
-        raise HttpError(403, f"this needs the {role} role; {principal.name or 'you'} {'have' if principal.role else 'has'} {principal.role or 'no role'}")
+        held = f"the {principal.role} role" if principal.role else "no role"
+        raise HttpError(403, f"this needs the {role} role; {principal.name or 'this caller'} has {held} (an admin can change it: manage.py set_role)")
     return principal

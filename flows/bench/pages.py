@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -18,8 +17,10 @@ from django.test import Client
 from django.test.utils import override_settings
 from django.utils import timezone
 
+from flows.bench.rows import dead_letter_row, insert_dead_letters
 from flows.models import DeadLetter
-from tracing.collector import SPAN_COLUMNS, _insert
+from tracing.bulk import db_datetime, insert_rows
+from tracing.collector import SPAN_COLUMNS
 from tracing.models import Span
 
 MARK = "bench.page"  # every row this module makes carries it, so cleanup takes exactly those
@@ -49,20 +50,15 @@ def _p95(values: list[float]) -> float:
 
 
 def dead_letter_page_ms(n: int, progress: Callable[[str], None], runs: int = 40) -> dict[str, float]:
-    columns = ("message_id", "message_type", "schema_version", "correlation_id", "causation_id", "queue", "consumer", "pattern", "envelope", "error_type",
-               "error_message", "traceback", "fingerprint", "poison", "attempts", "state", "series", "times_dead", "first_dead_at", "dead_at", "trace_id", "requeue_trace_id", "requeued_by", "discarded_by", "discard_reason")
     now = timezone.now()
-    as_db = connection.ops.adapt_datetimefield_value if connection.vendor == "sqlite" else (lambda t: t)
     states = ["dead"] * 6 + ["resolved", "requeued", "discarded"]
     batch = 20_000
     for start in range(0, n, batch):
-        rows = []
-        for i in range(start, min(start + batch, n)):
-            at = as_db(now - timedelta(seconds=i))
-            rows.append((str(uuid.uuid4()) if connection.vendor == "postgresql" else uuid.uuid4().hex, MARK, 1, f"order-{i}", "", QUEUES[i % 20], f"handler_{i % 7}", "fire_and_forget",
-                         '{"type": "bench.page", "payload": {}}', "builtins.ValueError", "bench", "", f"{i % 50:016x}", False, 3, states[i % 9], 0, 1, at, at, "", "", "", "", ""))
-        with transaction.atomic():
-            _insert(DeadLetter._meta.db_table, columns, rows)
+        insert_dead_letters([
+            dead_letter_row(message_type=MARK, queue=QUEUES[i % 20], consumer=f"handler_{i % 7}", envelope='{"type": "bench.page", "payload": {}}',
+                            fingerprint=f"{i % 50:016x}", state=states[i % 9], at=now - timedelta(seconds=i), correlation_id=f"order-{i}")
+            for i in range(start, min(start + batch, n))
+        ])
         progress(f"dead letters: {min(start + batch, n)}/{n} inserted")
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE" if connection.vendor == "sqlite" else f"ANALYZE {DeadLetter._meta.db_table}")
@@ -81,18 +77,17 @@ def dead_letter_page_ms(n: int, progress: Callable[[str], None], runs: int = 40)
 def trace_page_ms(spans: int, progress: Callable[[str], None], runs: int = 5) -> dict[str, float]:
     trace_id = os.urandom(16).hex()
     start = timezone.now()
-    as_db = connection.ops.adapt_datetimefield_value if connection.vendor == "sqlite" else (lambda t: t)
     root = os.urandom(8).hex()
     rows, parents = [], [root]
     for i in range(spans):
         span_id = root if i == 0 else os.urandom(8).hex()
         parent = "" if i == 0 else parents[(i * 7919) % len(parents)]
-        rows.append((trace_id, span_id, parent, f"process bench.step{i % 13}", 4, "bench", as_db(start + timedelta(microseconds=i * 150)), 120, 1, "",
+        rows.append((trace_id, span_id, parent, f"process bench.step{i % 13}", 4, "bench", db_datetime(start + timedelta(microseconds=i * 150)), 120, 1, "",
                      '{"messaging.destination.name": "bench.q", "flowscope.attempt": 1}', "[]", "[]", "", "", ""))
         if i % 3 == 0:
             parents.append(span_id)
     with transaction.atomic():
-        _insert(Span._meta.db_table, SPAN_COLUMNS, rows)
+        insert_rows(Span._meta.db_table, SPAN_COLUMNS, rows)
     progress(f"trace: {spans} spans inserted")
     try:
         with override_settings(ALLOWED_HOSTS=[*settings.ALLOWED_HOSTS, "testserver"]):

@@ -10,16 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
-from django.db import connection, transaction
 from django.utils import timezone
 
 import flows
 from flows.bench import counting, throughput
+from flows.bench.rows import dead_letter_row, insert_dead_letters
 from flows.models import DeadLetter, RequeueJob, SagaInstance
 from flows.redis import get_redis
 from flows.requeue_jobs import requeue_job_run_slice, requeue_job_start
 from flows.selectors import DeadLetterFilter
-from tracing.collector import _insert
 
 ProgressFn = Callable[[str], None]
 
@@ -96,20 +95,14 @@ def saga_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, 
 
 
 def _dead_letters(n: int) -> None:
-    columns = ("message_id", "message_type", "schema_version", "correlation_id", "causation_id", "queue", "consumer", "pattern", "envelope", "error_type", "error_message",
-               "traceback", "fingerprint", "poison", "attempts", "state", "series", "times_dead", "first_dead_at", "dead_at", "trace_id", "requeue_trace_id",
-               "requeued_by", "discarded_by", "discard_reason")
-    as_db = connection.ops.adapt_datetimefield_value if connection.vendor == "sqlite" else (lambda t: t)
     now = timezone.now()
     rows = []
     for i in range(n):
         message_id = uuid.uuid4()
-        envelope = '{"type": "bench.requeue", "payload": {}, "message_id": "%s", "headers": {"pattern": "fire_and_forget"}}' % message_id
-        at = as_db(now - timedelta(microseconds=i))
-        rows.append((str(message_id) if connection.vendor == "postgresql" else message_id.hex, "bench.requeue", 1, "", "", "bench.requeue", "bench_requeue", "fire_and_forget",
-                     envelope, "bench", "bench", "", "bench-requeue", False, 1, "dead", 0, 1, at, at, "", "", "", "", ""))
-    with transaction.atomic():
-        _insert(DeadLetter._meta.db_table, columns, rows)
+        envelope = f'{{"type": "bench.requeue", "payload": {{}}, "message_id": "{message_id}", "headers": {{"pattern": "fire_and_forget"}}}}'
+        rows.append(dead_letter_row(message_type="bench.requeue", queue="bench.requeue", consumer="bench_requeue", envelope=envelope,
+                                    fingerprint="bench-requeue", state="dead", at=now - timedelta(microseconds=i), message_id=message_id))
+    insert_dead_letters(rows)
 
 
 def _run_job(rate: float | None) -> tuple[int, float]:

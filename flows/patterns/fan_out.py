@@ -6,9 +6,9 @@ per-event status (pending, retrying, succeeded, dead per subscriber) is kept in 
 
 from __future__ import annotations
 
-from flows import deliveries, telemetry
 from django.db import transaction
 
+from flows import deliveries, telemetry
 from flows.envelope import Envelope
 from flows.errors import ConfigurationError
 from flows.patterns.competing_consumers import CompetingConsumers

@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from django.conf import settings
-
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from flows import telemetry

@@ -6,9 +6,11 @@ import os
 import socket
 from typing import Any
 
+from celery import (
+    current_app as app,  # the project's app (console/celery.py), without importing console
+)
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from celery import current_app as app  # the project's app (console/celery.py), without importing console
 from flows.registry import catalog
 from tracing import setup
 
