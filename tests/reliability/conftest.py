@@ -1,0 +1,42 @@
+"""The reliability suite: faults injected into real processes, and the doors an attacker tries.
+
+`make reliability` runs it at full size; CI runs it with RELIABILITY_SIZE=quick after the main
+suite. Each check records its figure with `figure(...)`; the figures are printed together at the
+end of the run, so they show whether or not pytest captures output.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+SIZE = os.environ.get("RELIABILITY_SIZE", "full")
+if SIZE not in {"full", "quick"}:
+    raise pytest.UsageError(f"RELIABILITY_SIZE must be 'full' or 'quick', not {SIZE!r}")
+
+_FIGURES: list[tuple[str, str]] = []
+
+
+def sized(full: int, quick: int) -> int:
+    """The check's size at this run's RELIABILITY_SIZE."""
+    return full if SIZE == "full" else quick
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record one line of this check's figures, e.g. figure("10000 sent, 0 lost, 0 twice")."""
+
+    def record(text: str) -> None:
+        _FIGURES.append((request.node.nodeid, text))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FIGURES:
+        return
+    terminalreporter.section(f"reliability figures (size: {SIZE})")
+    for nodeid, text in _FIGURES:
+        terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {text}")
