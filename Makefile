@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test reliability check clean
+.PHONY: setup demo test reliability bench check clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Flowscope needs Python 3.11 or newer; set PYTHON=...")'
@@ -27,6 +27,11 @@ test: setup
 # Faults injected into real processes, and every door tried: RELIABILITY_SIZE=quick for CI.
 reliability: setup
 	RELIABILITY_SIZE=$${RELIABILITY_SIZE:-full} $(PY) -m pytest tests/reliability $(ARGS)
+
+# What Flowscope costs against bare Celery and Flower: make bench ARGS="--quick --json bench.json".
+bench: setup
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,bench]'
+	DEBUG=$${DEBUG:-1} $(PY) manage.py bench $(ARGS)
 
 check: setup
 	DEBUG=0 SECRET_KEY=check-only-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') ALLOWED_HOSTS=flowscope.example.com \

@@ -24,14 +24,14 @@ from flows.redis import get_redis
 ProgressFn = Callable[[str], None]
 
 
-def start_worker(queues: list[str], *, concurrency: int, log_dir: Path) -> subprocess.Popen[bytes]:
+def start_worker(queues: list[str], *, concurrency: int, log_dir: Path, events: bool = False) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FLOWS_MODULES": ",".join([*settings.FLOWS_MODULES, "flows.bench.catalog"]), "REDIS_URL": settings.REDIS_URL}
     name = "-".join(queues)
     log = open(log_dir / f"bench-worker-{name}.log", "ab")  # noqa: SIM115 - lives as long as the worker
     # The celery command itself, same flags for both sides (manage.py worker only takes queues
     # that a Flowscope handler consumes).
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", "prefork", "-O", "fair", "-l", "WARNING", "-n", f"bench-{name}@%h"],
+        [sys.executable, "-m", "celery", "-A", "console", "worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", "prefork", "-O", "fair", "-l", "WARNING", "-n", f"bench-{name}@%h", *(["-E"] if events else [])],
         cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -48,12 +48,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600) -> float:
+def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600, events: bool = False) -> float:
     counting.reset(run)
     get_redis().delete(*queues)
     progress(f"{run}: filling {', '.join(queues)}")
     fill()
-    worker = start_worker(queues, concurrency=concurrency, log_dir=log_dir)
+    worker = start_worker(queues, concurrency=concurrency, log_dir=log_dir, events=events)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -71,13 +71,13 @@ def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], 
     return (expected - 1) / max(last - first, 1e-9)
 
 
-def bare_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> float:
+def bare_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, events: bool = False) -> float:
     def fill() -> None:
         with counting.bare_noop.app.producer_or_acquire() as producer:
             for _ in range(n):
                 counting.bare_noop.apply_async(args=["bare"], queue="bench.bare", producer=producer)
 
-    return drain("bare", ["bench.bare"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress)
+    return drain("bare", ["bench.bare"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress, events=events)
 
 
 def flowscope_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> float:

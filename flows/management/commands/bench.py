@@ -19,9 +19,12 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from flows.bench import pages, patterns, spans, throughput
+from flows.bench import flower, pages, patterns, spans, throughput
 from flows.redis import get_redis
 from flows.registry import catalog
+
+
+MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7")
 
 
 class Command(BaseCommand):
@@ -31,7 +34,7 @@ class Command(BaseCommand):
         parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
         parser.add_argument("--json", dest="json_path", default="", help="also write the figures here")
         parser.add_argument("--concurrency", type=int, default=2, help="pool processes of each measured worker")
-        parser.add_argument("--only", default="", help="comma-separated: p1, p2, p4, p5, p6")
+        parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(MEASUREMENTS)}")
 
     def handle(self, *args: Any, **options: Any) -> None:
         import flows.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
@@ -39,9 +42,9 @@ class Command(BaseCommand):
         catalog.check()
         call_command("migrate", interactive=False, verbosity=0)  # the span tables, on a fresh database
         only = {p.strip() for p in options["only"].split(",") if p.strip()}
-        unknown = only - {"p1", "p2", "p4", "p5", "p6"}
+        unknown = only - set(MEASUREMENTS)
         if unknown:
-            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from p1, p2, p4, p5, p6")
+            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from {', '.join(MEASUREMENTS)}")
         quick = options["quick"]
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -50,6 +53,12 @@ class Command(BaseCommand):
 
         if not only or "p1" in only:
             figures.update(self._patterns(quick=quick, concurrency=options["concurrency"], log_dir=log_dir))
+        if not only or "flower" in only:
+            if flower.installed():
+                figures.update(flower.flower_ratio(3_000 if quick else 10_000, 1 if quick else 3, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+            else:
+                self.stdout.write(f"p1_flower_ratio skipped: {flower.NOT_INSTALLED}")
+                figures["skipped"] = {**figures.get("skipped", {}), "p1_flower_ratio": flower.NOT_INSTALLED}
         if not only or "p2" in only:
             n = 20_000 if quick else 200_000
             figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
