@@ -14,6 +14,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.dateparse import parse_datetime
+from django.views.decorators.http import require_safe
 
 from console import live
 from console.models import AuditEntry, Role
@@ -29,7 +30,11 @@ TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def page(role: str = Role.VIEWER) -> Callable[[View], View]:
+    """Signed in, holding `role`, and reading: pages change nothing (actions go through the
+    API), so any method but GET and HEAD is a 405."""
+
     def decorate(view: View) -> View:
+        @require_safe
         @login_required
         @wraps(view)
         def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

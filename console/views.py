@@ -5,10 +5,10 @@ from __future__ import annotations
 from django.db import connection
 from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.http import require_safe
 
-from console.api.auth import TokenAuth
+from console.api.auth import principal_of
 from console.models import Role
-from console.roles import principal_for_user
 from flows.backpressure import queue_statuses
 from flows.idempotency import duplicate_counts
 from flows.models import DeadLetter, SagaInstance
@@ -17,6 +17,7 @@ from flows.stats import processed_totals, workers_online
 from tracing.sink import sink_status
 
 
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
     try:
@@ -38,12 +39,10 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+@require_safe
 def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus text format; a viewer's session or a bearer API token (any role)."""
-    principal = principal_for_user(request.user) if request.user.is_authenticated else None
-    header = request.headers.get("Authorization", "")
-    if principal is None and header.startswith("Bearer "):
-        principal = TokenAuth().authenticate(request, header[7:])
+    principal = principal_of(request)
     if principal is None or not principal.can(Role.VIEWER):
         return HttpResponse("authentication required: a session or 'Authorization: Bearer <token>'\n", status=401, content_type="text/plain")
     lines: list[str] = []

@@ -6,11 +6,11 @@ from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from console.api import admin, deadletters, sagas, system, traces
-from console.api.auth import AUTH
+from console.api.auth import AUTH, signed_in_or_token
 from flows.errors import EnvelopeError, FlowsError, PoisonMessage, UnknownMessageType
 from flows.selectors import BadCursor
 
-api = NinjaAPI(title="Flowscope", version="1", description="Dead letters, sagas, traces and flows.", auth=AUTH, docs_url=None, urls_namespace="api")
+api = NinjaAPI(title="Flowscope", version="1", description="Dead letters, sagas, traces and flows.", auth=AUTH, docs_url=None, docs_decorator=signed_in_or_token, urls_namespace="api")
 for module in (deadletters, sagas, traces, system):
     api.add_router("/", module.router)
 api.add_router("/admin", admin.router)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from ninja.errors import HttpError
 from ninja.security import HttpBearer, SessionAuth
 
-from console.models import TOKEN_PREFIX, ApiToken, hash_token
+from console.models import TOKEN_PREFIX, ApiToken, Role, hash_token
 from console.roles import Principal, principal_for_token, principal_for_user
 
 
@@ -45,3 +47,25 @@ def need(request: HttpRequest, role: str) -> Principal:
         held = f"the {principal.role} role" if principal.role else "no role"
         raise HttpError(403, f"this needs the {role} role; {principal.name or 'this caller'} has {held} (an admin can change it: manage.py set_role)")
     return principal
+
+
+def principal_of(request: HttpRequest) -> Principal | None:
+    """The caller by session or by bearer token, outside the API's own views (metrics, the schema)."""
+    if request.user.is_authenticated and request.user.is_active:
+        return principal_for_user(request.user)
+    header = request.headers.get("Authorization", "")
+    return TokenAuth().authenticate(request, header[7:]) if header.startswith("Bearer ") else None
+
+
+def signed_in_or_token(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """401 unless a session or an API token (any role) is presented: the OpenAPI description
+    maps every door of the API, so it is shown to those who may use the API, not to strangers."""
+
+    @wraps(view)
+    def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        principal = principal_of(request)
+        if principal is None or not principal.can(Role.VIEWER):
+            return JsonResponse({"detail": "authentication required: a session or 'Authorization: Bearer <token>'"}, status=401)
+        return view(request, *args, **kwargs)
+
+    return checked
