@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "channels",
     "flows",
     "flows.demo",
+    "flows.lab",
     "tracing",
     "console",
 ]
@@ -143,8 +144,16 @@ CHANNEL_LAYERS = {
 # Late acknowledgement plus reject-on-worker-lost: a message is removed from the broker only
 # after its handler's outcome (success, retry scheduled, or dead letter) is durable.
 FLOWS_VISIBILITY_TIMEOUT = envint("FLOWS_VISIBILITY_TIMEOUT", 3600, minimum=10)
+# How often a worker looks for deliveries a dead worker left unacknowledged past the visibility
+# timeout and puts them back on their queue. Kombu's default scans every 10th tick of 10 s, so
+# a killed worker's messages could wait 100 s beyond the timeout; the scan is one ZRANGE.
+FLOWS_RESTORE_INTERVAL_SECONDS = envint("FLOWS_RESTORE_INTERVAL_SECONDS", 10, minimum=1)
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": FLOWS_VISIBILITY_TIMEOUT}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": FLOWS_VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": FLOWS_RESTORE_INTERVAL_SECONDS,
+    "unacked_restore_throttle": 1,
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -8,9 +8,12 @@ end of the run, so they show whether or not pytest captures output.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
+
+import tests.reliability.catalog  # noqa: F401 - the checks' handlers, in this process too
+from tests.conftest import Worker
 
 SIZE = os.environ.get("RELIABILITY_SIZE", "full")
 if SIZE not in {"full", "quick"}:
@@ -40,3 +43,28 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section(f"reliability figures (size: {SIZE})")
     for nodeid, text in _FIGURES:
         terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {text}")
+
+
+# -- real workers on the reliability catalog, with a short visibility timeout --
+
+# Only its own catalog: the others declare backoffs (up to 60 s) longer than this timeout allows.
+RELIABILITY_MODULES = "tests.reliability.catalog"
+# Deliveries a killed worker held come back after this many seconds (the minimum allowed); a
+# production broker keeps the default hour. Restores are looked for every second.
+VISIBILITY_SECONDS = 10
+WORKER_ENV = {"FLOWS_MODULES": RELIABILITY_MODULES, "FLOWS_VISIBILITY_TIMEOUT": str(VISIBILITY_SECONDS), "FLOWS_RESTORE_INTERVAL_SECONDS": "1"}
+
+
+@pytest.fixture
+def chaos_worker(django_db_setup: object) -> Iterator[Callable[..., Worker]]:
+    """Start workers on reliability queues for one test; each is stopped (or was killed) after."""
+    started: list[Worker] = []
+
+    def start(name: str, queues: list[str], *, concurrency: int = 2, env: dict[str, str] | None = None) -> Worker:
+        node = Worker(name, queues, concurrency=concurrency, extra_env={**WORKER_ENV, **(env or {})}).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
