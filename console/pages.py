@@ -20,6 +20,8 @@ from console import live
 from console.models import AuditEntry, Role
 from console.presenters import dead_letter_detail, dead_letter_summary, saga_detail, saga_summary
 from console.roles import principal_for_user
+from flows.lab import report as lab_report
+from flows.lab.models import LabRun
 from flows.models import DeadLetter, SagaInstance
 from flows.selectors import BadCursor, DeadLetterFilter, dead_letters_page, sagas_page
 from tracing.models import Span
@@ -179,3 +181,13 @@ def search(request: HttpRequest) -> HttpResponse:
 def audit_log(request: HttpRequest) -> HttpResponse:
     entries = Paginator(AuditEntry.objects.all(), 100).get_page(request.GET.get("page"))
     return render(request, "console/audit.html", _context(request, nav="audit", entries=entries))
+
+
+@page()
+def lab(request: HttpRequest) -> HttpResponse:
+    """The last `manage.py lab` run: its table and, per scenario, both styles over time."""
+    run = LabRun.latest_run()
+    extra: dict[str, Any] = {"run": run, "nav": "lab", "columns": lab_report.TABLE_KEYS}
+    if run is not None:
+        extra.update(rows=lab_report.table_rows(run), charts=lab_report.chart_data(run), setup=run.figures.get("setup", {}), machine=run.figures.get("machine", {}))
+    return render(request, "console/lab.html", _context(request, **extra))

@@ -19,6 +19,7 @@ urlpatterns = [
     path("traces/<str:trace_id>/", pages.trace, name="trace"),
     path("search/", pages.search, name="search"),
     path("audit/", pages.audit_log, name="audit"),
+    path("lab/", pages.lab, name="lab"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),

@@ -1,0 +1,178 @@
+"""The pattern lab: a quick run of every scenario in both styles, its figures and the Lab page.
+
+Only sense is checked (both styles complete orders, counts add up, nothing lost asynchronously),
+never timings: the machine is shared and speeds vary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from flows.lab import results
+from flows.lab.load import Order
+from flows.lab.models import LabRun
+from flows.lab.scenarios import SCENARIO_NAMES, STYLES
+from tests.conftest import REPO, wait_for, worker_database_url
+from tests.people import client_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SERVICES = ("inventory", "billing", "shipping", "notifications")
+
+
+def lab_env() -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": worker_database_url(), "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
+
+
+def lab_processes_left() -> list[str]:
+    """Processes a lab on this test run's Redis started (its services and workers) still alive."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if f"REDIS_URL={settings.REDIS_URL}".encode() in environ and any(e.startswith(b"FLOWSCOPE_LAB_SERVICES=") for e in environ):
+            left.append(f"{proc.name}: {cmdline}")
+    return left
+
+
+def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accounted_for(tmp_path):
+    out = tmp_path / "lab.json"
+    done = subprocess.run([sys.executable, "manage.py", "lab", "--quick", "--json", str(out)], cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    assert set(figures["scenarios"]) == set(SCENARIO_NAMES)
+    for name, scenario in figures["scenarios"].items():
+        for style in STYLES:
+            row = scenario[style]
+            where = f"{name}/{style}: {row}"
+            assert row["sent"] > 0 and row["completed"] > 0, where
+            assert row["completed"] + row["failed"] + row["lost"] == row["sent"], where
+            for key in ("completed_per_s", "e2e_p50_ms", "e2e_p99_ms", "caller_p99_ms", "caller_failures", "lost", "recovery_s"):
+                assert key in row, f"{where}: no {key}"
+            assert row["e2e_p50_ms"] <= row["e2e_p99_ms"], where
+            assert sum(row["series"]["completed"]) == row["completed"], where
+        assert scenario["async"]["lost"] == 0, f"{name}: the asynchronous style lost orders: {scenario['async']}"
+        assert scenario["async"]["series"]["queue_depth"].keys() == set(SERVICES), name
+    # A fault was applied and lifted in each fault scenario, inside the load.
+    for name in ("slow", "failing", "outage"):
+        start, end = figures["scenarios"][name]["sync"]["fault_window_s"]
+        assert 0 < start < end, name
+    # The outage refuses the synchronous chain's calls: the caller sees it, and billing's part is missing.
+    outage = figures["scenarios"]["outage"]
+    assert outage["sync"]["caller_failures"] > 0 and outage["sync"]["failed"] > 0
+    assert any("billing" in kind for kind in outage["sync"]["caller_errors"])
+    assert figures["machine"]["commit"] and figures["machine"]["cores"] >= 1
+
+    assert "scenario" in done.stdout and "outage" in done.stdout and "async" in done.stdout
+    stored = LabRun.latest_run()
+    assert stored is not None and stored.quick and stored.scenarios == figures["scenarios"]
+    assert lab_processes_left() == []
+
+
+def test_ctrl_c_stops_every_process_the_lab_started_and_stores_nothing():
+    lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--only", "outage"], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(lab_processes_left()) >= 8 or lab.poll() is not None, timeout=90, interval=0.2, what="the lab's services and workers")
+        time.sleep(1)  # well inside the run: its workers are starting or the load is on
+        lab.send_signal(signal.SIGINT)
+        _, stderr = lab.communicate(timeout=60)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+    assert lab.returncode != 0
+    assert "interrupted" in stderr
+    wait_for(lambda: lab_processes_left() == [], timeout=10, what="no lab process left")
+    assert LabRun.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "steady,meteor"], "unknown scenario(s) ['meteor']; choose from steady, slow, failing, outage"),
+        (["--json", "/no/such/dir/lab.json"], "the directory /no/such/dir does not exist"),
+        (["--json", "/tmp"], "that is a directory"),
+    ],
+)
+def test_bad_options_are_refused_with_a_clear_error(args, message):
+    with pytest.raises(CommandError) as refused:
+        call_command("lab", *args)
+    assert message in str(refused.value)
+
+
+def measured(orders: list[Order], effects: dict[str, dict[str, float]], **extra) -> results.Measured:
+    defaults = dict(duplicates=0, dead={}, fault=None, queue_depth=[], backpressure_activations=0)
+    return results.Measured(orders=orders, effects=effects, **{**defaults, **extra})
+
+
+def test_an_order_neither_completed_nor_reported_failed_counts_as_lost():
+    every = dict.fromkeys(SERVICES, 100.5)
+    orders = [Order("r-0", 100.0, caller_done=100.01), Order("r-1", 100.1, caller_done=100.11), Order("r-2", 100.2, caller_done=100.3, caller_error="DownstreamError: billing answered 503"), Order("r-3", 100.3, caller_done=100.31)]
+    figures = results.figures(measured(orders, {"r-0": every, "r-2": {"inventory": 100.25}, "r-3": {"inventory": 100.4, "billing": 100.5}}, dead={}))
+    assert (figures["sent"], figures["completed"], figures["failed"], figures["lost"]) == (4, 1, 1, 2)
+    assert figures["partial"] == 2  # r-2 failed after inventory; r-3 stopped half way, unreported
+    assert figures["caller_failures"] == 1
+    assert figures["e2e_p50_ms"] == 500.0
+
+
+def test_recovery_counts_until_the_orders_caught_in_the_fault_are_settled():
+    every = lambda t: dict.fromkeys(SERVICES, t)  # noqa: E731
+    orders = [Order("r-0", 10.0, caller_done=10.01), Order("r-1", 11.0, caller_done=11.01), Order("r-2", 13.0, caller_done=13.01)]
+    effects = {"r-0": every(10.1), "r-1": every(14.5), "r-2": every(13.2)}  # r-1 waited out the fault, ending at 12
+    assert results.figures(measured(orders, effects, fault=(10.5, 12.0)))["recovery_s"] == 2.5
+    assert results.figures(measured(orders, effects))["recovery_s"] is None
+    # A dead-lettered copy settles its order as failed, at the time it died.
+    assert results.figures(measured(orders, {"r-0": every(10.1), "r-2": every(13.2)}, dead={"r-1": 12.5}, fault=(10.5, 12.0)))["recovery_s"] == 1.2
+
+
+def stored_run() -> LabRun:
+    every = dict.fromkeys(SERVICES, 100.2)
+    row = results.figures(measured([Order("x-0", 100.0, caller_done=100.1), Order("x-1", 101.0, caller_done=101.1)], {"x-0": every}, fault=(100.5, 101.5), queue_depth=[(100.5, {"billing": 7})]))
+    scenarios = {"outage": {"title": "billing down, then back", "sync": row, "async": {**row, "completed_per_s": 123.45}}}
+    return LabRun.objects.create(started_at=timezone.now(), seconds=321.0, quick=False, figures={"scenarios": scenarios, "setup": {"rate_per_s": 20, "faulty_service": "billing"}, "machine": {"cores": 2, "commit": "abc1234", "database": "sqlite"}})
+
+
+def test_the_lab_page_shows_the_last_run_with_its_table_and_chart_data():
+    LabRun.objects.create(started_at=timezone.now() - timezone.timedelta(days=1), seconds=1, quick=True, figures={"scenarios": {}})
+    stored_run()
+    page = client_for("viewer").get("/lab/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "No lab run yet" not in html
+    assert 'id="lab-table"' in html and "123.45" in html and "billing down, then back" in html and "abc1234" in html
+    charts = page.context["charts"]
+    assert charts[0]["name"] == "outage" and charts[0]["fault"] == [0.5, 1.5]
+    assert charts[0]["styles"]["sync"]["queue_depth"]["billing"] == [7]
+    assert 'id="lab-data"' in html and "console/lab.js" in html
+    assert 'href="/lab/"' in html  # in the navigation
+
+
+def test_the_lab_page_says_how_to_make_a_run_when_there_is_none():
+    page = client_for("viewer").get("/lab/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "No lab run yet" in html and "python manage.py lab" in html
+    assert 'id="lab-table"' not in html
+
+
+def test_the_lab_page_needs_a_sign_in():
+    page = client_for(None).get("/lab/")
+    assert page.status_code == 200  # any signed-in user reads; anonymous visitors sign in first
+    from django.test import Client
+
+    assert Client().get("/lab/").status_code == 302
