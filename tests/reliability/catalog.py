@@ -81,9 +81,18 @@ class Trip(BaseModel):
     # "commit": killed once the step's transaction commits, before the next step is sent;
     # "ack": killed after everything, before the broker message is acknowledged.
     kill: str = ""
+    # The pool process only (its parent requeues the delivery at once), or the whole worker
+    # node (the delivery waits in the broker's unacknowledged set for the visibility timeout).
+    whole_node: bool = False
 
 
-_kill_after_task = False
+_kill_after_task: bool | None = None  # set: kill after the task returns; True: the whole node
+
+
+def _die(whole_node: bool) -> None:
+    if whole_node:
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # the worker runs in a process group of its own
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _kill_point(trip: dict[str, Any], point: str) -> None:
@@ -92,18 +101,18 @@ def _kill_point(trip: dict[str, Any], point: str) -> None:
         return
     get_redis().incr(key("rel", "kills"))
     if trip["kill"] == "commit":
-        transaction.on_commit(lambda: os.kill(os.getpid(), signal.SIGKILL))
+        transaction.on_commit(lambda: _die(trip["whole_node"]))
     else:
-        _kill_after_task = True
+        _kill_after_task = trip["whole_node"]
 
 
 @task_postrun.connect
 def _kill_before_ack(**_: Any) -> None:
     # Runs in the pool process after the task returned; the parent acknowledges only after this.
     global _kill_after_task
-    if _kill_after_task:
-        _kill_after_task = False
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _kill_after_task is not None:
+        whole_node, _kill_after_task = _kill_after_task, None
+        _die(whole_node)
 
 
 def _trip_step(step: str, phase: str):  # type: ignore[no-untyped-def]
