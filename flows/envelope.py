@@ -139,7 +139,9 @@ class Envelope:
         for name in ("schema_version", "correlation_id", "causation_id", "headers"):
             if name in data:
                 kwargs[name] = data[name]
-        return cls(**kwargs)
+        envelope = cls(**kwargs)
+        envelope.check_size()  # a producer that skipped flows.send is held to the same limit
+        return envelope
 
 
 _FIELDS = {f.name for f in dataclasses.fields(Envelope)}

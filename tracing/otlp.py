@@ -62,6 +62,8 @@ def decode(body: bytes, content_type: str) -> Decoded:
             json_format.ParseDict(_hex_ids_to_base64(data), request, ignore_unknown_fields=True)
         except (ValueError, json_format.ParseError, TypeError, AttributeError) as exc:
             raise OtlpError(f"body is not an OTLP ExportTraceServiceRequest in JSON: {exc}") from None
+        except RecursionError:  # a few hundred KiB of brackets would otherwise be a 500
+            raise OtlpError("body is not an OTLP ExportTraceServiceRequest in JSON: it nests too deeply") from None
     else:
         raise OtlpError(f"unsupported content type {content_type!r}")
     return _spans(request)
@@ -71,13 +73,20 @@ def _hex_ids_to_base64(data: Any) -> Any:
     """OTLP/JSON carries ids as hex; protobuf's JSON parser wants bytes as base64."""
     if not isinstance(data, dict):
         raise ValueError("the top level must be an object")
-    for resource_spans in data.get("resourceSpans") or []:
-        for scope_spans in resource_spans.get("scopeSpans") or []:
-            for span in scope_spans.get("spans") or []:
+    for resource_spans in _objects(data, "resourceSpans"):
+        for scope_spans in _objects(resource_spans, "scopeSpans"):
+            for span in _objects(scope_spans, "spans"):
                 _convert(span, ("traceId", "spanId", "parentSpanId"))
-                for link in span.get("links") or []:
+                for link in _objects(span, "links"):
                     _convert(link, ("traceId", "spanId"))
     return data
+
+
+def _objects(parent: dict[str, Any], field: str) -> list[dict[str, Any]]:
+    value = parent.get(field) or []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"{field} must be a list of objects")
+    return value
 
 
 def _convert(obj: dict[str, Any], fields: tuple[str, ...]) -> None:

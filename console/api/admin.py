@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Router, Schema
 from ninja.errors import HttpError
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from console.api.auth import need
 from console.audit import audit
@@ -22,11 +22,13 @@ router = Router(tags=["admin"])
 
 
 class TokenIn(Schema):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
     role: Role
 
 
 class PruneIn(Schema):
+    model_config = ConfigDict(extra="forbid")
     days: float = Field(ge=0, le=3650)
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
+from ninja.errors import HttpError
 
 from console.api import admin, deadletters, sagas, system, traces
 from console.api.auth import AUTH, signed_in_or_token
@@ -18,6 +21,21 @@ api.add_router("/admin", admin.router)
 
 def _error(request: HttpRequest, status: int, message: str) -> HttpResponse:
     return api.create_response(request, {"detail": message}, status=status)
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    """Ninja's own answer, but a body it cannot parse says why (it keeps the cause to itself)."""
+    message, cause = str(exc), exc.__cause__
+    if cause is not None and message.startswith("Cannot parse request body"):
+        reason = "it nests too deeply" if isinstance(cause, RecursionError) else str(cause)
+        message = f"request body is not valid JSON: {reason}"
+    return _error(request, exc.status_code, message)
+
+
+@api.exception_handler(RequestDataTooBig)
+def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return _error(request, 413, f"request body is over the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)")
 
 
 @api.exception_handler(UnknownMessageType)

@@ -6,17 +6,19 @@ from datetime import datetime
 from typing import Any
 
 from ninja import Schema
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from flows.models import DeadLetter
 from flows.selectors import DeadLetterFilter
 
 
 class DiscardIn(Schema):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422 naming it, not silently ignored
     reason: str = Field(min_length=1, max_length=2000)
 
 
 class EditRequeueIn(Schema):
+    model_config = ConfigDict(extra="forbid")
     payload: dict[str, Any]
 
 
@@ -40,12 +42,15 @@ class FilterQuery(Schema):
 class RequeueJobIn(FilterQuery):
     """A selection (`ids`) or the filter; only dead letters in state "dead" are ever requeued."""
 
+    model_config = ConfigDict(extra="forbid")
+
     ids: list[int] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
     rate_per_s: float | None = Field(default=None, gt=0, le=100_000, description="leave out for no limit")
     dry_run: bool = False
 
 
 class MessageIn(Schema):
+    model_config = ConfigDict(extra="forbid")  # "schema_verison" must not quietly send the latest version
     type: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any]
     schema_version: int | None = Field(default=None, ge=1)
