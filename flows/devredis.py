@@ -41,9 +41,10 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server child process on 127.0.0.1; append-only persistence if asked."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False, directory: Path | None = None) -> None:
+    def __init__(self, *, port: int | None = None, appendonly: bool = False, fsync_always: bool = False, directory: Path | None = None) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.fsync_always = fsync_always  # every write on disk before the reply: a crash loses nothing acknowledged
         self.directory = Path(directory or tempfile.mkdtemp(prefix="flowscope-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,7 +57,7 @@ class RedisServer:
         args = [
             server_binary(),
             "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always" if self.fsync_always else "everysec",
             "--logfile", str(self.directory / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -32,22 +32,27 @@ const Flowscope = (() => {
   /* -- the live socket: snapshot on every (re)connect, then one a second -- */
   function live(onFrame) {
     const status = $("#live-status");
-    let socket = null, lastFrame = 0, delay = 500;
+    const STALE_RECONNECT_S = 5, MAX_DELAY_MS = 4000;
+    let socket = null, lastFrame = 0, openedAt = 0, delay = 500;
     const show = (state, text) => { status.className = "live-status " + state; status.textContent = text; };
     setInterval(() => {
       if (socket && socket.readyState === WebSocket.OPEN) {
         const age = (Date.now() - lastFrame) / 1000;
         if (age > 3) show("stale", "stale " + Math.round(age) + " s");
+        // An open socket that has gone quiet may have lost its server-side subscription (Redis
+        // restarted under it): reconnecting brings a whole snapshot and a fresh subscription.
+        if (age > STALE_RECONNECT_S && Date.now() - openedAt > STALE_RECONNECT_S * 1000) socket.close();
       }
     }, 1000);
     function connect() {
       const scheme = location.protocol === "https:" ? "wss" : "ws";
       socket = new WebSocket(scheme + "://" + location.host + "/ws/live/");
-      socket.onopen = () => { delay = 500; show("stale", "waiting"); };
+      socket.onopen = () => { delay = 500; openedAt = Date.now(); show("stale", "waiting"); };
       socket.onmessage = (event) => {
         const message = JSON.parse(event.data);
         if (message.type !== "snapshot") return;
         lastFrame = Date.now();
+        status.dataset.frameAt = message.frame.at;
         show("live", "live");
         onFrame(message.frame);
       };
@@ -55,7 +60,7 @@ const Flowscope = (() => {
         if (event.code === 4401) { show("reconnecting", "signed out"); return; }
         show("reconnecting", "reconnecting");
         setTimeout(connect, delay);
-        delay = Math.min(delay * 2, 10000);
+        delay = Math.min(delay * 2, MAX_DELAY_MS);
       };
     }
     connect();
