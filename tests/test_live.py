@@ -1,4 +1,5 @@
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -10,6 +11,7 @@ from channels.testing import WebsocketCommunicator
 from console import broadcast, live
 from console.asgi import application
 from console.consumers import LiveConsumer
+from tracing import sink
 from tests.people import person
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -88,7 +90,7 @@ def test_the_broadcaster_paces_its_frames_whatever_the_load():
         layer = get_channel_layer()
         group, channel = f"pacing-{uuid.uuid4().hex}", await layer.new_channel()
         await layer.group_add(group, channel)
-        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 0.5, "group": group}, daemon=True)
+        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 0.5, "busy_interval": 0.5, "group": group}, daemon=True)
         thread.start()
         arrivals = []
         try:
@@ -101,6 +103,56 @@ def test_the_broadcaster_paces_its_frames_whatever_the_load():
             thread.join(10)
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
         assert all(gap > 0.3 for gap in gaps), f"frames are paced, not bursted: {gaps}"
+
+    run(go)
+
+
+def test_a_frame_is_due_each_interval_when_quiet_and_each_busy_interval_while_spans_arrive():
+    quiet = {"last_activity": -math.inf, "interval": 1.0, "busy_interval": 0.25}
+    assert not broadcast.due(now=10.5, last_sent=10.0, **quiet)
+    assert broadcast.due(now=11.0, last_sent=10.0, **quiet)
+    busy = {"interval": 1.0, "busy_interval": 0.25}
+    assert not broadcast.due(now=10.1, last_sent=10.0, last_activity=10.05, **busy), "never faster than the busy interval"
+    assert broadcast.due(now=10.3, last_sent=10.0, last_activity=10.05, **busy)
+    assert broadcast.due(now=10.3, last_sent=10.0, last_activity=9.5, **busy), "spans stored just after the last arrival are shown soon too"
+    assert not broadcast.due(now=10.6, last_sent=10.4, last_activity=9.5, **busy), "a second after the last arrival the pace is quiet again"
+
+
+def a_span(**overrides: object) -> dict:
+    now = time.time_ns()
+    return {"t": uuid.uuid4().hex, "s": uuid.uuid4().hex[:16], "p": "", "n": "broadcast test", "k": 0, "sv": "test-live",
+            "st": now - 1000, "en": now, "sc": 0, "sm": "", "a": {}, "e": [], "l": [], **overrides}
+
+
+def test_the_span_mark_moves_when_spans_arrive_in_the_sink():
+    before = broadcast.span_mark()
+    sink.push([a_span()])
+    assert broadcast.span_mark() not in (before, None)
+
+
+def test_the_broadcaster_sends_at_the_busy_pace_while_spans_arrive():
+    stop = threading.Event()
+
+    async def go():
+        layer = get_channel_layer()
+        group, channel = f"busy-{uuid.uuid4().hex}", await layer.new_channel()
+        await layer.group_add(group, channel)
+        # A quiet pace far longer than this test: a second frame can only come from the busy pace.
+        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 120, "busy_interval": 0.2, "group": group}, daemon=True)
+        thread.start()
+        arrivals = []
+        try:
+            assert (await asyncio.wait_for(layer.receive(channel), timeout=10))["type"] == "live.frame"
+            arrivals.append(time.monotonic())
+            for _ in range(2):
+                sink.push([a_span()])
+                await asyncio.wait_for(layer.receive(channel), timeout=30)
+                arrivals.append(time.monotonic())
+        finally:
+            stop.set()
+            thread.join(10)
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        assert all(gap > 0.1 for gap in gaps), f"still coalesced at the busy pace, not one frame per span: {gaps}"
 
     run(go)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import flows
-from flows.bench.counting import count_done
+from flows.bench.counting import count_done, record_end
 
 flows.message_type("bench.ping", pattern="fire_and_forget")
 
@@ -49,3 +49,20 @@ flows.message_type("bench.requeue", pattern="fire_and_forget")
 @flows.handler("bench.requeue", consumer="bench_requeue", queue="bench.requeue", max_attempts=1)
 def bench_requeue(message: flows.Message) -> None:
     pass
+
+
+# -- live latency and memory: fire-and-forget hops that note when they ended, or just count --
+flows.message_type("bench.live", pattern="fire_and_forget")
+
+
+@flows.handler("bench.live", consumer="bench_live", queue="bench.live", max_attempts=1)
+def bench_live(message: flows.Message) -> None:
+    record_end("live")
+
+
+flows.message_type("bench.memory", pattern="fire_and_forget")
+
+
+@flows.handler("bench.memory", consumer="bench_memory", queue="bench.memory", max_attempts=1)
+def bench_memory(message: flows.Message) -> None:
+    count_done("memory")

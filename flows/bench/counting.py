@@ -38,3 +38,16 @@ def progress(run: str) -> tuple[int, float, float]:
 @shared_task(name="flows.bench_noop", acks_late=True)
 def bare_noop(run: str = "bare") -> None:
     count_done(run)
+
+
+def ends_key(run: str) -> str:
+    return key("bench", run, "ends")
+
+
+def record_end(run: str) -> None:
+    """When this hop ended, in completion order: the live-latency run matches frames against it."""
+    get_redis().rpush(ends_key(run), repr(time.time()))
+
+
+def ends(run: str) -> list[float]:
+    return sorted(float(t) for t in get_redis().lrange(ends_key(run), 0, -1))
