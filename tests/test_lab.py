@@ -138,6 +138,10 @@ def test_recovery_counts_until_the_orders_caught_in_the_fault_are_settled():
     assert results.figures(measured(orders, effects))["recovery_s"] is None
     # A dead-lettered copy settles its order as failed, at the time it died.
     assert results.figures(measured(orders, {"r-0": every(10.1), "r-2": every(13.2)}, dead={"r-1": 12.5}, fault=(10.5, 12.0)))["recovery_s"] == 1.2
+    # An order after the fault that is still slow (backlog ahead of it) does not end the recovery.
+    orders = [Order("r-0", 10.0), Order("r-2", 12.1), Order("r-4", 13.5)]
+    effects = {"r-0": every(10.1), "r-2": every(13.0), "r-4": every(13.6)}
+    assert results.figures(measured(orders, effects, fault=(10.5, 12.0)))["recovery_s"] == 1.6
 
 
 def stored_run() -> LabRun:

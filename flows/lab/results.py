@@ -91,26 +91,30 @@ def figures(m: Measured) -> dict[str, Any]:
 
 def recovery_seconds(m: Measured) -> float | None:
     """Seconds from the fault's end until its trace is gone: every order that arrived before the
-    end is completed or failed, and an order arriving after it has completed. None: no fault, or
-    never recovered within the run."""
+    end is completed or failed, and an order arriving after it has completed as fast as orders
+    did before the fault (within twice their p99). None: no fault, or no recovery within the run."""
     if not m.fault:
         return None
-    end = m.fault[1]
+    start, end = m.fault
+    normal = [t - o.arrival for o in m.orders if o.arrival < start and (t := completion_time(m, o)) is not None]
+    limit = 2 * percentile(normal, 99) if normal else float("inf")  # type: ignore[operator]
     before = [settle_time(m, o) for o in m.orders if o.arrival <= end]
-    after = [completion_time(m, o) for o in m.orders if o.arrival > end]
-    first_after = min((t for t in after if t is not None), default=None)
-    if any(t is None for t in before) or first_after is None:
+    after = [t for o in m.orders if o.arrival > end and (t := completion_time(m, o)) is not None and t - o.arrival <= limit]
+    if any(t is None for t in before) or not after:
         return None
-    return round(max(0.0, max([*before, first_after]) - end), 2)  # type: ignore[type-var]
+    return round(max(0.0, max([*before, min(after)]) - end), 2)  # type: ignore[type-var]
 
 
 def series(m: Measured, t0: float) -> dict[str, list[Any]]:
     """One-second buckets from the first order: completions and failures by when they happened,
-    end-to-end latency by when the order arrived, queue depth as sampled."""
+    end-to-end and caller latency by when the order arrived, queue depth as sampled."""
     completed: dict[int, int] = defaultdict(int)
     failed: dict[int, int] = defaultdict(int)
     latency: dict[int, list[float]] = defaultdict(list)
+    caller: dict[int, list[float]] = defaultdict(list)
     for order in m.orders:
+        if order.caller_done:
+            caller[int(order.arrival - t0)].append(order.caller_done - order.arrival)
         done = completion_time(m, order)
         if done is not None:
             completed[int(done - t0)] += 1
@@ -125,6 +129,7 @@ def series(m: Measured, t0: float) -> dict[str, list[Any]]:
         "failed": [failed.get(s, 0) for s in seconds],
         "e2e_p50_ms": [_ms(percentile(latency.get(s, []), 50)) for s in seconds],
         "e2e_p99_ms": [_ms(percentile(latency.get(s, []), 99)) for s in seconds],
+        "caller_p99_ms": [_ms(percentile(caller.get(s, []), 99)) for s in seconds],
         "queue_t": [round(t - t0, 2) for t, _ in m.queue_depth],
         "queue_depth": {service: [d.get(service, 0) for _, d in m.queue_depth] for service in SERVICES} if m.queue_depth else {},
     }

@@ -28,13 +28,14 @@
       if (s.failed && s.failed.some((v) => v)) throughput.push(line(s.t, s.failed, style + " failed", colors[style], "dot"));
       latency.push(line(s.t, s.e2e_p50_ms, style + " p50", colors[style]));
       latency.push(line(s.t, s.e2e_p99_ms, style + " p99", colors[style], "dot"));
+      if (s.caller_p99_ms) latency.push(line(s.t, s.caller_p99_ms, style + " caller p99", colors[style], "dashdot"));
       if (style === "async" && s.queue_t) {
         for (const [service, depth] of Object.entries(s.queue_depth || {})) queues.push(line(s.queue_t, depth, service, queueColors[service]));
       }
     }
     const id = (what) => `lab-${scenario.name}-${what}`;
     Plotly.newPlot(id("throughput"), throughput, layout("orders completed (and failed) per second", scenario.fault), config);
-    Plotly.newPlot(id("latency"), latency, layout("end-to-end latency by arrival second (ms, log)", scenario.fault, { yaxis: { type: "log" } }), config);
+    Plotly.newPlot(id("latency"), latency, layout("latency by arrival second: end to end, and as the caller saw it (ms, log)", scenario.fault, { yaxis: { type: "log" } }), config);
     Plotly.newPlot(id("queues"), queues, layout("async: queue depth per service", scenario.fault), config);
   }
 })();
