@@ -29,8 +29,8 @@ def dead_letter_summary(d: DeadLetter) -> dict[str, Any]:
 
 
 def dead_letter_detail(d: DeadLetter) -> dict[str, Any]:
-    envelope = dict(d.envelope)
-    envelope["payload"] = redact(envelope.get("payload"))
+    # All of it, not the payload alone: a malformed delivery's envelope is stored as it arrived.
+    envelope = redact(d.envelope) if isinstance(d.envelope, dict) else {"unparsed": redact_text(str(d.envelope))}
     return {
         **dead_letter_summary(d),
         "schema_version": d.schema_version,

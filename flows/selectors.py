@@ -14,6 +14,7 @@ from django.utils import timezone
 from flows.models import DeadLetter, SagaInstance, SagaStep
 from flows.registry import catalog
 from flows.sagas import ACTION, COMPENSATION
+from tracing.redaction import redact_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ def dead_letter_groups(filters: DeadLetterFilter, *, limit: int = 50) -> list[di
         example = examples.get(group["example_id"])
         group.update({
             "error_type": example.error_type if example else "",
-            "error_message": example.error_message[:300] if example else "",
+            "error_message": redact_text(example.error_message)[:300] if example else "",  # shown on pages and the live socket
             "message_type": example.message_type if example else "",
             "consumer": example.consumer if example else "",
         })

@@ -25,3 +25,8 @@ def test_non_text_values_pass_through(value):
 def test_the_field_list_comes_from_settings(settings):
     settings.FLOWSCOPE_REDACT_FIELDS = ["customer_ref"]
     assert redact({"customer_ref": "C-9", "password": "p"}) == {"customer_ref": MASK, "password": "p"}
+
+
+def test_a_longer_name_that_starts_or_ends_with_a_sensitive_one_is_masked_too():
+    payload = {"access_token": "t-1", "customerEmail": "x", "password_hash": "h", "tokens_used": 3, "business_name": "Acme", "session": "s"}
+    assert redact(payload) == {"access_token": MASK, "customerEmail": MASK, "password_hash": MASK, "tokens_used": MASK, "business_name": "Acme", "session": "s"}

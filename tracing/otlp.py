@@ -17,6 +17,8 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tracing.redaction import redact, redact_text
+
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
@@ -46,7 +48,9 @@ def value_of(value: AnyValue) -> Any:
 
 
 def _attributes(pairs: Any) -> dict[str, Any]:
-    return {kv.key: value_of(kv.value) for kv in pairs}
+    # Redacted on the way in, as our own workers' spans are at the source: a foreign service's
+    # span may carry an e-mail address or a token, and the span table must not keep it.
+    return redact({kv.key: value_of(kv.value) for kv in pairs})
 
 
 def decode(body: bytes, content_type: str) -> Decoded:
@@ -127,13 +131,13 @@ def _spans(request: ExportTraceServiceRequest) -> Decoded:
                     "t": trace_id,
                     "s": span_id,
                     "p": span.parent_span_id.hex(),
-                    "n": span.name,
+                    "n": redact_text(span.name),
                     "k": max(0, span.kind - 1),  # OTLP counts UNSPECIFIED as 0; the SDK starts at INTERNAL
                     "sv": service,
                     "st": span.start_time_unix_nano,
                     "en": span.end_time_unix_nano,
                     "sc": span.status.code,
-                    "sm": span.status.message,
+                    "sm": redact_text(span.status.message),
                     "a": _attributes(span.attributes),
                     "e": [[e.name, e.time_unix_nano, _attributes(e.attributes)] for e in span.events],
                     "l": [[link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes)] for link in span.links if len(link.trace_id) == 16 and len(link.span_id) == 8],

@@ -1,7 +1,8 @@
 """Redaction of sensitive values wherever a payload or an error is shown or exported.
 
 Two nets: values under configured field names (FLOWSCOPE_REDACT_FIELDS, matched without regard
-to case, `-` or `_`), and values that look like an e-mail address or a card number anywhere in
+to case, `-` or `_`, and as the start or end of a longer name: `access_token`, `customerEmail`,
+`password_hash`), and values that look like an e-mail address or a card number anywhere in
 a string (a 13 to 19 digit run that passes the Luhn check).
 """
 
@@ -23,6 +24,11 @@ def _norm(name: str) -> str:
 
 def _sensitive_names() -> set[str]:
     return {_norm(n) for n in settings.FLOWSCOPE_REDACT_FIELDS}
+
+
+def _sensitive(name: str, names: set[str]) -> bool:
+    norm = _norm(name)
+    return any(norm == n or norm.startswith(n) or norm.endswith(n) for n in names)
 
 
 def _luhn(digits: str) -> bool:
@@ -49,7 +55,7 @@ def redact(value: Any, *, _names: set[str] | None = None) -> Any:
     """A copy of `value` (JSON-like) with sensitive fields and values masked."""
     names = _sensitive_names() if _names is None else _names
     if isinstance(value, dict):
-        return {k: (MASK if isinstance(k, str) and _norm(k) in names else redact(v, _names=names)) for k, v in value.items()}
+        return {k: (MASK if isinstance(k, str) and _sensitive(k, names) else redact(v, _names=names)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v, _names=names) for v in value]
     if isinstance(value, str):
