@@ -22,6 +22,7 @@ from flows.errors import EnvelopeError, FlowsError
 from flows.models import DeadLetter
 from flows.publishing import publish_to
 from flows.registry import catalog
+from flows.requeue_batch import UNCONFIRMED
 
 _ENGINE_DIR = str(Path(__file__).resolve().parent)
 _FRAMES_IN_FINGERPRINT = 3
@@ -117,7 +118,7 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str, payload: dict[str, A
         payload = catalog.message_type(current[0]).validate(current[1], payload)
     with transaction.atomic():
         claimed = DeadLetter.objects.filter(pk=dead_letter_id, state=DeadLetter.State.DEAD).update(
-            state=DeadLetter.State.REQUEUED, series=F("series") + 1, requeued_at=timezone.now(), requeued_by=actor[:150]
+            state=DeadLetter.State.REQUEUED, series=F("series") + 1, requeued_at=timezone.now(), requeued_by=actor[:150], requeue_trace_id=UNCONFIRMED
         )
         if claimed != 1:
             return False
@@ -137,7 +138,10 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str, payload: dict[str, A
             # Sent when this transaction commits, so the worker never sees the row still "dead".
             publish_to(handler, envelope)
             requeue_trace = format(span.get_span_context().trace_id, "032x")
-        DeadLetter.objects.filter(pk=dead.pk).update(requeue_trace_id=requeue_trace)
+        # After the publish above (callbacks run in order; none after one that raised): until
+        # then the row carries the UNCONFIRMED mark, which recovery republishes if we die here.
+        confirmed = DeadLetter.objects.filter(pk=dead.pk, series=dead.series, requeue_trace_id=UNCONFIRMED)
+        transaction.on_commit(lambda: confirmed.update(requeue_trace_id=requeue_trace))
     return True
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from celery.utils import uuid as task_id
 from django.conf import settings
 from django.db import transaction
 
@@ -64,3 +66,26 @@ def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None 
         envelope = telemetry.traced_headers(envelope, queue=handler.queue)
     args = [envelope.to_dict(), handler.consumer]
     transaction.on_commit(lambda: deliver.apply_async(args=args, queue=handler.queue, countdown=countdown))
+
+
+def publish_many(items: Sequence[tuple[Handler, Envelope]]) -> None:
+    """Send ready envelopes (already admitted and traced), each to its handler's queue, now.
+
+    One producer and one pipelined round trip per few hundred messages instead of one
+    `apply_async` each: Celery's per-call routing and option lookups cost about 0.6 ms a
+    message here, more than the broker does. The message is the one `apply_async` would send,
+    put straight on the queue's list (the default exchange routes by queue name), so a worker
+    cannot tell the difference. Not transactional: call it after the commit that decided it.
+    """
+    if not items:
+        return
+    from flows.tasks import deliver
+
+    app = deliver.app
+    with app.producer_or_acquire() as producer, producer.batch(max_size=500):
+        for handler, envelope in items:
+            args = [envelope.to_dict(), handler.consumer]
+            headers, properties, body, _ = app.amqp.create_task_message(
+                task_id(), deliver.name, args, {}, argsrepr=f"(<envelope {envelope.message_id}>, {handler.consumer!r})", kwargsrepr="{}"
+            )
+            producer.publish(body, exchange="", routing_key=handler.queue, headers=headers, serializer="json", retry=False, **properties)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,13 +14,15 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from flows.deadletters import dead_letter_requeue
 from flows.errors import FlowsError
 from flows.models import DeadLetter, RequeueJob
+from flows.pacing import TokenBucket
+from flows.requeue_batch import requeue_batch, requeue_recover_unconfirmed
 from flows.selectors import DeadLetterFilter
 
 SLICE_SECONDS = 5.0
-BATCH = 100
+BATCH = 500
+BATCH_SECONDS = 0.05
 MAX_RATE = 100_000.0
 
 
@@ -77,68 +80,49 @@ def requeue_job_cancel(*, job_id: int) -> bool:
     return RequeueJob.objects.filter(pk=job_id, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.CANCELLED, finished_at=timezone.now()) == 1
 
 
-class _Progress:
-    """Progress written back at most every quarter second; each write also tells whether the
-    job is still running (an operator may have cancelled it)."""
-
-    EVERY = 0.25
-
-    def __init__(self, job: RequeueJob) -> None:
-        self.job = job
-        self.done = self.skipped = 0
-        self.written_at = time.monotonic()
-
-    def count(self, requeued: bool) -> None:
-        self.done += requeued
-        self.skipped += not requeued
-
-    def due(self) -> bool:
-        return time.monotonic() - self.written_at >= self.EVERY
-
-    def flush(self) -> bool:
-        running = RequeueJob.objects.filter(pk=self.job.pk, state=RequeueJob.State.RUNNING).update(
-            done=F("done") + self.done, skipped=F("skipped") + self.skipped, cursor_id=self.job.cursor_id
-        )
-        self.done = self.skipped = 0
-        self.written_at = time.monotonic()
-        return running == 1
+def batch_size(rate_per_s: float | None) -> int:
+    """Dead letters claimed and published together: as many as BATCH_SECONDS of the asked rate
+    (so pacing stays even and a cancel lands within that much), BATCH when unlimited."""
+    if not rate_per_s:
+        return BATCH
+    return max(1, min(BATCH, int(rate_per_s * BATCH_SECONDS)))
 
 
-def requeue_job_run_slice(job_id: int, *, slice_seconds: float = SLICE_SECONDS) -> bool:
-    """Requeue for up to `slice_seconds`; True when the job needs another slice."""
+def _record_progress(job: RequeueJob, *, done: int, skipped: int) -> bool:
+    """Count a batch into the job (a cancelled one too: its batch in hand did go out) and say
+    whether the job is still running (an operator may have cancelled it meanwhile)."""
+    jobs = RequeueJob.objects.filter(pk=job.pk)
+    jobs.update(done=F("done") + done, skipped=F("skipped") + skipped, cursor_id=job.cursor_id)
+    return jobs.filter(state=RequeueJob.State.RUNNING).exists()
+
+
+def requeue_job_run_slice(job_id: int, *, slice_seconds: float = SLICE_SECONDS, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Requeue for up to `slice_seconds`; True when the job needs another slice.
+
+    Batch by batch: claim, publish, write progress (which is also where a cancel is seen, so a
+    cancelled job stops after the batch in hand). With a rate, a token bucket paces the batches.
+    """
     job = RequeueJob.objects.filter(pk=job_id, state=RequeueJob.State.RUNNING).first()
     if job is None:
         return False  # cancelled, finished, or a redelivered slice of a job already done
+    requeue_recover_unconfirmed()  # requeues a crashed process claimed but never confirmed as sent
     filters = None if job.ids else _filter_from_json(job.filters)
-    rows = _candidates(filters=filters, ids=job.ids or None).filter(pk__gt=job.cursor_id, pk__lte=job.max_id).order_by("pk")
-    started = time.monotonic()
-    sent = 0
-    interval = 1.0 / job.rate_per_s if job.rate_per_s else 0.0
-    progress = _Progress(job)
-    while time.monotonic() - started < slice_seconds:
-        batch = list(rows.filter(pk__gt=job.cursor_id).values_list("pk", flat=True)[:BATCH])
+    rows = _candidates(filters=filters, ids=job.ids or None).filter(pk__lte=job.max_id).order_by("pk")
+    size = batch_size(job.rate_per_s)
+    # Room for a second's worth: a job that fell behind (a slow moment on a busy machine) catches
+    # up within the second instead of ending below the asked rate.
+    bucket = TokenBucket(job.rate_per_s, capacity=max(size, job.rate_per_s), clock=clock, sleep=sleep) if job.rate_per_s else None
+    actor = f"{job.created_by} (job {job.pk})"
+    started = clock()
+    while clock() - started < slice_seconds:
+        batch = list(rows.filter(pk__gt=job.cursor_id).values_list("pk", flat=True)[:size])
         if not batch:
-            if progress.flush():
-                RequeueJob.objects.filter(pk=job.pk, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.DONE, finished_at=timezone.now(), cursor_id=job.max_id)
+            RequeueJob.objects.filter(pk=job.pk, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.DONE, finished_at=timezone.now(), cursor_id=job.max_id)
             return False
-        for pk in batch:
-            if interval:
-                # Paced from the slice's start, so the achieved rate holds over time instead of
-                # drifting with each message's own cost.
-                wait = started + sent * interval - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-            try:
-                requeued = dead_letter_requeue(dead_letter_id=pk, actor=f"{job.created_by} (job {job.pk})")
-            except FlowsError:
-                requeued = False
-            sent += 1
-            job.cursor_id = pk
-            progress.count(requeued)
-            if progress.due() and not progress.flush():
-                return False  # cancelled meanwhile: stop after the message in hand
-            if time.monotonic() - started >= slice_seconds:
-                break
-        if not progress.flush():
-            return False
+        if bucket is not None:
+            bucket.take(len(batch))
+        requeued = requeue_batch(ids=batch, actor=actor)
+        job.cursor_id = batch[-1]
+        if not _record_progress(job, done=len(requeued), skipped=len(batch) - len(requeued)):
+            return False  # cancelled meanwhile: stop after the batch in hand
     return True

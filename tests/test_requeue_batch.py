@@ -1,0 +1,216 @@
+"""Bulk requeue in batches: one conditional claim, one pipelined publish, token-bucket pacing,
+cancel between batches, and recovery of requeues a dead process claimed but never sent."""
+
+import threading
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from flows import deadletters, requeue_batch as batch_module, tasks
+from flows.models import DeadLetter, RequeueJob
+from flows.pacing import TokenBucket
+from flows.publishing import build_envelope
+from flows.requeue_batch import UNCONFIRMED, requeue_batch, requeue_recover_unconfirmed
+from flows.requeue_jobs import batch_size, requeue_job_cancel, requeue_job_run_slice
+from tests.conftest import wait_for
+from tests.flows_under_test import recorded
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def make_dead(prefix: str, n: int, *, consumer: str = "t_command") -> list[DeadLetter]:
+    """Dead letters as the runtime records them, without waiting for three real failures each."""
+    now = timezone.now()
+    rows = []
+    for i in range(n):
+        envelope = build_envelope("test.command", {"key": f"{prefix}-{i}"}).to_dict()
+        rows.append(DeadLetter.objects.create(
+            message_id=envelope["message_id"], message_type="test.command", queue="t.commands", consumer=consumer, envelope=envelope,
+            error_type="builtins.ValueError", fingerprint=f"fp-{prefix}", attempts=3, first_dead_at=now, dead_at=now,
+        ))
+    return rows
+
+
+def runs_of(prefix: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in recorded("t_command"):
+        key = entry.split("|")[0]
+        if key.startswith(prefix + "-"):
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def wait_resolved(ids: list[int]) -> None:
+    wait_for(lambda: DeadLetter.objects.filter(pk__in=ids, state=DeadLetter.State.RESOLVED).count() == len(ids), what=f"{len(ids)} requeued messages to succeed")
+
+
+def job_for(dead: list[DeadLetter], *, rate_per_s: float) -> RequeueJob:
+    """A job as requeue_job_start makes it, but not handed to the worker: the test runs its slices."""
+    return RequeueJob.objects.create(created_by="tester", ids=[d.pk for d in dead], rate_per_s=rate_per_s, max_id=dead[-1].pk, total=len(dead))
+
+
+class FakeTime:
+    """A clock that moves only when slept on: pacing tested without timing anything."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def test_a_batch_requeues_the_dead_ones_and_skips_those_another_client_took_first(worker):
+    dead = make_dead("batch", 6)
+    ids = [d.pk for d in dead]
+    assert deadletters.dead_letter_requeue(dead_letter_id=ids[1], actor="alice")
+    assert deadletters.dead_letter_discard(dead_letter_id=ids[3], actor="carol", reason="not wanted")
+
+    requeued = requeue_batch(ids=ids, actor="bulk")
+
+    assert requeued == [ids[0], ids[2], ids[4], ids[5]]
+    wait_resolved([ids[0], ids[1], ids[2], ids[4], ids[5]])
+    assert runs_of("batch") == {"batch-0": 1, "batch-1": 1, "batch-2": 1, "batch-4": 1, "batch-5": 1}
+    rows = {d.pk: d for d in DeadLetter.objects.filter(pk__in=ids)}
+    assert [rows[pk].requeued_by for pk in requeued] == ["bulk"] * 4 and rows[ids[1]].requeued_by == "alice"
+    assert rows[ids[3]].state == DeadLetter.State.DISCARDED and rows[ids[3]].series == 0
+    for pk in requeued:
+        assert rows[pk].series == 1
+        assert len(rows[pk].requeue_trace_id) == 32 and rows[pk].requeue_trace_id not in (UNCONFIRMED, rows[pk].trace_id)
+    assert len({rows[pk].requeue_trace_id for pk in requeued}) == 4, "a trace of its own for each requeue"
+
+
+def test_two_clients_requeueing_the_same_batch_at_once_publish_each_dead_letter_once(worker):
+    dead = make_dead("race", 30)
+    ids = [d.pk for d in dead]
+    results: list[list[int]] = []
+    barrier = threading.Barrier(2)
+
+    def client(actor: str) -> None:
+        barrier.wait()
+        try:
+            results.append(requeue_batch(ids=ids, actor=actor))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(f"client-{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    first, second = results
+    assert not set(first) & set(second) and sorted(first + second) == ids
+    wait_resolved(ids)
+    assert set(DeadLetter.objects.filter(pk__in=ids).values_list("series", flat=True)) == {1}
+    assert runs_of("race") == {f"race-{i}": 1 for i in range(30)}
+
+
+def test_unreadable_envelopes_and_retired_consumers_stay_dead_and_untouched():
+    broken, retired = make_dead("broken", 1)[0], make_dead("retired", 1, consumer="retired_handler")[0]
+    DeadLetter.objects.filter(pk=broken.pk).update(envelope="not even a dict")
+
+    assert requeue_batch(ids=[broken.pk, retired.pk], actor="bulk") == []
+    for row in DeadLetter.objects.filter(pk__in=[broken.pk, retired.pk]):
+        assert (row.state, row.series, row.requeue_trace_id) == (DeadLetter.State.DEAD, 0, "")
+
+
+def test_a_requeue_whose_process_died_before_sending_is_sent_once_by_recovery(worker, monkeypatch):
+    dead = make_dead("crash", 3)
+    ids = [d.pk for d in dead]
+
+    def died(items):
+        raise RuntimeError("the process died here")
+
+    monkeypatch.setattr(batch_module, "publish_many", died)
+    with pytest.raises(RuntimeError, match="died here"):
+        requeue_batch(ids=ids, actor="bulk")
+    monkeypatch.undo()
+    assert set(DeadLetter.objects.filter(pk__in=ids).values_list("state", "requeue_trace_id")) == {(DeadLetter.State.REQUEUED, UNCONFIRMED)}
+    assert requeue_batch(ids=ids, actor="bulk") == [], "claimed already: not dead"
+
+    assert requeue_recover_unconfirmed() == 0, "too recent: its publisher may still be at work"
+    assert requeue_recover_unconfirmed(older_than=0) == 3
+    assert requeue_recover_unconfirmed(older_than=0) == 0
+    wait_resolved(ids)
+    assert runs_of("crash") == {f"crash-{i}": 1 for i in range(3)}
+    assert UNCONFIRMED not in DeadLetter.objects.filter(pk__in=ids).values_list("requeue_trace_id", flat=True)
+
+
+def test_a_single_requeue_whose_send_failed_keeps_its_mark_and_is_recovered(worker, monkeypatch):
+    (dead,) = make_dead("single", 1)
+
+    def broker_away(*args, **kwargs):
+        raise ConnectionError("broker away")
+
+    monkeypatch.setattr(tasks.deliver, "apply_async", broker_away)
+    with pytest.raises(ConnectionError):
+        deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="alice")
+    monkeypatch.undo()
+    dead.refresh_from_db()
+    assert (dead.state, dead.requeue_trace_id) == (DeadLetter.State.REQUEUED, UNCONFIRMED)
+
+    assert requeue_recover_unconfirmed(older_than=0) == 1
+    wait_resolved([dead.pk])
+    assert runs_of("single") == {"single-0": 1}
+
+
+def test_the_token_bucket_paces_to_the_asked_rate_and_caps_a_catch_up_burst():
+    time = FakeTime()
+    bucket = TokenBucket(50.0, capacity=10, clock=time.clock, sleep=time.sleep)
+    bucket.take(1)
+    assert time.now == 0, "the first message goes at once"
+    for _ in range(10):
+        bucket.take(10)
+    assert time.now == pytest.approx(100 / 50), "101 messages at 50 a second: 100 intervals"
+
+    time.now += 60  # idle for a minute: at most `capacity` go without waiting
+    before = time.now
+    bucket.take(10)
+    bucket.take(5)
+    assert time.now - before == pytest.approx(5 / 50)
+    with pytest.raises(ValueError, match="1 to 10 tokens"):
+        bucket.take(11)
+    with pytest.raises(ValueError, match="positive rate"):
+        TokenBucket(0, capacity=1)
+
+
+def test_batches_hold_a_twentieth_of_a_second_at_the_asked_rate():
+    assert [batch_size(rate) for rate in (None, 2, 20, 100, 500, 100_000)] == [500, 1, 1, 5, 25, 500]
+
+
+def test_a_rated_job_sends_its_batches_on_the_bucket_schedule(worker):
+    dead = make_dead("paced", 20)
+    job = job_for(dead, rate_per_s=100)
+    time = FakeTime()
+
+    assert requeue_job_run_slice(job.pk, clock=time.clock, sleep=time.sleep) is False
+    job.refresh_from_db()
+    assert (job.state, job.done, job.skipped) == (RequeueJob.State.DONE, 20, 0)
+    assert time.now == pytest.approx(19 / 100), "20 messages at 100 a second, the first at once"
+    assert len(time.sleeps) == 4, "four batches of five"
+    wait_resolved([d.pk for d in dead])
+
+
+def test_a_job_cancelled_while_a_batch_is_in_hand_stops_after_that_batch(worker):
+    dead = make_dead("cancel", 20)
+    job = job_for(dead, rate_per_s=100)
+    time = FakeTime()
+
+    def operator_cancels_while_waiting(seconds: float) -> None:
+        time.sleep(seconds)
+        assert requeue_job_cancel(job_id=job.pk)
+
+    assert requeue_job_run_slice(job.pk, clock=time.clock, sleep=operator_cancels_while_waiting) is False
+    job.refresh_from_db()
+    assert (job.state, job.done) == (RequeueJob.State.CANCELLED, 5), "the batch in hand went out and is counted"
+    first = [d.pk for d in dead[:5]]
+    wait_resolved(first)
+    assert DeadLetter.objects.filter(pk__in=[d.pk for d in dead[5:]], state=DeadLetter.State.DEAD, series=0).count() == 15
+    assert requeue_job_run_slice(job.pk) is False, "a cancelled job's next slice does nothing"
+    assert DeadLetter.objects.filter(state=DeadLetter.State.DEAD, pk__in=[d.pk for d in dead]).count() == 15
