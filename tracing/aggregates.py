@@ -50,11 +50,19 @@ def bucket_start(end_ns: int) -> datetime:
 
 def tally(spans: Iterable[dict[str, Any]]) -> dict[tuple[datetime, str, str], _Tally]:
     tallies: dict[tuple[datetime, str, str], _Tally] = {}
+    buckets: dict[int, datetime] = {}  # a batch spans a few seconds: one datetime per second
     for span in spans:
         edge = edge_of(span)
         if edge is None:
             continue
-        item = tallies.setdefault((bucket_start(span["en"]), *edge), _Tally())
+        second = span["en"] // 1_000_000_000
+        bucket = buckets.get(second)
+        if bucket is None:
+            bucket = buckets[second] = bucket_start(span["en"])
+        key = (bucket, *edge)
+        item = tallies.get(key)
+        if item is None:
+            item = tallies[key] = _Tally()
         item.count += 1
         item.errors += span.get("sc") == ERROR
         item.dead += (span.get("a") or {}).get("flowscope.outcome") == "dead"
