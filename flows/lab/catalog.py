@@ -1,8 +1,10 @@
 """The lab's asynchronous style: an order fanned out to the four downstream services.
 
 Each subscriber makes the same HTTP call the synchronous chain makes; a failed call raises, so
-Flowscope's retries, back-pressure and dead letters decide what happens next. The retries span
-more than the 30 s outage (0.5 + 1 + 2 + 4 + 8 x 5 = 47.5 s before the tenth attempt).
+Flowscope's retries, back-pressure and dead letters decide what happens next. The retries must
+outlast the 30 s outage even when jitter takes half of every delay off: 0.5 + 1 + 2 + 4 + 8 x 10
+= 87.5 s, at least 43.75 s, before the 14th attempt. (With 10 attempts, at least 23.75 s, a full
+lab run dead-lettered two orders of the outage: the lab found it.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from flows.lab import calls
 from flows.lab.effects import SERVICES
 
 LAB_RETRY = flows.Backoff(initial=0.5, factor=2.0, maximum=8.0)
-MAX_ATTEMPTS = 10
+MAX_ATTEMPTS = 14
 # A queue this deep holds several seconds of work: producers wait (up to 10 s) until it drains
 # to the low mark, so a slow service slows the callers instead of growing a backlog without end.
 QUEUE_HIGH, QUEUE_LOW = 60, 30

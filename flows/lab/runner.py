@@ -9,11 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flows.lab import calls, results, scenarios
+import flows
+from flows.backpressure import ACTIVATIONS_KEY, queue_depth
+from flows.lab import calls, effects, results, scenarios
+from flows.lab.catalog import queue_name
 from flows.lab.effects import SERVICES
 from flows.lab.load import Order, Timeline, drive
 from flows.lab.processes import LabProcesses
 from flows.lab.scenarios import Scenario, Size
+from flows.models import DeadLetter
+from flows.redis import get_redis
 
 ProgressFn = Callable[[str], None]
 
@@ -36,8 +41,6 @@ def sync_caller(processes: LabProcesses, run: str) -> Callable[[str], None]:
 
 def async_caller(run: str) -> Callable[[str], None]:
     """The asynchronous style: the caller publishes the order and is done; Flowscope does the rest."""
-    import flows
-
     def order(order_id: str) -> None:
         flows.send("lab.order", {"run": run, "order_id": order_id, "amount_cents": 4200}, correlation_id=order_id)
 
@@ -45,8 +48,6 @@ def async_caller(run: str) -> Callable[[str], None]:
 
 
 def _dead_letters(run: str) -> dict[str, float]:
-    from flows.models import DeadLetter
-
     dead: dict[str, float] = {}
     for order_id, at in DeadLetter.objects.filter(message_type="lab.order", correlation_id__startswith=f"{run}-").values_list("correlation_id", "dead_at"):
         dead[order_id] = min(dead.get(order_id, at.timestamp()), at.timestamp())
@@ -54,10 +55,6 @@ def _dead_letters(run: str) -> dict[str, float]:
 
 
 def _activations() -> int:
-    from flows.backpressure import ACTIVATIONS_KEY
-    from flows.lab.catalog import queue_name
-    from flows.redis import get_redis
-
     values = get_redis().hmget(ACTIVATIONS_KEY, [queue_name(s) for s in SERVICES])
     return sum(int(v) for v in values if v)
 
@@ -71,9 +68,6 @@ class DepthSampler:
         self._thread = threading.Thread(target=self._run, name="lab-depth", daemon=True)
 
     def _run(self) -> None:
-        from flows.backpressure import queue_depth
-        from flows.lab.catalog import queue_name
-
         while not self._stop.wait(0.5):
             self.samples.append((time.time(), {s: queue_depth(queue_name(s)) for s in SERVICES}))
 
@@ -103,9 +97,6 @@ def _timeline(processes: LabProcesses, scenario: Scenario, size: Size) -> Timeli
 
 
 def run_one(processes: LabProcesses, scenario: Scenario, style: str, *, size: Size, lab_id: str, progress: ProgressFn) -> dict[str, Any]:
-    from flows.lab import effects
-    from flows.redis import get_redis
-
     run = f"{lab_id}-{scenario.name}-{style}"
     processes.check_running()
     for service in SERVICES:
@@ -127,9 +118,6 @@ def run_one(processes: LabProcesses, scenario: Scenario, style: str, *, size: Si
 
 def _settle(run: str, orders: list[Order], timeline: Timeline, depth: DepthSampler, activations_before: int, *, size: Size, progress: ProgressFn) -> results.Measured:
     """Wait until every order is completed or failed, or the settle time is up; the rest are lost."""
-    from flows.lab import effects
-    from flows.redis import get_redis
-
     fault = (timeline.happened["fault_on"], timeline.happened["fault_off"]) if "fault_off" in timeline.happened else None
     deadline = time.monotonic() + size.settle_s
     time.sleep(0.5)  # a request the caller gave up on may still be finishing at its service
