@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from typing import Any
 
 from django.db import transaction
@@ -24,6 +25,7 @@ from flows.envelope import ATTEMPT, REQUEUE_OF, SAGA_ID, SAGA_STEP, SERIES, Enve
 from flows.errors import EnvelopeError, PoisonMessage, StaleTransition
 from flows.idempotency import duplicate_count, inbox_claim
 from flows.message import Message, current_message
+from flows.models import SagaInstance
 from flows.patterns import Pattern, get_pattern
 from flows.publishing import publish_to
 from flows.registry import catalog
@@ -156,11 +158,24 @@ def _give_up(message: Message, pattern: Pattern, exc: BaseException, *, poison: 
             attempts=message.attempt,
             poison=poison,
             series=series if isinstance(series, int) else 0,
-            saga_id=envelope.header(SAGA_ID),
+            saga_id=_existing_saga(envelope.header(SAGA_ID)),
             saga_step=saga_step if isinstance(saga_step, int) else None,
         )
     pattern.after_dead(message, exc)
     return DEAD
+
+
+def _existing_saga(value: Any) -> uuid.UUID | None:
+    """The saga a dying step message names, if it exists. A step of a deleted saga, or one with a
+    mangled id, must still become a dead letter: a link to a missing row would fail the commit,
+    and the delivery would go back to the queue for ever."""
+    if value is None:
+        return None
+    try:
+        saga_id = uuid.UUID(str(value))
+    except ValueError:
+        return None
+    return saga_id if SagaInstance.objects.filter(pk=saga_id).exists() else None
 
 
 def _dead_on_arrival(raw: Any, *, consumer: str, label: str, queue: str, exc: BaseException, worker: str) -> str:

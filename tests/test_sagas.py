@@ -93,6 +93,17 @@ def test_a_redelivered_step_does_not_apply_its_transition_or_effect_twice(worker
     assert SagaStep.objects.filter(saga=saga).count() == 3
 
 
+@pytest.mark.parametrize("saga_id", ["7b1c0d5e-0000-4000-8000-000000000000", "not-a-uuid"])
+def test_a_step_of_a_saga_that_does_not_exist_is_dead_lettered_once_not_returned_to_the_queue(worker, saga_id):
+    stray = Envelope(type="test.trip.flight", payload={"trip": "gone"}, headers={"pattern": "saga", "saga_id": saga_id, "saga_step": 0, "saga_phase": "action"})
+    publish_to(catalog.handler("test.trip.flight"), stray)
+
+    dead = wait_for(lambda: DeadLetter.objects.filter(message_id=stray.message_id).first(), what="the stray step to be dead-lettered")
+    assert dead.poison and dead.saga_id is None and dead.envelope["headers"]["saga_id"] == saga_id
+    assert "saga" in dead.error_message
+    assert "could not record the outcome" not in worker.log_text()
+
+
 def test_a_saga_whose_worker_is_killed_mid_step_completes_after_a_restart(start_worker):
     crash_worker = start_worker("crash1", ["t.sagas.crash"], concurrency=1)
     saga = flows.start_saga("test.crashtrip", {"trip": "k1", "block_at": "hotel"})
