@@ -14,6 +14,7 @@ from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
 from console.api.auth import need
+from console.api.schemas import RowId
 from console.audit import audit
 from console.models import ApiToken, Role
 from tracing.retention import prune_spans
@@ -54,7 +55,7 @@ def create_token(request: HttpRequest, body: TokenIn) -> dict[str, Any]:
 
 
 @router.post("/tokens/{token_id}/revoke")
-def revoke_token(request: HttpRequest, token_id: int) -> dict[str, Any]:
+def revoke_token(request: HttpRequest, token_id: RowId) -> dict[str, Any]:
     principal = need(request, Role.ADMIN)
     token = get_object_or_404(ApiToken, pk=token_id)
     with transaction.atomic():

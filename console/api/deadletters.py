@@ -11,7 +11,7 @@ from ninja import Query, Router
 from ninja.errors import HttpError
 
 from console.api.auth import need
-from console.api.schemas import DiscardIn, EditRequeueIn, FilterQuery, RequeueJobIn
+from console.api.schemas import DiscardIn, EditRequeueIn, FilterQuery, RequeueJobIn, RowId
 from console.audit import audit
 from console.models import Role
 from console.presenters import dead_letter_detail, dead_letter_summary, job_summary
@@ -43,7 +43,7 @@ def list_groups(request: HttpRequest, filters: Query[FilterQuery], limit: int = 
 
 
 @router.get("/deadletters/{dead_letter_id}")
-def get_dead_letter(request: HttpRequest, dead_letter_id: int) -> dict[str, Any]:
+def get_dead_letter(request: HttpRequest, dead_letter_id: RowId) -> dict[str, Any]:
     """Envelope (payload redacted), error, traceback, attempts, trace ids and saga step. 404 if unknown."""
     need(request, Role.VIEWER)
     return dead_letter_detail(get_object_or_404(DeadLetter, pk=dead_letter_id))
@@ -54,7 +54,7 @@ def _conflict(dead: DeadLetter) -> HttpError:
 
 
 @router.post("/deadletters/{dead_letter_id}/requeue")
-def requeue(request: HttpRequest, dead_letter_id: int) -> dict[str, Any]:
+def requeue(request: HttpRequest, dead_letter_id: RowId) -> dict[str, Any]:
     """Republish the original envelope as a fresh series of attempts. 200 {"requeued": true};
     403 below operator; 404 unknown; 409 when it is no longer dead (someone got there first)."""
     principal = need(request, Role.OPERATOR)
@@ -67,7 +67,7 @@ def requeue(request: HttpRequest, dead_letter_id: int) -> dict[str, Any]:
 
 
 @router.post("/deadletters/{dead_letter_id}/discard")
-def discard(request: HttpRequest, dead_letter_id: int, body: DiscardIn) -> dict[str, Any]:
+def discard(request: HttpRequest, dead_letter_id: RowId, body: DiscardIn) -> dict[str, Any]:
     """Give up on a dead letter, with a reason. 409 when it is no longer dead."""
     principal = need(request, Role.OPERATOR)
     dead = get_object_or_404(DeadLetter, pk=dead_letter_id)
@@ -79,7 +79,7 @@ def discard(request: HttpRequest, dead_letter_id: int, body: DiscardIn) -> dict[
 
 
 @router.post("/deadletters/{dead_letter_id}/edit-requeue")
-def edit_and_requeue(request: HttpRequest, dead_letter_id: int, body: EditRequeueIn) -> dict[str, Any]:
+def edit_and_requeue(request: HttpRequest, dead_letter_id: RowId, body: EditRequeueIn) -> dict[str, Any]:
     """Correct the payload (checked against the message type's schema: 400 naming the field
     otherwise) and requeue; the old and new payloads go to the audit log."""
     principal = need(request, Role.OPERATOR)
@@ -109,13 +109,13 @@ def start_requeue_job(request: HttpRequest, body: RequeueJobIn) -> dict[str, Any
 
 
 @router.get("/requeue-jobs/{job_id}")
-def get_requeue_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+def get_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
     need(request, Role.VIEWER)
     return job_summary(get_object_or_404(RequeueJob, pk=job_id))
 
 
 @router.post("/requeue-jobs/{job_id}/cancel")
-def cancel_requeue_job(request: HttpRequest, job_id: int) -> dict[str, Any]:
+def cancel_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
     """Stop a running job after the message in hand. 409 when it is not running."""
     principal = need(request, Role.OPERATOR)
     job = get_object_or_404(RequeueJob, pk=job_id)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from flows.models import DeadLetter
 from flows.selectors import DeadLetterFilter
+
+
+# A row id as the database can hold it (BigAutoField): a larger number is a 422, not an overflow.
+RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 class DiscardIn(Schema):
@@ -33,6 +37,14 @@ class FilterQuery(Schema):
     state: DeadLetter.State | None = None
     fingerprint: str = ""
 
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def iso_8601_only(cls, value: Any) -> Any:
+        """pydantic would read "0.65" as seconds after 1970: surely a mistake, so refuse it."""
+        if isinstance(value, int | float) or (isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()):
+            raise ValueError("give an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z, not a number")
+        return value
+
     def to_filter(self) -> DeadLetterFilter:
         values = self.model_dump(include=set(FilterQuery.model_fields))
         values["state"] = self.state.value if self.state else ""
@@ -44,7 +56,7 @@ class RequeueJobIn(FilterQuery):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
+    ids: list[RowId] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
     rate_per_s: float | None = Field(default=None, gt=0, le=100_000, description="leave out for no limit")
     dry_run: bool = False
 
