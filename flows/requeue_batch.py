@@ -130,7 +130,7 @@ def _claim(assignments: str, assignment_params: list[Any], condition: str, condi
 def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler]) -> list[int]:
     """Spans and envelopes for the claimed rows now; the publish when the transaction commits."""
     items: list[tuple[Handler, Envelope]] = []
-    traces: list[tuple[str, int, int, str]] = []
+    traces: list[tuple[str, int, int]] = []
     broken: list[int] = []
     producer = f"service:{setup.provider().resource.attributes.get('service.name', 'flowscope')}"
     for row in claimed:
@@ -146,14 +146,14 @@ def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler]) 
         attributes = telemetry.message_attributes(envelope, queue=handler.queue, operation="send")
         attributes.update({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
         span_context, carried = _requeue_span(f"requeue {row.message_type}", links_to=dead_headers, attributes=attributes)
-        traces.append((format(span_context.trace_id, "032x"), row.pk, row.series, UNCONFIRMED))
+        traces.append((format(span_context.trace_id, "032x"), row.pk, row.series))
         items.append((handler, envelope.with_headers(**carried)))
     if broken:
         # An envelope stored unreadable (a malformed delivery's) cannot be sent: back to "dead"
         # with the series it had; requeued_at and requeued_by keep this attempt, for the record.
         DeadLetter.objects.filter(pk__in=broken).update(state=DeadLetter.State.DEAD, series=F("series") - 1, requeue_trace_id="")
     transaction.on_commit(lambda: _publish_and_confirm(items, traces))
-    return [pk for _, pk, _, _ in traces]
+    return [pk for _, pk, _ in traces]
 
 
 def _requeue_span(name: str, *, links_to: dict[str, Any], attributes: dict[str, Any]) -> tuple[SpanContext, dict[str, str | None]]:
@@ -172,12 +172,21 @@ def _requeue_span(name: str, *, links_to: dict[str, Any], attributes: dict[str, 
     return span.get_span_context(), {header: carrier.get(header) for header in _CONTEXT_HEADERS}
 
 
-def _publish_and_confirm(items: list[tuple[Handler, Envelope]], traces: list[tuple[str, int, int, str]]) -> None:
+def _publish_and_confirm(items: list[tuple[Handler, Envelope]], traces: list[tuple[str, int, int]]) -> None:
+    if not items:
+        return
     publish_many(items)
     table = connection.ops.quote_name(DeadLetter._meta.db_table)
-    with transaction.atomic(), connection.cursor() as cursor:
+    values = ", ".join(["(%s, CAST(%s AS bigint), CAST(%s AS integer))"] * len(traces))
+    with connection.cursor() as cursor:
+        # One statement for the batch (500 single-row UPDATEs cost PostgreSQL four times as much).
         # Only where the mark is still this series' own: a row requeued again since keeps its newer one.
-        cursor.executemany(f"UPDATE {table} SET requeue_trace_id = %s WHERE id = %s AND series = %s AND requeue_trace_id = %s", traces)
+        cursor.execute(
+            f"UPDATE {table} SET requeue_trace_id = confirmed.trace "
+            f"FROM (SELECT column1 AS trace, column2 AS id, column3 AS series FROM (VALUES {values}) AS listed) AS confirmed "
+            f"WHERE {table}.id = confirmed.id AND {table}.series = confirmed.series AND {table}.requeue_trace_id = %s",
+            [v for row in traces for v in row] + [UNCONFIRMED],
+        )
 
 
 def _db_time(value: Any) -> Any:

@@ -214,3 +214,35 @@ def test_a_job_cancelled_while_a_batch_is_in_hand_stops_after_that_batch(worker)
     assert DeadLetter.objects.filter(pk__in=[d.pk for d in dead[5:]], state=DeadLetter.State.DEAD, series=0).count() == 15
     assert requeue_job_run_slice(job.pk) is False, "a cancelled job's next slice does nothing"
     assert DeadLetter.objects.filter(state=DeadLetter.State.DEAD, pk__in=[d.pk for d in dead]).count() == 15
+
+
+def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
+    import base64
+    import dataclasses
+    import json
+
+    from flows.publishing import publish_many
+    from flows.redis import get_redis
+    from flows.registry import catalog
+
+    queue = "t.publish-check"  # no worker reads it
+    handler = dataclasses.replace(catalog.handler("t_command"), queue=queue)
+    envelope = build_envelope("test.command", {"key": "same-either-way"})
+    redis = get_redis()
+    redis.delete(queue)
+    try:
+        tasks.deliver.apply_async(args=[envelope.to_dict(), handler.consumer], queue=queue)
+        publish_many([(handler, envelope)])
+        theirs, ours = (json.loads(raw) for raw in redis.lrange(queue, 0, -1)[::-1])  # LPUSH: the first sent is last
+    finally:
+        redis.delete(queue)
+
+    def body(message: dict) -> list:
+        return json.loads(base64.b64decode(message["body"]))
+
+    assert body(ours) == body(theirs)
+    assert {k: v for k, v in ours.items() if k not in ("body", "headers", "properties")} == {k: v for k, v in theirs.items() if k not in ("body", "headers", "properties")}
+    per_message = {"id", "root_id", "origin", "argsrepr", "kwargsrepr", "correlation_id", "delivery_tag"}
+    for part in ("headers", "properties"):
+        assert {k: v for k, v in ours[part].items() if k not in per_message} == {k: v for k, v in theirs[part].items() if k not in per_message}
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
