@@ -246,3 +246,25 @@ def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
     for part in ("headers", "properties"):
         assert {k: v for k, v in ours[part].items() if k not in per_message} == {k: v for k, v in theirs[part].items() if k not in per_message}
     assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+
+
+def test_a_bulk_requeued_message_runs_in_a_new_trace_under_its_requeue_span_linked_to_the_old(worker, collector):
+    import flows
+    from tests.flows_under_test import fix
+    from tests.tracing_helpers import spans_where, wait_spans
+    from tracing.selectors import trace_tree
+
+    envelope = flows.send("test.command", {"key": "bulk-relink", "bug": "bulk-relink-bug"})
+    dead = wait_for(lambda: DeadLetter.objects.filter(message_id=envelope.message_id).first(), what="the dead letter")
+    fix("bulk-relink-bug")
+
+    assert requeue_batch(ids=[dead.pk], actor="bulk") == [dead.pk]
+    dead.refresh_from_db()
+    wait_spans(1, trace_id=dead.requeue_trace_id, kind=4, what="the requeued attempt's span")
+    (root,) = wait_spans(1, trace_id=dead.requeue_trace_id, name="requeue test.command", what="the requeue span")
+    (attempt,) = spans_where(trace_id=dead.requeue_trace_id, kind=4)
+    assert root.kind == 3 and root.parent_span_id == "" and attempt.parent_span_id == root.span_id
+    assert root.attributes["messaging.destination.name"] == "t.commands" and root.attributes["flowscope.dead_letter_id"] == dead.pk
+    assert [link["trace_id"] for link in trace_tree(dead.requeue_trace_id).links_out] == [dead.trace_id]
+    assert dead.requeue_trace_id in [link["trace_id"] for link in trace_tree(dead.trace_id).links_in]
+    assert attempt.attributes["flowscope.attempt"] == 1 and attempt.attributes["flowscope.outcome"] == "ok"
