@@ -34,8 +34,8 @@
       }
     }
     const id = (what) => `lab-${scenario.name}-${what}`;
-    Plotly.newPlot(id("throughput"), throughput, layout("orders completed (and failed) per second", scenario.fault), config);
+    Plotly.newPlot(id("throughput"), throughput, layout("orders completed (and failed) per second", scenario.fault, { yaxis: { rangemode: "tozero" } }), config);
     Plotly.newPlot(id("latency"), latency, layout("latency by arrival second: end to end, and as the caller saw it (ms, log)", scenario.fault, { yaxis: { type: "log" } }), config);
-    Plotly.newPlot(id("queues"), queues, layout("async: queue depth per service", scenario.fault), config);
+    Plotly.newPlot(id("queues"), queues, layout("async: queue depth per service", scenario.fault, { yaxis: { rangemode: "tozero" } }), config);
   }
 })();
