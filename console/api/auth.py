@@ -29,7 +29,17 @@ class TokenAuth(HttpBearer):
 
 
 class SessionPrincipal(SessionAuth):
-    """The session cookie; ninja checks the CSRF token on unsafe methods for cookie auth."""
+    """The session cookie, with the CSRF token checked on unsafe methods."""
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        # No session, nothing for a forged request to borrow: the caller is anonymous (401), not
+        # a CSRF failure (ninja checks CSRF before it looks at the cookie).
+        if not (request.user.is_authenticated and request.user.is_active):
+            return None
+        try:
+            return super()._get_key(request)
+        except HttpError:
+            raise HttpError(403, "CSRF check failed: a signed-in session's writes need the X-CSRFToken header (the csrftoken cookie's value); scripts use an API token") from None
 
     def authenticate(self, request: HttpRequest, key: Any) -> Principal | None:
         if request.user.is_authenticated and request.user.is_active:

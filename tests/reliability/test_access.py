@@ -71,7 +71,7 @@ def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 def test_anonymous_callers_are_refused_by_every_page_and_api_operation(figure, settings):
     settings.TRACING_OTLP_TOKEN = "otlp-secret"  # the receiver is then closed to strangers too
-    anonymous = Client()
+    anonymous = Client(enforce_csrf_checks=True)  # as a script or a browser would be checked
     tried, let_in = 0, []
     for route, url in console_routes():
         for method in ("GET", "POST"):
@@ -86,10 +86,12 @@ def test_anonymous_callers_are_refused_by_every_page_and_api_operation(figure, s
         tried += 1
         if response.status_code != 401:
             let_in.append(f"{method} {path} -> {response.status_code}")
-    for header in ("Bearer fs_not-a-token", "Bearer " + "x" * 40, "Basic YWRtaW46YWRtaW4="):
+    revoked = ApiToken.issue(name="revoked", role="admin", created_by="tests")
+    ApiToken.objects.filter(pk=revoked[0].pk).update(revoked_at=timezone.now())
+    for header in ("Bearer fs_not-a-token", "Bearer " + "x" * 40, "Basic YWRtaW46YWRtaW4=", f"Bearer {revoked[1]}"):
         for method, _, path in api:
             tried += 1
-            if (status := call(anonymous, method, path, Authorization=header).status_code) != 401:
+            if (status := call(anonymous, method, path, Authorization=header).status_code) != 401:  # 401, never a CSRF 403
                 let_in.append(f"{method} {path} with {header[:12]}... -> {status}")
     schema = anonymous.get("/api/v1/openapi.json")
     tried += 1
