@@ -5,6 +5,8 @@ Three doors: `POST /api/v1/messages` (a clear 4xx), the OTLP receiver `POST /v1/
 4xx; nothing of a refused request reaches the span table), and deliveries put straight on a queue
 for the worker, as a producer that skips `flows.send` would (a dead letter with the reason, the
 handler never runs). Each door also takes one good input, so the counting can be seen to count.
+OTLP has no message types or schema versions of ours; unknown fields in its JSON are ignored, as
+the OTLP specification asks of receivers.
 """
 
 from __future__ import annotations
