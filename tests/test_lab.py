@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,9 @@ from django.utils import timezone
 from flows.lab import results
 from flows.lab.load import Order
 from flows.lab.models import LabRun
+from flows.lab.processes import LabProcesses, LabProcessError
 from flows.lab.scenarios import SCENARIO_NAMES, STYLES
+from flows.redis import get_redis
 from tests.conftest import REPO, wait_for, worker_database_url
 from tests.people import client_for
 
@@ -85,11 +87,13 @@ def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accou
     assert lab_processes_left() == []
 
 
-def test_ctrl_c_stops_every_process_the_lab_started_and_stores_nothing():
+def test_ctrl_c_during_the_load_stops_every_process_the_lab_started_and_stores_nothing():
+    redis = get_redis()
     lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--only", "outage"], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: len(lab_processes_left()) >= 8 or lab.poll() is not None, timeout=90, interval=0.2, what="the lab's services and workers")
-        time.sleep(1)  # well inside the run: its workers are starting or the load is on
+        # The services record effects once orders flow: the warm-up has begun.
+        wait_for(lambda: lab.poll() is not None or any(redis.scan_iter(match="flows:lab:effects:*")), timeout=90, interval=0.1, what="orders flowing")
+        assert len(lab_processes_left()) == 9  # four services, four workers, the collector
         lab.send_signal(signal.SIGINT)
         _, stderr = lab.communicate(timeout=60)
     finally:
@@ -99,6 +103,25 @@ def test_ctrl_c_stops_every_process_the_lab_started_and_stores_nothing():
     assert "interrupted" in stderr
     wait_for(lambda: lab_processes_left() == [], timeout=10, what="no lab process left")
     assert LabRun.objects.count() == 0
+
+
+def test_an_unreachable_redis_is_named_before_anything_starts(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"
+    with pytest.raises(CommandError, match=r"Redis at redis://127.0.0.1:9/0 did not answer"):
+        call_command("lab", "--quick")
+
+
+def test_a_service_that_cannot_start_is_reported_with_its_log(tmp_path):
+    processes = LabProcesses(log_dir=tmp_path)
+    with socket.socket() as taken:
+        taken.bind(processes.addresses["billing"])
+        taken.listen()
+        try:
+            with pytest.raises(LabProcessError, match=r"billing exited with 1; see .*lab-billing.log"):
+                processes.start_service("billing")
+        finally:
+            processes.stop_all()
+    assert "Address already in use" in (tmp_path / "lab-billing.log").read_text()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import django
+import redis as redis_py
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -21,6 +22,7 @@ from django.db import connection
 from django.utils import timezone
 
 from flows.lab import scenarios
+from flows.redis import get_redis
 
 COLUMNS = (
     ("completed_per_s", "done/s"), ("e2e_p50_ms", "e2e p50"), ("e2e_p99_ms", "e2e p99"), ("caller_p99_ms", "caller p99"),
@@ -40,6 +42,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         only = self._scenarios(options["only"])
         json_path = self._json_path(options["json_path"])
+        self._check_redis()
         import flows.lab.catalog  # noqa: F401 - the asynchronous style's handlers, in this process too
         from flows.lab.models import LabRun
         from flows.lab.runner import run_lab
@@ -74,6 +77,13 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"unknown scenario(s) {unknown}; choose from {', '.join(scenarios.SCENARIO_NAMES)}")
         return chosen or list(scenarios.SCENARIO_NAMES)
+
+    @staticmethod
+    def _check_redis() -> None:
+        try:
+            get_redis().ping()
+        except redis_py.RedisError as exc:
+            raise CommandError(f"Redis at {settings.REDIS_URL} did not answer ({exc}); the lab needs it as the broker and for its counts") from exc
 
     @staticmethod
     def _json_path(text: str) -> Path | None:
