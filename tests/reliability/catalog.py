@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 from celery.signals import task_postrun
@@ -23,8 +24,8 @@ QUICK = flows.Backoff(initial=0.05, factor=2.0, maximum=0.2, jitter=0.5)
 POISON_ATTEMPTS = 4
 
 
-def runs(name: str) -> list[str]:
-    return [v.decode() for v in get_redis().lrange(key("rel", "runs", name), 0, -1)]
+def runs(name: str, redis: Any = None) -> list[str]:
+    return [v.decode() for v in (redis or get_redis()).lrange(key("rel", "runs", name), 0, -1)]
 
 
 def _ran(name: str, value: str) -> None:
@@ -42,6 +43,22 @@ flows.message_type("rel.credit", pattern="fire_and_forget", schemas={1: Credit})
 @flows.handler("rel.credit", consumer="r_credit", queue="r.credits", idempotent=True, max_attempts=5, backoff=QUICK)
 def r_credit(message: flows.Message) -> None:
     LedgerEntry.objects.create(service="rel", kind="credit", reference=message.payload["key"], amount_cents=1, message_id=message.message_id)
+
+
+# 2: a slow delivery, in flight when Redis dies: the worker holds it unacknowledged.
+class Slow(BaseModel):
+    key: str
+    seconds: float
+
+
+flows.message_type("rel.slow", pattern="fire_and_forget", schemas={1: Slow})
+
+
+@flows.handler("rel.slow", consumer="r_slow", queue="r.credits", max_attempts=1, backoff=QUICK)
+def r_slow(message: flows.Message) -> None:
+    _ran("r_slow_started", message.payload["key"])
+    time.sleep(message.payload["seconds"])
+    _ran("r_slow", message.payload["key"])
 
 
 # 3: a message no attempt can ever process.

@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_py
 from django.db.models import Count
+
+from console.celery import app
 
 from flows.demo.models import LedgerEntry
 from flows.devredis import RedisServer, answers, free_port
 from flows.models import DeadLetter
+from flows.publishing import build_envelope
+from flows.tasks import deliver
 from tests.browser.conftest import browser, page, sign_in  # noqa: F401 - fixtures
 from tests.conftest import REPO, ManagedProcess, Worker, wait_for
 from tests.people import person
+from tests.reliability.catalog import runs
 from tests.reliability.conftest import WORKER_ENV, sized
 from tracing.models import Span
 
@@ -80,6 +86,13 @@ def test_after_a_redis_restart_under_load_no_acknowledged_message_is_lost_and_co
     publisher.start()
     wait_for(lambda: LedgerEntry.objects.filter(service="rel").count() > 100, what="the load to be flowing")
     spans_before = Span.objects.count()
+    # Deliveries in the middle of their handler when Redis dies: the worker must not give up on
+    # its connection for them (Celery 5.7.0 exits there, see flows/worker_consumer.py).
+    with app.connection_for_write(stack.redis.url) as connection:
+        for k in ("slow-1", "slow-2"):
+            deliver.apply_async(args=[build_envelope("rel.slow", {"key": k, "seconds": 4}).to_dict(), "r_slow"], queue="r.credits", connection=connection)
+    aof = redis_py.Redis.from_url(stack.redis.url)
+    wait_for(lambda: len(runs("r_slow_started", redis=aof)) == 2, what="the slow deliveries to be running")
 
     back_at = stack.restart_redis()
     back = time.monotonic()
@@ -101,6 +114,8 @@ def test_after_a_redis_restart_under_load_no_acknowledged_message_is_lost_and_co
 
     # Deliveries the worker held when Redis died come back after the visibility timeout.
     wait_for(accounted, timeout=90, interval=0.5, what=f"every acknowledged message to be processed\n{stack.logs()}")
+    wait_for(lambda: sorted(runs("r_slow", redis=aof)) == ["slow-1", "slow-2"], timeout=30, what="the slow deliveries to finish")
+    aof.close()
     processed = set(LedgerEntry.objects.filter(service="rel").values_list("reference", flat=True))
     twice = LedgerEntry.objects.filter(service="rel").values("reference").annotate(n=Count("id")).filter(n__gt=1).count()
     lost = set(acknowledged) - processed - set(DeadLetter.objects.filter(consumer="r_credit").values_list("envelope__payload__key", flat=True))

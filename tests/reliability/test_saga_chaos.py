@@ -26,6 +26,7 @@ STALL_SECONDS = 2
 PLANS = [("", "commit"), ("charge", "commit"), ("", "ack"), ("charge", "ack")]
 
 
+@pytest.mark.timeout(600)
 def test_sagas_whose_worker_process_dies_after_every_step_and_compensation_all_end_consistently(chaos_worker, figure):
     runs = sized(50, 12)
     node = chaos_worker("sagas", ["r.trips"])
@@ -42,9 +43,12 @@ def test_sagas_whose_worker_process_dies_after_every_step_and_compensation_all_e
     check_outcomes(sagas, plans, time.monotonic() - started, figure)
 
 
+@pytest.mark.timeout(600)
 def test_sagas_whose_whole_worker_node_dies_after_every_step_and_compensation_all_end_consistently(chaos_worker, figure):
-    runs = sized(8, 2)
-    plans = list(itertools.islice(itertools.cycle([PLANS[1], PLANS[2], PLANS[0], PLANS[3]]), runs))
+    # Every node death costs a worker start, and a delivery it held waits out the visibility
+    # timeout: four sagas (one of each plan) already kill the node 14 times.
+    runs = sized(4, 2)
+    plans = [PLANS[1], PLANS[2], PLANS[0], PLANS[3]][:runs]
     node = chaos_worker("sagas-node-0", ["r.trips"])
     restarts = 0
     started = time.monotonic()

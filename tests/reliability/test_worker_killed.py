@@ -20,6 +20,7 @@ def unacked_deliveries() -> int:
     return int(get_redis().hlen("unacked"))
 
 
+@pytest.mark.timeout(600)
 def test_a_worker_killed_mid_run_leaves_every_message_processed_once_or_dead_lettered(chaos_worker, figure):
     n = sized(10_000, 1_000)
     victim = chaos_worker("victim", ["r.credits"])
