@@ -12,21 +12,17 @@ percentiles are those of the frames' arrival against the hops' ends.
 from __future__ import annotations
 
 import importlib.util
-import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.db.models import Q
 
 import flows
-from flows.bench import counting, processes, throughput
+from flows.bench import counting, processes, sender, throughput
 from flows.devredis import free_port
 from flows.redis import get_redis
 from tracing.models import EdgeStat, Span
@@ -55,25 +51,6 @@ def latencies(ends: list[float], frames: list[tuple[float, int]], *, skip: int =
         if k > skip:
             out.append((frames[i][0] - ended) * 1000)
     return out
-
-
-def _pace(n: int, rate: float, marker: str, *, senders: int, progress: ProgressFn) -> float:
-    """n messages at `rate` a second from `senders` processes; returns the rate they achieved together."""
-    started = time.monotonic()
-    share = [n // senders + (i < n % senders) for i in range(senders)]
-    running = [subprocess.Popen([sys.executable, "-m", "flows.bench.sender", "bench.live", str(k), str(rate / senders), marker],
-                                cwd=settings.BASE_DIR, env={**os.environ, "REDIS_URL": settings.REDIS_URL}, stdout=subprocess.PIPE, text=True)
-               for k in share]
-    while any(p.poll() is None for p in running):
-        progress(f"live: sending {n} at {rate:.0f}/s, {time.monotonic() - started:.0f}s")
-        time.sleep(0.5)
-    rates = []
-    for process in running:
-        out, _ = process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"a sender exited with {process.returncode}")
-        rates.append(float(out.strip().splitlines()[-1]))
-    return sum(rates)
 
 
 def _wait_count(socket: LiveSocket, count: int, timeout: float, progress: ProgressFn) -> None:
@@ -108,7 +85,7 @@ def live_latency(seconds: float, rate: float, *, concurrency: int, log_dir: Path
         _wait_count(socket, 1, 60, progress)
         if socket.count() < 1:
             raise RuntimeError(f"the first hop never reached the websocket; see {log_dir}")
-        achieved = _pace(n, rate, marker, senders=senders, progress=progress)
+        achieved = sender.run_senders("bench.live", n, rate, marker, senders=senders, progress=lambda elapsed: progress(f"live: sending {n} at {rate:.0f}/s, {elapsed:.0f}s"))
         _wait_count(socket, n + 1, 60, progress)
         measured = latencies(counting.ends("live"), list(socket.frames), skip=1)
     finally:

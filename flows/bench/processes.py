@@ -32,9 +32,9 @@ def start_collector(*, log_dir: Path) -> subprocess.Popen[bytes]:
 
 
 def start_daphne(port: int, *, log_dir: Path) -> subprocess.Popen[bytes]:
-    # The benchmark talks to it over 127.0.0.1 whatever the deployment's ALLOWED_HOSTS say.
+    # The benchmark talks to it over plain http on 127.0.0.1, whatever the deployment's settings say.
     return start("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],
-                 log_dir=log_dir, env={"ALLOWED_HOSTS": "127.0.0.1,localhost"})
+                 log_dir=log_dir, env={"ALLOWED_HOSTS": "127.0.0.1,localhost", "SECURE_SSL_REDIRECT": "0"})
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout: float = 60) -> None:

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from flows.bench import flower, live, pages, patterns, spans, throughput
+from flows.bench import flower, live, memory, pages, patterns, spans, throughput
 from flows.redis import get_redis
 from flows.registry import catalog
 
@@ -73,6 +73,11 @@ class Command(BaseCommand):
             figures.update(pages.dead_letter_page_ms(100_000 if quick else 1_000_000, self._progress))
         if not only or "p5" in only:
             figures.update(pages.trace_page_ms(20_000, self._progress))
+        if not only or "p7" in only:
+            if memory.installed():
+                figures.update(memory.rss_growth(10_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+            else:
+                self._skip(figures, "p7_rss_growth_pct", memory.NOT_INSTALLED)
 
         figures["seconds"] = round(time.monotonic() - started, 1)
         self._progress("")
