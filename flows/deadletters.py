@@ -22,7 +22,7 @@ from flows.errors import EnvelopeError, FlowsError
 from flows.models import DeadLetter
 from flows.publishing import publish_to
 from flows.registry import catalog
-from flows.requeue_batch import UNCONFIRMED
+from flows.requeue_batch import clear_note, note_in_flight
 
 _ENGINE_DIR = str(Path(__file__).resolve().parent)
 _FRAMES_IN_FINGERPRINT = 3
@@ -118,7 +118,7 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str, payload: dict[str, A
         payload = catalog.message_type(current[0]).validate(current[1], payload)
     with transaction.atomic():
         claimed = DeadLetter.objects.filter(pk=dead_letter_id, state=DeadLetter.State.DEAD).update(
-            state=DeadLetter.State.REQUEUED, series=F("series") + 1, requeued_at=timezone.now(), requeued_by=actor[:150], requeue_trace_id=UNCONFIRMED
+            state=DeadLetter.State.REQUEUED, series=F("series") + 1, requeued_at=timezone.now(), requeued_by=actor[:150]
         )
         if claimed != 1:
             return False
@@ -138,10 +138,12 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str, payload: dict[str, A
             # Sent when this transaction commits, so the worker never sees the row still "dead".
             publish_to(handler, envelope)
             requeue_trace = format(span.get_span_context().trace_id, "032x")
-        # After the publish above (callbacks run in order; none after one that raised): until
-        # then the row carries the UNCONFIRMED mark, which recovery republishes if we die here.
-        confirmed = DeadLetter.objects.filter(pk=dead.pk, series=dead.series, requeue_trace_id=UNCONFIRMED)
-        transaction.on_commit(lambda: confirmed.update(requeue_trace_id=requeue_trace))
+        DeadLetter.objects.filter(pk=dead.pk).update(requeue_trace_id=requeue_trace)
+        # Claimed but not yet sent: noted, so that recovery sends it if this process dies between
+        # the commit and the publish. Cleared after the publish (commit callbacks run in order,
+        # and none after one that raised).
+        note = note_in_flight([(dead.pk, dead.series)])
+        transaction.on_commit(lambda: clear_note(note))
     return True
 
 

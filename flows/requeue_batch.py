@@ -1,22 +1,25 @@
 """Requeue many dead letters at once: one conditional claim, one pipelined publish per batch.
 
-1. Claim with one conditional UPDATE (`id IN (...) AND state = 'dead'`) that returns the rows
-   it changed: two clients requeueing the same dead letter at once still republish it exactly
-   once, because only one UPDATE can move a row out of "dead".
-2. In the same transaction (the claim marks each row UNCONFIRMED), open one requeue span per
-   message: a new trace, linked to the one the message died in.
-3. After the commit, publish the batch over one broker connection, then write each row's
-   requeue trace id in place of the mark.
+1. Open one requeue span per candidate (a new trace each; not yet ended, so not yet sent).
+2. Claim with one conditional UPDATE (`id IN (...) AND state = 'dead'`) that also writes each
+   row's requeue trace id and returns the rows it changed: two clients requeueing the same dead
+   letter at once still republish it exactly once, as only one UPDATE can move a row out of
+   "dead". Spans of rows not claimed are dropped unended: they are never exported.
+3. Still in the transaction, note the batch as in flight in Redis; after the commit, publish it
+   over one broker connection, end the spans, and clear the note.
 
-If the process dies between 1 and 3, the rows stay "requeued" with the mark: nothing is lost,
-`requeue_recover_unconfirmed` republishes them once they are older than RECOVER_AFTER_SECONDS.
-A death after the publish but before the confirmation republishes a message that was already
-sent (at least once, as a broker redelivery would be; an idempotent handler absorbs it).
+If the process dies between the commit and the publish, the note stays: nothing is lost,
+`requeue_recover_unconfirmed` republishes the rows it names (still "requeued" in that series)
+once it is older than RECOVER_AFTER_SECONDS. A death after the publish but before the note is
+cleared republishes messages already sent (at least once, as a broker redelivery would be; an
+idempotent handler absorbs it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -27,7 +30,7 @@ from django.db.models import F
 from django.utils import timezone
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from flows import telemetry
 from flows.backpressure import backpressure
@@ -35,12 +38,11 @@ from flows.envelope import ATTEMPT, REQUEUE_OF, SERIES, Envelope
 from flows.errors import FlowsError
 from flows.models import DeadLetter
 from flows.publishing import publish_many
+from flows.redis import get_redis, key
 from flows.registry import Handler, catalog
 from tracing import setup
 
-# Not a trace id any tracer makes (all zeros is invalid in W3C trace context): "claimed, the
-# publish not yet confirmed". Fits the column and its index, so recovery finds these rows at once.
-UNCONFIRMED = "0" * 32
+INFLIGHT = key("requeue", "inflight")  # hash: note id -> {"at": unix time, "rows": [[id, series], ...]}
 RECOVER_AFTER_SECONDS = 60.0
 _CONTEXT_HEADERS = ("traceparent", "tracestate", "baggage")
 _RETURNING = "id, series, consumer, message_type, envelope"
@@ -65,36 +67,54 @@ def requeue_batch(*, ids: list[int], actor: str) -> list[int]:
     sendable = _sendable(ids)
     if not sendable:
         return []
-    now = timezone.now()
+    spans = _open_spans(sendable)
     with transaction.atomic():
         claimed = _claim(
-            "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s, requeue_trace_id = %s",
-            [DeadLetter.State.REQUEUED, _db_time(now), actor[:150], UNCONFIRMED],
+            "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s",
+            [DeadLetter.State.REQUEUED, _db_time(timezone.now()), actor[:150]],
             "state = %s",
             [DeadLetter.State.DEAD],
-            sendable,
+            spans,
         )
-        return _send(claimed, actor=actor, handlers=sendable)
+        return _send(claimed, actor=actor, handlers=sendable, spans=spans)
 
 
-def requeue_recover_unconfirmed(*, older_than: float = RECOVER_AFTER_SECONDS, limit: int = 500) -> int:
-    """Republish requeues that were claimed but never confirmed as published (their process
-    died in between). Each is claimed again conditionally, so two recoverers send it once."""
-    cutoff = timezone.now() - timedelta(seconds=older_than)
-    stale = list(
-        DeadLetter.objects.filter(state=DeadLetter.State.REQUEUED, requeue_trace_id=UNCONFIRMED, requeued_at__lt=cutoff)
-        .order_by("pk").values_list("pk", flat=True)[:limit]
-    )
-    sendable = _sendable(stale, state=DeadLetter.State.REQUEUED)
-    if not sendable:
-        return 0
-    with transaction.atomic():
-        claimed = _claim(
-            "requeued_at = %s", [_db_time(timezone.now())],
-            "state = %s AND requeue_trace_id = %s AND requeued_at < %s", [DeadLetter.State.REQUEUED, UNCONFIRMED, _db_time(cutoff)],
-            sendable,
-        )
-        return len(_send(claimed, actor="recovery", handlers=sendable))
+def requeue_recover_unconfirmed(*, older_than: float = RECOVER_AFTER_SECONDS) -> int:
+    """Republish batches noted as in flight whose process died before sending them; returns
+    how many messages. Each row is claimed again conditionally (by its requeued_at), so two
+    recoverers send it once; the note goes only once its rows are sent."""
+    redis = get_redis()
+    cutoff = time.time() - older_than
+    recovered = 0
+    for note_id, raw in redis.hgetall(INFLIGHT).items():
+        note = orjson.loads(raw)
+        if note["at"] > cutoff:
+            continue  # its publisher may still be at work
+        series = {pk: n for pk, n in note["rows"]}
+        sendable = _sendable(series, state=DeadLetter.State.REQUEUED)
+        if not sendable:
+            redis.hdel(INFLIGHT, note_id)  # nothing of it left to send
+            continue
+        spans = _open_spans(sendable)
+        stale = _db_time(timezone.now() - timedelta(seconds=older_than))
+        same_series = " ".join(["WHEN %s THEN %s"] * len(spans))
+        with transaction.atomic():
+            claimed = _claim(
+                "requeued_at = %s", [_db_time(timezone.now())],
+                # Only in the note's series: a row requeued again since belongs to a newer requeue.
+                f"state = %s AND requeued_at <= %s AND series = CASE id {same_series} END",
+                [DeadLetter.State.REQUEUED, stale, *(v for pk in sorted(spans) for v in (pk, series[pk]))],
+                spans,
+            )
+            recovered += len(_send(claimed, actor="recovery", handlers=sendable, spans=spans, note=note_id.decode()))
+    return recovered
+
+
+def _open_spans(sendable: dict[int, Handler]) -> dict[int, Span]:
+    """A requeue span per candidate, started now so that the claim can write its trace id; it is
+    named, described and linked once the claim has returned the row, and ended after the send."""
+    tracer = setup.tracer()
+    return {pk: tracer.start_span("requeue", context=otel_context.Context(), kind=SpanKind.PRODUCER) for pk in sendable}
 
 
 def _sendable(ids: Iterable[int], *, state: str = DeadLetter.State.DEAD) -> dict[int, Handler]:
@@ -116,25 +136,31 @@ def _sendable(ids: Iterable[int], *, state: str = DeadLetter.State.DEAD) -> dict
     return handlers
 
 
-def _claim(assignments: str, assignment_params: list[Any], condition: str, condition_params: list[Any], ids: Iterable[int]) -> list[_Claimed]:
-    """One conditional UPDATE ... RETURNING (SQLite 3.35+, PostgreSQL): the rows it changed."""
-    ids = sorted(ids)
+def _claim(assignments: str, assignment_params: list[Any], condition: str, condition_params: list[Any], spans: dict[int, Span]) -> list[_Claimed]:
+    """One conditional UPDATE ... RETURNING (SQLite 3.35+, PostgreSQL) that also sets each row's
+    requeue trace id from its span: the rows it changed."""
+    ids = sorted(spans)
     table = connection.ops.quote_name(DeadLetter._meta.db_table)
-    sql = f"UPDATE {table} SET {assignments} WHERE id IN ({', '.join(['%s'] * len(ids))}) AND {condition} RETURNING {_RETURNING}"
+    traces = [v for pk in ids for v in (pk, _trace_id(spans[pk]))]
+    sql = (
+        f"UPDATE {table} SET {assignments}, requeue_trace_id = CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END "
+        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND {condition} RETURNING {_RETURNING}"
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*assignment_params, *ids, *condition_params])
+        cursor.execute(sql, [*assignment_params, *traces, *ids, *condition_params])
         rows = cursor.fetchall()
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.pk)
 
 
-def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler]) -> list[int]:
-    """Spans and envelopes for the claimed rows now; the publish when the transaction commits."""
+def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], spans: dict[int, Span], note: str | None = None) -> list[int]:
+    """Envelopes for the claimed rows and their spans finished now; an in-flight note in Redis
+    before the commit; the publish, the spans' end and the note's removal after it."""
     items: list[tuple[Handler, Envelope]] = []
-    traces: list[tuple[str, int, int]] = []
+    sent: list[Span] = []
     broken: list[int] = []
     producer = f"service:{setup.provider().resource.attributes.get('service.name', 'flowscope')}"
     for row in claimed:
-        handler = handlers[row.pk]
+        handler, span = handlers[row.pk], spans[row.pk]
         try:
             stored = orjson.loads(row.envelope) if isinstance(row.envelope, (str, bytes)) else row.envelope
             dead_headers = stored.get("headers") if isinstance(stored, dict) and isinstance(stored.get("headers"), dict) else {}
@@ -143,50 +169,52 @@ def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler]) 
         except (FlowsError, ValueError, TypeError):  # orjson's JSONDecodeError is a ValueError
             broken.append(row.pk)
             continue
-        attributes = telemetry.message_attributes(envelope, queue=handler.queue, operation="send")
-        attributes.update({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
-        span_context, carried = _requeue_span(f"requeue {row.message_type}", links_to=dead_headers, attributes=attributes)
-        traces.append((format(span_context.trace_id, "032x"), row.pk, row.series))
-        items.append((handler, envelope.with_headers(**carried)))
+        # One span per message: the root of a new trace, linked to the one the message died in,
+        # and the send of the copy (PRODUCER, so the flow graph counts it), whose context the copy
+        # carries. The single requeue opens a root and a send span under it; in bulk one span
+        # does both, as spans are most of a bulk requeue's cost.
+        span.update_name(f"requeue {row.message_type}")
+        span.set_attributes(telemetry.message_attributes(envelope, queue=handler.queue, operation="send"))
+        span.set_attributes({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
+        linked = trace.get_current_span(telemetry.context_of(dead_headers)).get_span_context() if dead_headers else None
+        if linked is not None and linked.is_valid:
+            span.add_link(linked, {"flowscope.link": "requeue-of"})
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        items.append((handler, envelope.with_headers(**{header: carrier.get(header) for header in _CONTEXT_HEADERS})))
+        sent.append(span)
     if broken:
         # An envelope stored unreadable (a malformed delivery's) cannot be sent: back to "dead"
         # with the series it had; requeued_at and requeued_by keep this attempt, for the record.
         DeadLetter.objects.filter(pk__in=broken).update(state=DeadLetter.State.DEAD, series=F("series") - 1, requeue_trace_id="")
-    transaction.on_commit(lambda: _publish_and_confirm(items, traces))
-    return [pk for _, pk, _ in traces]
+    if items and note is None:
+        note = note_in_flight([(int(e.headers[REQUEUE_OF]), int(e.headers[SERIES])) for _, e in items])
+    transaction.on_commit(lambda: _publish(items, sent, note))
+    return [int(e.headers[REQUEUE_OF]) for _, e in items]
 
 
-def _requeue_span(name: str, *, links_to: dict[str, Any], attributes: dict[str, Any]) -> tuple[SpanContext, dict[str, str | None]]:
-    """One span per requeued message, ended at once: the root of a new trace, linked to the one
-    the message died in, and the send of the copy (PRODUCER, so the flow graph counts it), whose
-    context the copy carries. The single requeue opens a root and a send span under it; for a
-    bulk requeue one span does both, as spans are most of its cost."""
-    links = []
-    linked = trace.get_current_span(telemetry.context_of(links_to)).get_span_context() if links_to else None
-    if linked is not None and linked.is_valid:
-        links.append(Link(linked, {"flowscope.link": "requeue-of"}))
-    span = setup.tracer().start_span(name, context=otel_context.Context(), kind=SpanKind.PRODUCER, links=links, attributes=attributes)
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    span.end()
-    return span.get_span_context(), {header: carrier.get(header) for header in _CONTEXT_HEADERS}
+def note_in_flight(rows: list[tuple[int, int]]) -> str:
+    """Note requeues (dead letter id, series) as claimed but not yet sent; call inside the
+    claiming transaction, and `clear_note` once they are published."""
+    note = uuid.uuid4().hex
+    get_redis().hset(INFLIGHT, note, orjson.dumps({"at": time.time(), "rows": rows}))
+    return note
 
 
-def _publish_and_confirm(items: list[tuple[Handler, Envelope]], traces: list[tuple[str, int, int]]) -> None:
-    if not items:
-        return
+def clear_note(note: str) -> None:
+    get_redis().hdel(INFLIGHT, note)
+
+
+def _publish(items: list[tuple[Handler, Envelope]], spans: list[Span], note: str | None) -> None:
     publish_many(items)
-    table = connection.ops.quote_name(DeadLetter._meta.db_table)
-    values = ", ".join(["(%s, CAST(%s AS bigint), CAST(%s AS integer))"] * len(traces))
-    with connection.cursor() as cursor:
-        # One statement for the batch (500 single-row UPDATEs cost PostgreSQL four times as much).
-        # Only where the mark is still this series' own: a row requeued again since keeps its newer one.
-        cursor.execute(
-            f"UPDATE {table} SET requeue_trace_id = confirmed.trace "
-            f"FROM (SELECT column1 AS trace, column2 AS id, column3 AS series FROM (VALUES {values}) AS listed) AS confirmed "
-            f"WHERE {table}.id = confirmed.id AND {table}.series = confirmed.series AND {table}.requeue_trace_id = %s",
-            [v for row in traces for v in row] + [UNCONFIRMED],
-        )
+    for span in spans:
+        span.end()
+    if note is not None:
+        clear_note(note)
+
+
+def _trace_id(span: Span) -> str:
+    return format(span.get_span_context().trace_id, "032x")
 
 
 def _db_time(value: Any) -> Any:

@@ -11,7 +11,8 @@ from flows import deadletters, requeue_batch as batch_module, tasks
 from flows.models import DeadLetter, RequeueJob
 from flows.pacing import TokenBucket
 from flows.publishing import build_envelope
-from flows.requeue_batch import UNCONFIRMED, requeue_batch, requeue_recover_unconfirmed
+from flows.redis import get_redis
+from flows.requeue_batch import INFLIGHT, requeue_batch, requeue_recover_unconfirmed
 from flows.requeue_jobs import batch_size, requeue_job_cancel, requeue_job_run_slice
 from tests.conftest import wait_for
 from tests.flows_under_test import recorded
@@ -81,8 +82,9 @@ def test_a_batch_requeues_the_dead_ones_and_skips_those_another_client_took_firs
     assert rows[ids[3]].state == DeadLetter.State.DISCARDED and rows[ids[3]].series == 0
     for pk in requeued:
         assert rows[pk].series == 1
-        assert len(rows[pk].requeue_trace_id) == 32 and rows[pk].requeue_trace_id not in (UNCONFIRMED, rows[pk].trace_id)
+        assert len(rows[pk].requeue_trace_id) == 32 and rows[pk].requeue_trace_id != rows[pk].trace_id
     assert len({rows[pk].requeue_trace_id for pk in requeued}) == 4, "a trace of its own for each requeue"
+    assert get_redis().hlen(INFLIGHT) == 0, "sent: no longer noted as in flight"
 
 
 def test_two_clients_requeueing_the_same_batch_at_once_publish_each_dead_letter_once(worker):
@@ -120,29 +122,43 @@ def test_unreadable_envelopes_and_retired_consumers_stay_dead_and_untouched():
         assert (row.state, row.series, row.requeue_trace_id) == (DeadLetter.State.DEAD, 0, "")
 
 
+def died(items):
+    raise RuntimeError("the process died here")
+
+
 def test_a_requeue_whose_process_died_before_sending_is_sent_once_by_recovery(worker, monkeypatch):
     dead = make_dead("crash", 3)
     ids = [d.pk for d in dead]
-
-    def died(items):
-        raise RuntimeError("the process died here")
-
     monkeypatch.setattr(batch_module, "publish_many", died)
     with pytest.raises(RuntimeError, match="died here"):
         requeue_batch(ids=ids, actor="bulk")
     monkeypatch.undo()
-    assert set(DeadLetter.objects.filter(pk__in=ids).values_list("state", "requeue_trace_id")) == {(DeadLetter.State.REQUEUED, UNCONFIRMED)}
+    assert set(DeadLetter.objects.filter(pk__in=ids).values_list("state", "series")) == {(DeadLetter.State.REQUEUED, 1)}
+    assert get_redis().hlen(INFLIGHT) == 1, "the claimed batch is noted as in flight"
     assert requeue_batch(ids=ids, actor="bulk") == [], "claimed already: not dead"
 
     assert requeue_recover_unconfirmed() == 0, "too recent: its publisher may still be at work"
     assert requeue_recover_unconfirmed(older_than=0) == 3
-    assert requeue_recover_unconfirmed(older_than=0) == 0
+    assert requeue_recover_unconfirmed(older_than=0) == 0 and get_redis().hlen(INFLIGHT) == 0
     wait_resolved(ids)
     assert runs_of("crash") == {f"crash-{i}": 1 for i in range(3)}
-    assert UNCONFIRMED not in DeadLetter.objects.filter(pk__in=ids).values_list("requeue_trace_id", flat=True)
+    assert set(DeadLetter.objects.filter(pk__in=ids).values_list("series", flat=True)) == {1}, "recovery sends the same series again"
 
 
-def test_a_single_requeue_whose_send_failed_keeps_its_mark_and_is_recovered(worker, monkeypatch):
+def test_recovery_leaves_alone_a_dead_letter_requeued_again_since_its_note(worker, monkeypatch):
+    (dead,) = make_dead("again", 1)
+    monkeypatch.setattr(batch_module, "publish_many", died)
+    with pytest.raises(RuntimeError, match="died here"):
+        requeue_batch(ids=[dead.pk], actor="bulk")
+    monkeypatch.undo()
+    DeadLetter.objects.filter(pk=dead.pk).update(series=2)  # died and was requeued again, by a publisher that lived
+
+    assert requeue_recover_unconfirmed(older_than=0) == 0
+    assert get_redis().hlen(INFLIGHT) == 0, "nothing of the note left to send: dropped"
+    assert DeadLetter.objects.get(pk=dead.pk).series == 2
+
+
+def test_a_single_requeue_whose_send_failed_is_noted_and_recovered(worker, monkeypatch):
     (dead,) = make_dead("single", 1)
 
     def broker_away(*args, **kwargs):
@@ -153,11 +169,13 @@ def test_a_single_requeue_whose_send_failed_keeps_its_mark_and_is_recovered(work
         deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="alice")
     monkeypatch.undo()
     dead.refresh_from_db()
-    assert (dead.state, dead.requeue_trace_id) == (DeadLetter.State.REQUEUED, UNCONFIRMED)
+    assert dead.state == DeadLetter.State.REQUEUED and get_redis().hlen(INFLIGHT) == 1
 
     assert requeue_recover_unconfirmed(older_than=0) == 1
     wait_resolved([dead.pk])
     assert runs_of("single") == {"single-0": 1}
+    assert deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="alice") is False
+    assert get_redis().hlen(INFLIGHT) == 0
 
 
 def test_the_token_bucket_paces_to_the_asked_rate_and_caps_a_catch_up_burst():
@@ -222,7 +240,6 @@ def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
     import json
 
     from flows.publishing import publish_many
-    from flows.redis import get_redis
     from flows.registry import catalog
 
     queue = "t.publish-check"  # no worker reads it
