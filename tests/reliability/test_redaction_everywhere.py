@@ -12,9 +12,12 @@ Only the dead letters' own rows keep them: a requeue must send the original.
 
 from __future__ import annotations
 
+import importlib
+import io
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +29,7 @@ from django.test import Client
 import flows
 from console import live
 from flows.models import DeadLetter
+from flows.registry import catalog
 from flows.tasks import deliver
 from tests.conftest import TEST_MODULES, wait_for
 from tests.people import token_for
@@ -40,6 +44,7 @@ CARD = "4111 1111 1111 1111"
 TOKEN = "tok_seeded_9f8e7d6c5b4a3210fedc"
 SECRETS = (EMAIL, CARD, CARD.replace(" ", ""), TOKEN)
 EDITED_EMAIL = "grace.seeded-secret@example.org"
+SECRET_FLOWS = "tests.reliability.secret_flows"
 
 
 def payload(outcome: str, **extra: Any) -> dict[str, Any]:
@@ -52,10 +57,18 @@ def leaks(text: str) -> list[str]:
 
 @pytest.fixture
 def secrets_worker(start_worker: Any) -> Iterator[Any]:
-    """A worker of its own on the secrets queue, with payloads captured into spans."""
-    from tests.reliability import secret_flows  # noqa: F401 - declares the flow here, after collection
+    """A worker of its own on the secrets queue, with payloads captured into spans.
 
-    yield start_worker("secrets", ["t.secrets"], extra_env={"TRACING_CAPTURE_PAYLOAD": "1", "FLOWS_MODULES": f"{TEST_MODULES},tests.reliability.secret_flows"})
+    The flow is declared in this process for the test's length only: a session worker started
+    later must not find a queue its own modules do not declare.
+    """
+    before = catalog.snapshot()
+    module = sys.modules.get(SECRET_FLOWS)
+    importlib.reload(module) if module else importlib.import_module(SECRET_FLOWS)
+    try:
+        yield start_worker("secrets", ["t.secrets"], extra_env={"TRACING_CAPTURE_PAYLOAD": "1", "FLOWS_MODULES": f"{TEST_MODULES},{SECRET_FLOWS}"})
+    finally:
+        catalog.restore(before)
 
 
 def otlp_span_with_secrets(trace_id: str) -> bytes:
@@ -132,8 +145,22 @@ def api_urls(seeded: dict[str, Any]) -> list[str]:
     return urls
 
 
-def test_seeded_secrets_appear_in_no_page_api_answer_log_or_stored_span(figure, secrets_worker, collector, caplog):
-    caplog.set_level(logging.DEBUG)
+@pytest.fixture
+def web_log() -> Iterator[io.StringIO]:
+    """Everything this process (the web side: API, pages, OTLP receiver) logs, at any level."""
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield text
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_seeded_secrets_appear_in_no_page_api_answer_log_or_stored_span(figure, secrets_worker, collector, web_log):
     root = User.objects.create_superuser("root-redaction", password="a-long-test-password")  # sees the admin site too
     admin = Client()
     admin.force_login(root)
@@ -153,7 +180,7 @@ def test_seeded_secrets_appear_in_no_page_api_answer_log_or_stored_span(figure, 
         assert response.status_code == 200, f"{url} -> {response.status_code} {response.content[:200]!r}"
         found += [f"API {url}: {s}" for s in leaks(response.content.decode())]
     found += [f"live snapshot: {s}" for s in leaks(json.dumps(live.snapshot(), default=str))]
-    logs = {"worker log": secrets_worker.log_text(), "collector log": collector.log_text(), "web process log": caplog.text}
+    logs = {"worker log": secrets_worker.log_text(), "collector log": collector.log_text(), "web process log": web_log.getvalue()}
     for name, text in logs.items():
         found += [f"{name}: {s}" for s in leaks(text)]
     spans = list(Span.objects.filter(trace_id__in=seeded["traces"]))
@@ -162,6 +189,7 @@ def test_seeded_secrets_appear_in_no_page_api_answer_log_or_stored_span(figure, 
         found += [f"span {span.trace_id[:8]}/{span.span_id} {span.name!r}: {s}" for s in leaks(text)]
 
     assert len(spans) >= 10 and any("flowscope.payload" in s.attributes for s in spans), "payload capture was on: the check must see payloads in spans"
+    assert "gave up" in logs["worker log"] and "[redacted]" in logs["worker log"], "the worker logged the failures, masked"
     assert "[redacted]" in admin.get(f"/deadletters/{seeded['dead'][0].pk}/").content.decode()
     assert not found, f"{len(found)} leak(s):\n" + "\n".join(sorted(set(found)))
     figure(f"an e-mail address, a card number (2 spellings), a token and an edited-in e-mail address in {len(seeded['dead'])} dead letters and {len(spans)} spans: 0 found in {len(pages)} pages, "
