@@ -157,6 +157,17 @@ def test_the_broadcaster_sends_at_the_busy_pace_while_spans_arrive():
     run(go)
 
 
+def test_a_frame_leaves_no_query_log_behind_even_with_debug_on(settings):
+    from django.db import connection
+
+    settings.DEBUG = True
+    sent = []
+    connection.queries_log.clear()
+    broadcast.send_frame(lambda group, message: sent.append((group, message)), "a-group")
+    assert sent and sent[0][0] == "a-group" and "queues" in sent[0][1]["frame"]
+    assert len(connection.queries) == 0, "the snapshot's queries are not kept"
+
+
 def test_a_signed_in_browser_receives_every_broadcast_frame():
     user = person("viewer")
 
