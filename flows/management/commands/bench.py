@@ -63,7 +63,7 @@ class Command(BaseCommand):
             figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
         if not only or "p3" in only:
             if live.installed():
-                figures.update(live.live_latency(10 if quick else 30, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                figures.update(live.live_latency(5 if quick else 30, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
             else:
                 self._skip(figures, "p3_live_p95_ms", live.NOT_INSTALLED)
 
