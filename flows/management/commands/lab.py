@@ -57,8 +57,8 @@ class Command(BaseCommand):
             results = run_lab(size=size, only=only, log_dir=Path(settings.VAR_DIR) / "log", progress=self._progress)
         except KeyboardInterrupt:
             raise CommandError("interrupted: the lab's processes are stopped, nothing was stored") from None
-        except RuntimeError as exc:
-            raise CommandError(f"the lab failed: {exc}") from exc
+        except (RuntimeError, OSError, redis_py.RedisError) as exc:  # its processes are stopped by now
+            raise CommandError(f"the lab failed: {type(exc).__name__}: {exc}") from exc
         finally:
             signal.signal(signal.SIGTERM, previous)
         seconds = round(time.monotonic() - started, 1)
