@@ -30,7 +30,7 @@ class TokenIn(Schema):
 
 class PruneIn(Schema):
     model_config = ConfigDict(extra="forbid")
-    days: float = Field(ge=0, le=3650)
+    days: float = Field(ge=0, le=3650, strict=True)  # strict: `false` would be 0 days, every span deleted
 
 
 def _token(t: ApiToken) -> dict[str, Any]:

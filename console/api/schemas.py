@@ -14,6 +14,8 @@ from flows.selectors import DeadLetterFilter
 
 # A row id as the database can hold it (BigAutoField): a larger number is a 422, not an overflow.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+# In a JSON body numbers are numbers: strict, so `false` is not taken for 0 nor `"5"` for 5.
+BodyRowId = Annotated[int, Field(ge=1, le=2**63 - 1, strict=True)]
 
 
 class DiscardIn(Schema):
@@ -56,14 +58,14 @@ class RequeueJobIn(FilterQuery):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[RowId] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
-    rate_per_s: float | None = Field(default=None, gt=0, le=100_000, description="leave out for no limit")
-    dry_run: bool = False
+    ids: list[BodyRowId] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
+    rate_per_s: float | None = Field(default=None, gt=0, le=100_000, strict=True, description="leave out for no limit")
+    dry_run: bool = Field(default=False, strict=True)  # `0` or "no" must not start a real run
 
 
 class MessageIn(Schema):
     model_config = ConfigDict(extra="forbid")  # "schema_verison" must not quietly send the latest version
     type: str = Field(min_length=1, max_length=200)
     payload: dict[str, Any]
-    schema_version: int | None = Field(default=None, ge=1)
+    schema_version: int | None = Field(default=None, ge=1, strict=True)
     correlation_id: str | None = Field(default=None, max_length=128)
