@@ -8,4 +8,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 app = Celery("flowscope")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Redis, with queue items that are not Celery messages dead-lettered instead of ending the worker.
+app.conf.broker_transport = "flows.broker:Transport"
 app.autodiscover_tasks(["flows", "tracing"])

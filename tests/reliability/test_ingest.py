@@ -203,3 +203,28 @@ def test_deliveries_put_straight_on_a_queue_become_dead_letters_with_the_reason(
     handled = [e.split("|")[0] for e in recorded("t_command")]
     assert not [k for k in handled if k.startswith(("bad-delivery", "xxx"))], f"the handler ran for a bad delivery: {handled}"
     figure(f"raw deliveries on a queue: {len(QUEUE_CASES)} bad, {len(QUEUE_CASES)} dead letters (poison, 1 attempt) with the reason; handler ran 0 times for them")
+
+
+# Items a foreign producer might push straight onto the Redis list: not Celery messages at all.
+GARBAGE: list[tuple[str, bytes, str]] = [
+    ("bytes that are not JSON", b"garbage \xff not json", "queue item is not JSON"),
+    ("JSON that is not an object", b"[1, 2, 3]", "not a message: a list"),
+    ("an object that is no message", json.dumps({"type": "test.command", "payload": {"key": "bad-delivery"}}).encode(), "no body, properties, headers"),
+]
+
+
+def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_worker_lives_on(figure, worker):
+    from flows.redis import get_redis
+
+    before = DeadLetter.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    for _, item, _ in GARBAGE:
+        get_redis().lpush("t.commands", item)
+    deliver.apply_async(args=[envelope(payload={"key": "after-garbage"}), "t_command"], queue="t.commands")
+    wait_for(lambda: any(e.startswith("after-garbage|") for e in recorded("t_command")), what="the worker to handle the message after the garbage")
+    new = wait_for(lambda: (rows := list(DeadLetter.objects.filter(id__gt=before))) and len(rows) >= len(GARBAGE) and rows, what="a dead letter per item")
+    reasons = [d.error_message for d in new]
+    missing = [what for what, _, words in GARBAGE if sum(words in r for r in reasons) != 1]
+    assert not missing and len(new) == len(GARBAGE), f"no dead letter saying what is wrong with: {missing}\nreasons: {reasons}"
+    assert all(d.envelope.get("unparsed") and d.queue == "t.commands" for d in new)
+    assert worker.process.poll() is None and "Unrecoverable error" not in worker.log_text()
+    figure(f"{len(GARBAGE)} items that are not Celery messages pushed on a queue: {len(GARBAGE)} dead letters with the reason, the worker alive and consuming")

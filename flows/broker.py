@@ -1,0 +1,92 @@
+"""The Redis broker transport, hardened against what a foreign producer may push onto a queue.
+
+Kombu's Redis transport decodes each queue item inside the worker's consumer loop, and one item
+that is not a Celery message (not JSON, or JSON of another shape) ends the whole worker with
+"Unrecoverable error". Here such an item becomes a dead letter that keeps what arrived and says
+what is wrong with it, and the worker goes on with the next item. Celery messages themselves
+(well-formed, any content) pass through untouched: the runtime judges their contents.
+
+The two methods below are kombu 5's own (pinned in requirements.lock) with the decoding guarded.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+log = logging.getLogger(__name__)
+
+
+def not_a_message(raw: str) -> str | None:
+    """What is wrong with a queue item as a Celery message, or None if it is one."""
+    try:
+        message = loads(raw)
+    except ValueError as exc:
+        return f"queue item is not JSON: {exc}"
+    if not isinstance(message, dict):
+        return f"queue item is JSON but not a message: a {type(message).__name__}, not an object"
+    missing = [key for key in ("body", "properties", "headers") if key not in message]
+    if missing:
+        return f"queue item is not a Celery message: no {', '.join(missing)}"
+    if not isinstance(message["properties"], dict) or not isinstance(message["headers"], dict):
+        return "queue item is not a Celery message: properties and headers must be objects"
+    return None
+
+
+def record_garbage(raw: str, queue: str, problem: str) -> None:
+    from flows.deadletters import dead_letter_record
+    from flows.errors import EnvelopeError
+
+    log.warning("dead on arrival on %s: %s", queue, problem)
+    try:
+        dead_letter_record(envelope={"unparsed": raw[:10_000]}, consumer="", queue=queue, exc=EnvelopeError(problem), attempts=1, poison=True)
+    except Exception:  # noqa: BLE001 - the worker must live on; the warning above remains
+        log.exception("could not store the unreadable item from %s as a dead letter", queue)
+
+
+class Channel(kombu_redis.Channel):
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not dest__item:
+                raise kombu_redis.Empty()
+            dest, item = dest__item
+            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            raw = bytes_to_str(item)
+            problem = not_a_message(raw)
+            if problem:
+                record_garbage(raw, dest, problem)
+                raise kombu_redis.Empty()
+            self.connection._deliver(loads(raw), dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _get(self, queue: str) -> Any:
+        with self.conn_or_acquire() as client:
+            for pri in self.priority_steps:
+                item = client.rpop(self._q_for_pri(queue, pri))
+                if item:
+                    self._maybe_update_queues_expire(client, queue)
+                    raw = bytes_to_str(item)
+                    problem = not_a_message(raw)
+                    if problem:
+                        record_garbage(raw, queue, problem)
+                        continue
+                    return loads(raw)
+            self._maybe_update_queues_expire(client, queue)
+            raise kombu_redis.Empty()
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
