@@ -63,8 +63,10 @@ def secrets_worker(start_worker: Any) -> Iterator[Any]:
     later must not find a queue its own modules do not declare.
     """
     before = catalog.snapshot()
-    module = sys.modules.get(SECRET_FLOWS)
-    importlib.reload(module) if module else importlib.import_module(SECRET_FLOWS)
+    if SECRET_FLOWS in sys.modules:
+        importlib.reload(sys.modules[SECRET_FLOWS])  # declared again after an earlier restore
+    else:
+        importlib.import_module(SECRET_FLOWS)
     try:
         yield start_worker("secrets", ["t.secrets"], extra_env={"TRACING_CAPTURE_PAYLOAD": "1", "FLOWS_MODULES": f"{TEST_MODULES},{SECRET_FLOWS}"})
     finally:
