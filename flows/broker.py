@@ -4,7 +4,9 @@ Kombu's Redis transport decodes each queue item inside the worker's consumer loo
 that is not a Celery message (not JSON, or JSON of another shape) ends the whole worker with
 "Unrecoverable error". Here such an item becomes a dead letter that keeps what arrived and says
 what is wrong with it, and the worker goes on with the next item. Celery messages themselves
-(well-formed, any content) pass through untouched: the runtime judges their contents.
+(well-formed, any content) pass through untouched: the runtime judges their contents. A message
+naming a task no worker has, or with a body that is not JSON, Celery itself refuses with an
+error in the worker's log and drops.
 
 The two methods below are kombu 5's own (pinned in requirements.lock) with the decoding guarded.
 """
@@ -21,20 +23,21 @@ from kombu.utils.json import loads
 log = logging.getLogger(__name__)
 
 
-def not_a_message(raw: str) -> str | None:
-    """What is wrong with a queue item as a Celery message, or None if it is one."""
+def read_item(raw: str) -> tuple[Any, str | None]:
+    """The queue item decoded (once: this is every delivery's path), and what is wrong with it
+    as a Celery message, or None if it is one."""
     try:
         message = loads(raw)
     except ValueError as exc:
-        return f"queue item is not JSON: {exc}"
+        return None, f"queue item is not JSON: {exc}"
     if not isinstance(message, dict):
-        return f"queue item is JSON but not a message: a {type(message).__name__}, not an object"
+        return None, f"queue item is JSON but not a message: a {type(message).__name__}, not an object"
     missing = [key for key in ("body", "properties", "headers") if key not in message]
     if missing:
-        return f"queue item is not a Celery message: no {', '.join(missing)}"
+        return None, f"queue item is not a Celery message: no {', '.join(missing)}"
     if not isinstance(message["properties"], dict) or not isinstance(message["headers"], dict):
-        return "queue item is not a Celery message: properties and headers must be objects"
-    return None
+        return None, "queue item is not a Celery message: properties and headers must be objects"
+    return message, None
 
 
 def record_garbage(raw: str, queue: str, problem: str) -> None:
@@ -62,11 +65,11 @@ class Channel(kombu_redis.Channel):
             dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             raw = bytes_to_str(item)
-            problem = not_a_message(raw)
+            message, problem = read_item(raw)
             if problem:
                 record_garbage(raw, dest, problem)
                 raise kombu_redis.Empty()
-            self.connection._deliver(loads(raw), dest)
+            self.connection._deliver(message, dest)
             return True
         finally:
             self._in_poll = None
@@ -79,11 +82,11 @@ class Channel(kombu_redis.Channel):
                 if item:
                     self._maybe_update_queues_expire(client, queue)
                     raw = bytes_to_str(item)
-                    problem = not_a_message(raw)
+                    message, problem = read_item(raw)
                     if problem:
                         record_garbage(raw, queue, problem)
                         continue
-                    return loads(raw)
+                    return message
             self._maybe_update_queues_expire(client, queue)
             raise kombu_redis.Empty()
 
