@@ -9,8 +9,9 @@
    over one broker connection, end the spans, and clear the note.
 
 If the process dies between the commit and the publish, the note stays: nothing is lost,
-`requeue_recover_unconfirmed` republishes the rows it names (still "requeued" in that series)
-once it is older than RECOVER_AFTER_SECONDS. A death after the publish but before the note is
+`requeue_recover_unconfirmed` (run at the start of every bulk requeue job's slice) republishes
+the rows it names that are still "requeued" in that series, once the note is older than
+RECOVER_AFTER_SECONDS. A death after the publish but before the note is
 cleared republishes messages already sent (at least once, as a broker redelivery would be; an
 idempotent handler absorbs it).
 """
@@ -44,6 +45,8 @@ from tracing import setup
 
 INFLIGHT = key("requeue", "inflight")  # hash: note id -> {"at": unix time, "rows": [[id, series], ...]}
 RECOVER_AFTER_SECONDS = 60.0
+RECOVERY_LOCK = key("requeue", "recovering")
+RECOVERY_LOCK_SECONDS = 120
 _CONTEXT_HEADERS = ("traceparent", "tracestate", "baggage")
 _RETURNING = "id, series, consumer, message_type, envelope"
 
@@ -80,34 +83,49 @@ def requeue_batch(*, ids: list[int], actor: str) -> list[int]:
 
 
 def requeue_recover_unconfirmed(*, older_than: float = RECOVER_AFTER_SECONDS) -> int:
-    """Republish batches noted as in flight whose process died before sending them; returns
-    how many messages. Each row is claimed again conditionally (by its requeued_at), so two
-    recoverers send it once; the note goes only once its rows are sent."""
+    """Republish requeues noted as in flight whose process died before sending them (notes older
+    than `older_than`); returns how many messages. One recoverer at a time (a lock in Redis): a
+    row claimed meanwhile by another recoverer could not be told from one never sent."""
     redis = get_redis()
-    cutoff = time.time() - older_than
-    recovered = 0
-    for note_id, raw in redis.hgetall(INFLIGHT).items():
-        note = orjson.loads(raw)
-        if note["at"] > cutoff:
-            continue  # its publisher may still be at work
-        series = {pk: n for pk, n in note["rows"]}
-        sendable = _sendable(series, state=DeadLetter.State.REQUEUED)
-        if not sendable:
-            redis.hdel(INFLIGHT, note_id)  # nothing of it left to send
-            continue
-        spans = _open_spans(sendable)
-        stale = _db_time(timezone.now() - timedelta(seconds=older_than))
-        same_series = " ".join(["WHEN %s THEN %s"] * len(spans))
-        with transaction.atomic():
+    token = uuid.uuid4().hex
+    if not redis.set(RECOVERY_LOCK, token, nx=True, ex=RECOVERY_LOCK_SECONDS):
+        return 0  # another process is at it
+    try:
+        cutoff, recovered = time.time() - older_than, 0
+        for note_id, raw in redis.hgetall(INFLIGHT).items():
+            note = orjson.loads(raw)
+            if note["at"] > cutoff:
+                continue  # its publisher may still be at work
+            recovered += _recover(note_id, {pk: series for pk, series in note["rows"]})
+        return recovered
+    finally:
+        if redis.get(RECOVERY_LOCK) == token.encode():
+            redis.delete(RECOVERY_LOCK)
+
+
+def _recover(note_id: bytes, series: dict[int, int]) -> int:
+    """Send again those of a note's rows still "requeued" in the note's series (a row resolved,
+    dead again or requeued again since has moved on); keep a note of any that cannot go now."""
+    pending = [pk for pk, n in DeadLetter.objects.filter(pk__in=list(series), state=DeadLetter.State.REQUEUED).values_list("pk", "series") if series[pk] == n]
+    sendable = _sendable(pending, state=DeadLetter.State.REQUEUED)
+    sent: list[int] = []
+    with transaction.atomic():
+        if sendable:
+            spans = _open_spans(sendable)
+            same_series = " ".join(["WHEN %s THEN %s"] * len(spans))
             claimed = _claim(
                 "requeued_at = %s", [_db_time(timezone.now())],
-                # Only in the note's series: a row requeued again since belongs to a newer requeue.
-                f"state = %s AND requeued_at <= %s AND series = CASE id {same_series} END",
-                [DeadLetter.State.REQUEUED, stale, *(v for pk in sorted(spans) for v in (pk, series[pk]))],
+                f"state = %s AND series = CASE id {same_series} END",
+                [DeadLetter.State.REQUEUED, *(v for pk in sorted(spans) for v in (pk, series[pk]))],
                 spans,
             )
-            recovered += len(_send(claimed, actor="recovery", handlers=sendable, spans=spans, note=note_id.decode()))
-    return recovered
+            sent = _send(claimed, actor="recovery", handlers=sendable, spans=spans)  # noted afresh until sent
+        left = [[pk, series[pk]] for pk in pending if pk not in set(sent)]  # consumer retired, queue full
+        if left:
+            get_redis().hset(INFLIGHT, note_id, orjson.dumps({"at": time.time(), "rows": left}))
+        else:
+            get_redis().hdel(INFLIGHT, note_id)
+    return len(sent)
 
 
 def _open_spans(sendable: dict[int, Handler]) -> dict[int, Span]:
@@ -152,7 +170,7 @@ def _claim(assignments: str, assignment_params: list[Any], condition: str, condi
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.pk)
 
 
-def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], spans: dict[int, Span], note: str | None = None) -> list[int]:
+def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], spans: dict[int, Span]) -> list[int]:
     """Envelopes for the claimed rows and their spans finished now; an in-flight note in Redis
     before the commit; the publish, the spans' end and the note's removal after it."""
     items: list[tuple[Handler, Envelope]] = []
@@ -187,8 +205,7 @@ def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], 
         # An envelope stored unreadable (a malformed delivery's) cannot be sent: back to "dead"
         # with the series it had; requeued_at and requeued_by keep this attempt, for the record.
         DeadLetter.objects.filter(pk__in=broken).update(state=DeadLetter.State.DEAD, series=F("series") - 1, requeue_trace_id="")
-    if items and note is None:
-        note = note_in_flight([(int(e.headers[REQUEUE_OF]), int(e.headers[SERIES])) for _, e in items])
+    note = note_in_flight([(int(e.headers[REQUEUE_OF]), int(e.headers[SERIES])) for _, e in items]) if items else None
     transaction.on_commit(lambda: _publish(items, sent, note))
     return [int(e.headers[REQUEUE_OF]) for _, e in items]
 

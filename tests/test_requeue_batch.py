@@ -138,6 +138,9 @@ def test_a_requeue_whose_process_died_before_sending_is_sent_once_by_recovery(wo
     assert requeue_batch(ids=ids, actor="bulk") == [], "claimed already: not dead"
 
     assert requeue_recover_unconfirmed() == 0, "too recent: its publisher may still be at work"
+    get_redis().set(batch_module.RECOVERY_LOCK, "another recoverer")
+    assert requeue_recover_unconfirmed(older_than=0) == 0, "one recoverer at a time"
+    get_redis().delete(batch_module.RECOVERY_LOCK)
     assert requeue_recover_unconfirmed(older_than=0) == 3
     assert requeue_recover_unconfirmed(older_than=0) == 0 and get_redis().hlen(INFLIGHT) == 0
     wait_resolved(ids)
