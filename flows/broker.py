@@ -5,8 +5,8 @@ that is not a Celery message (not JSON, or JSON of another shape) ends the whole
 "Unrecoverable error". Here such an item becomes a dead letter that keeps what arrived and says
 what is wrong with it, and the worker goes on with the next item. Celery messages themselves
 (well-formed, any content) pass through untouched: the runtime judges their contents. A message
-naming a task no worker has, or with a body that is not JSON, Celery itself refuses with an
-error in the worker's log and drops.
+naming a task no worker has, or with a body that cannot be decoded, Celery's consumer refuses
+and drops (with an error in the log); the consumer below dead-letters it first.
 
 The two methods below are kombu 5's own (pinned in requirements.lock) with the decoding guarded.
 """
@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery.worker.consumer import Consumer as CeleryConsumer
+from kombu.message import Message as KombuMessage
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -40,13 +42,13 @@ def read_item(raw: str) -> tuple[Any, str | None]:
     return message, None
 
 
-def record_garbage(raw: str, queue: str, problem: str) -> None:
+def record_garbage(raw: Any, queue: str, problem: str) -> None:
     from flows.deadletters import dead_letter_record
     from flows.errors import EnvelopeError
 
     log.warning("dead on arrival on %s: %s", queue, problem)
     try:
-        dead_letter_record(envelope={"unparsed": raw[:10_000]}, consumer="", queue=queue, exc=EnvelopeError(problem), attempts=1, poison=True)
+        dead_letter_record(envelope={"unparsed": (raw if isinstance(raw, str) else repr(raw))[:10_000]}, consumer="", queue=queue, exc=EnvelopeError(problem), attempts=1, poison=True)
     except Exception:  # noqa: BLE001 - the worker must live on; the warning above remains
         log.exception("could not store the unreadable item from %s as a dead letter", queue)
 
@@ -93,3 +95,21 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, dead-lettering the well-formed messages it would drop."""
+
+    def on_unknown_task(self, body: Any, message: KombuMessage, exc: Exception) -> None:
+        task = message.headers.get("task") if isinstance(message.headers, dict) else None
+        record_garbage(message.body, _queue(message), f"message names task {task!r}, which no worker has")
+        super().on_unknown_task(body, message, exc)
+
+    def on_decode_error(self, message: KombuMessage, exc: Exception) -> None:
+        record_garbage(message.body, _queue(message), f"message body cannot be decoded: {exc}")
+        super().on_decode_error(message, exc)
+
+
+def _queue(message: KombuMessage) -> str:
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    return str(info.get("routing_key") or "")[:200]

@@ -11,6 +11,7 @@ the OTLP specification asks of receivers.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import uuid
@@ -210,7 +211,22 @@ GARBAGE: list[tuple[str, bytes, str]] = [
     ("bytes that are not JSON", b"garbage \xff not json", "queue item is not JSON"),
     ("JSON that is not an object", b"[1, 2, 3]", "not a message: a list"),
     ("an object that is no message", json.dumps({"type": "test.command", "payload": {"key": "bad-delivery"}}).encode(), "no body, properties, headers"),
+    ("a message for a task no worker has", b"", "names task 'no.such.task', which no worker has"),
+    ("a message whose body is not JSON", b"", "message body cannot be decoded"),
 ]
+
+
+def celery_message(task: str, body: bytes) -> bytes:
+    """A message as Celery's Redis transport lays it on the list (protocol 2)."""
+    return json.dumps({
+        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8", "content-type": "application/json",
+        "headers": {"task": task, "id": str(uuid.uuid4()), "lang": "py"},
+        "properties": {"delivery_tag": str(uuid.uuid4()), "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "t.commands"}, "priority": 0},
+    }).encode()
+
+
+GARBAGE[3] = (GARBAGE[3][0], celery_message("no.such.task", json.dumps([[], {}, {}]).encode()), GARBAGE[3][2])
+GARBAGE[4] = (GARBAGE[4][0], celery_message("flows.deliver", b"not json"), GARBAGE[4][2])
 
 
 def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_worker_lives_on(figure, worker):
@@ -225,6 +241,6 @@ def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_work
     reasons = [d.error_message for d in new]
     missing = [what for what, _, words in GARBAGE if sum(words in r for r in reasons) != 1]
     assert not missing and len(new) == len(GARBAGE), f"no dead letter saying what is wrong with: {missing}\nreasons: {reasons}"
-    assert all(d.envelope.get("unparsed") and d.queue == "t.commands" for d in new)
+    assert all(d.envelope.get("unparsed") and d.queue == "t.commands" for d in new), [(d.queue, d.envelope) for d in new]
     assert worker.process.poll() is None and "Unrecoverable error" not in worker.log_text()
-    figure(f"{len(GARBAGE)} items that are not Celery messages pushed on a queue: {len(GARBAGE)} dead letters with the reason, the worker alive and consuming")
+    figure(f"{len(GARBAGE)} items pushed on a queue that no worker can run (not JSON, not a message, unknown task, undecodable body): {len(GARBAGE)} dead letters with the reason, the worker alive and consuming")
