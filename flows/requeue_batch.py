@@ -11,9 +11,10 @@
 If the process dies between the commit and the publish, the note stays: nothing is lost,
 `requeue_recover_unconfirmed` (run at the start of every bulk requeue job's slice) republishes
 the rows it names that are still "requeued" in that series, once the note is older than
-RECOVER_AFTER_SECONDS. A death after the publish but before the note is
-cleared republishes messages already sent (at least once, as a broker redelivery would be; an
-idempotent handler absorbs it).
+RECOVER_AFTER_SECONDS. A death after the publish but before the note is cleared republishes
+messages already sent (at least once, as a broker redelivery would be; an idempotent handler
+absorbs it), and so does a publisher stalled longer than RECOVER_AFTER_SECONDS between its
+commit and its publish.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Any
 
 import orjson
