@@ -166,8 +166,10 @@ class Worker(ManagedProcess):
 def session_queues() -> list[str]:
     from flows.registry import catalog
 
-    # "r." queues belong to the reliability suite, whose checks start (and kill) their own workers.
-    mine = {q for q in catalog.queue_names() if q not in NOT_FOR_SESSION_WORKER and not q.startswith("r.")}
+    # Only the queues of the catalogs the session worker loads: a test may import another catalog
+    # (the benchmark's, the lab's, the reliability suite's) whose handlers that worker lacks.
+    loaded = set(TEST_MODULES.split(","))
+    mine = {h.queue for h in catalog.handlers.values() if h.fn.__module__ in loaded} - NOT_FOR_SESSION_WORKER
     return sorted(mine) + ["flows.control"]
 
 
