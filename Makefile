@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test reliability bench check clean
+.PHONY: setup demo test reliability bench lab check clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Flowscope needs Python 3.11 or newer; set PYTHON=...")'
@@ -32,6 +32,10 @@ reliability: setup
 bench: setup
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,bench]'
 	DEBUG=$${DEBUG:-1} $(PY) manage.py bench $(ARGS)
+
+# Synchronous chain against Flowscope, four scenarios, on embedded defaults: make lab ARGS=--quick.
+lab: setup
+	DEBUG=$${DEBUG:-1} $(PY) manage.py lab $(ARGS)
 
 check: setup
 	DEBUG=0 SECRET_KEY=check-only-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') ALLOWED_HOSTS=flowscope.example.com \
