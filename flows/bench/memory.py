@@ -9,6 +9,7 @@ reads the live frames and the overview page is fetched now and then, so the web 
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -70,10 +71,14 @@ def rss_growth(total: int, first: int, *, concurrency: int, log_dir: Path, progr
 
         def send(n: int) -> None:
             def report(elapsed: float) -> None:
-                progress(f"memory: {counting.progress('memory')[0]}/{total} done, {elapsed:.0f}s")
+                done = counting.progress("memory")[0]
+                progress(f"memory: {done}/{total} done, {elapsed:.0f}s")
                 if time.monotonic() - visits["last"] > 2:  # the overview page, now and then
                     visits["last"] = time.monotonic()
                     visits["ok" if _visit(port, cookie) else "failed"] += 1
+                    # The trend on the way, in the log: a long run stopped early still tells.
+                    with open(log_dir / "bench-memory-rss.jsonl", "a") as trend:
+                        trend.write(json.dumps({"done": done, **{kind: round(processes.rss_mib(p.pid), 1) for kind, p in kinds.items()}}) + "\n")
 
             sender.run_senders("bench.memory", n, 1e9, marker, senders=senders, progress=report, queue=QUEUE, backlog=BACKLOG)
 
