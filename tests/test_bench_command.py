@@ -48,3 +48,14 @@ def test_the_memory_of_a_process_gone_is_nothing():
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     assert processes.rss_mib(process.pid) == 0.0
+
+
+def test_the_tasks_flower_saw_are_summed_over_workers_and_task_names():
+    metrics = "\n".join([
+        "# HELP flower_events_total Number of events",
+        'flower_events_total{task="flows.bench_noop",type="task-received",worker="a@h"} 9.0',
+        'flower_events_total{task="flows.bench_noop",type="task-succeeded",worker="a@h"} 7.0',
+        'flower_events_total{task="flows.bench_noop",type="task-succeeded",worker="b@h"} 5.0',
+        'flower_events_created{task="flows.bench_noop",type="task-succeeded",worker="b@h"} 1.7e9',
+    ])
+    assert flower.succeeded(metrics) == 12

@@ -25,12 +25,15 @@ def installed() -> bool:
     return importlib.util.find_spec("flower") is not None
 
 
-def tasks_seen(port: int) -> int:
-    """Tasks Flower has counted as succeeded, from its Prometheus metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310 - our own Flower
-        text = response.read().decode()
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+def succeeded(metrics: str) -> int:
+    """Tasks counted as succeeded in Flower's Prometheus metrics, over every worker and task name."""
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                    if line.startswith("flower_events_total{") and 'type="task-succeeded"' in line))
+
+
+def tasks_seen(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:  # noqa: S310 - our own Flower
+        return succeeded(response.read().decode())
 
 
 def flower_ratio(n: int, rounds: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> dict[str, Any]:
