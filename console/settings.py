@@ -158,7 +158,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CONSUMER = "flows.worker_consumer:Consumer"  # reconnects where Celery 5.7.0 would exit
+# Redis, with a queue item that is not a Celery message dead-lettered instead of ending the worker.
+CELERY_BROKER_TRANSPORT = "flows.broker:Transport"
+# Reconnects where Celery 5.7.0 would exit (flows.worker_consumer), and dead-letters the messages
+# Celery's consumer would drop: a task no worker has, a body that cannot be decoded.
+CELERY_WORKER_CONSUMER = "flows.broker:Consumer"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.message import Message as KombuMessage
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+
+from flows.worker_consumer import Consumer as ReconnectingConsumer
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-class Consumer(CeleryConsumer):
-    """Celery's consumer, dead-lettering the well-formed messages it would drop."""
+class Consumer(ReconnectingConsumer):
+    """The worker's consumer (it reconnects where Celery would exit), dead-lettering the
+    well-formed messages Celery would drop."""
 
     def on_unknown_task(self, body: Any, message: KombuMessage, exc: Exception) -> None:
         task = message.headers.get("task") if isinstance(message.headers, dict) else None
