@@ -179,27 +179,29 @@ def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], 
     producer = f"service:{setup.provider().resource.attributes.get('service.name', 'flowscope')}"
     for row in claimed:
         handler, span = handlers[row.pk], spans[row.pk]
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))  # the copy carries its send span's context
         try:
             stored = orjson.loads(row.envelope) if isinstance(row.envelope, (str, bytes)) else row.envelope
             dead_headers = stored.get("headers") if isinstance(stored, dict) and isinstance(stored.get("headers"), dict) else {}
-            headers = {**dead_headers, ATTEMPT: 1, REQUEUE_OF: row.pk, SERIES: row.series}
+            headers = {k: v for k, v in dead_headers.items() if k not in _CONTEXT_HEADERS}
+            headers.update(carrier, **{ATTEMPT: 1, REQUEUE_OF: row.pk, SERIES: row.series})
             envelope = Envelope.from_dict({**stored, "headers": headers})
         except (FlowsError, ValueError, TypeError):  # orjson's JSONDecodeError is a ValueError
             broken.append(row.pk)
             continue
         # One span per message: the root of a new trace, linked to the one the message died in,
-        # and the send of the copy (PRODUCER, so the flow graph counts it), whose context the copy
-        # carries. The single requeue opens a root and a send span under it; in bulk one span
-        # does both, as spans are most of a bulk requeue's cost.
+        # and the send of the copy (PRODUCER, so the flow graph counts it). The single requeue
+        # opens a root and a send span under it; in bulk one span does both, as spans are most of
+        # a bulk requeue's cost.
         span.update_name(f"requeue {row.message_type}")
-        span.set_attributes(telemetry.message_attributes(envelope, queue=handler.queue, operation="send"))
-        span.set_attributes({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
+        attributes = telemetry.message_attributes(envelope, queue=handler.queue, operation="send")
+        attributes.update({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
+        span.set_attributes(attributes)
         linked = trace.get_current_span(telemetry.context_of(dead_headers)).get_span_context() if dead_headers else None
         if linked is not None and linked.is_valid:
             span.add_link(linked, {"flowscope.link": "requeue-of"})
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
-        items.append((handler, envelope.with_headers(**{header: carrier.get(header) for header in _CONTEXT_HEADERS})))
+        items.append((handler, envelope))
         sent.append(span)
     if broken:
         # An envelope stored unreadable (a malformed delivery's) cannot be sent: back to "dead"
