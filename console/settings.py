@@ -171,6 +171,9 @@ CELERY_TASK_DEFAULT_QUEUE = "flows.control"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-sagas": {"task": "flows.sweep_stalled_sagas", "schedule": 10.0},
+    # A requeue claimed by a process that died before sending it would otherwise wait for the
+    # next bulk job to be recovered.
+    "recover-requeues": {"task": "flows.recover_requeues", "schedule": 30.0},
     "prune-old-spans": {"task": "tracing.prune_spans", "schedule": 3600.0},
 }
 

@@ -82,7 +82,7 @@ def requeue_batch(*, ids: list[int], actor: str) -> list[int]:
         return _send(claimed, actor=actor, handlers=sendable, spans=spans)
 
 
-def requeue_recover_unconfirmed(*, older_than: float = RECOVER_AFTER_SECONDS) -> int:
+def requeue_recover_unconfirmed(*, older_than: float | None = None) -> int:
     """Republish requeues noted as in flight whose process died before sending them (notes older
     than `older_than`); returns how many messages. One recoverer at a time (a lock in Redis): a
     row claimed meanwhile by another recoverer could not be told from one never sent."""
@@ -91,7 +91,7 @@ def requeue_recover_unconfirmed(*, older_than: float = RECOVER_AFTER_SECONDS) ->
     if not redis.set(RECOVERY_LOCK, token, nx=True, ex=RECOVERY_LOCK_SECONDS):
         return 0  # another process is at it
     try:
-        cutoff, recovered = time.time() - older_than, 0
+        cutoff, recovered = time.time() - (RECOVER_AFTER_SECONDS if older_than is None else older_than), 0
         for note_id, raw in redis.hgetall(INFLIGHT).items():
             note = orjson.loads(raw)
             if note["at"] > cutoff:

@@ -43,6 +43,14 @@ def sweep_stalled_sagas() -> int:
     return sagas.sweep_stalled_sagas()
 
 
+@shared_task(name="flows.recover_requeues")
+def recover_requeues() -> int:
+    """Send the requeues a process claimed and died before sending (periodic, every 30 s)."""
+    from flows.requeue_batch import requeue_recover_unconfirmed
+
+    return requeue_recover_unconfirmed()
+
+
 @shared_task(name="flows.run_requeue_job", acks_late=True)
 def run_requeue_job(job_id: int) -> None:
     from flows.models import RequeueJob

@@ -148,6 +148,22 @@ def test_a_requeue_whose_process_died_before_sending_is_sent_once_by_recovery(wo
     assert set(DeadLetter.objects.filter(pk__in=ids).values_list("series", flat=True)) == {1}, "recovery sends the same series again"
 
 
+def test_the_periodic_task_recovers_a_requeue_whose_web_process_died_before_sending(worker, monkeypatch, settings):
+    from console.celery import app
+
+    (dead,) = make_dead("periodic", 1)
+    monkeypatch.setattr(batch_module, "publish_many", died)
+    with pytest.raises(RuntimeError, match="died here"):
+        requeue_batch(ids=[dead.pk], actor="bulk")
+    monkeypatch.undo()
+    monkeypatch.setattr(batch_module, "RECOVER_AFTER_SECONDS", 0)
+
+    task = app.tasks[settings.CELERY_BEAT_SCHEDULE["recover-requeues"]["task"]]
+    assert task.apply().get() == 1
+    wait_resolved([dead.pk])
+    assert runs_of("periodic") == {"periodic-0": 1}
+
+
 def test_recovery_leaves_alone_a_dead_letter_requeued_again_since_its_note(worker, monkeypatch):
     (dead,) = make_dead("again", 1)
     monkeypatch.setattr(batch_module, "publish_many", died)
