@@ -32,7 +32,7 @@ const Flowscope = (() => {
   /* -- the live socket: snapshot on every (re)connect, then one a second -- */
   function live(onFrame) {
     const status = $("#live-status");
-    const STALE_RECONNECT_S = 5, MAX_DELAY_MS = 4000;
+    const STALE_RECONNECT_S = 4, MAX_DELAY_MS = 4000;
     let socket = null, lastFrame = 0, openedAt = 0, delay = 500;
     const show = (state, text) => { status.className = "live-status " + state; status.textContent = text; };
     setInterval(() => {
