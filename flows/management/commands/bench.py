@@ -9,6 +9,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,32 +54,39 @@ class Command(BaseCommand):
         started = time.monotonic()
 
         if not only or "p1" in only:
-            figures.update(self._patterns(quick=quick, concurrency=options["concurrency"], log_dir=log_dir))
+            with self._timed(figures, "p1"):
+                figures.update(self._patterns(quick=quick, concurrency=options["concurrency"], log_dir=log_dir))
         if not only or "flower" in only:
-            if flower.installed():
-                figures.update(flower.flower_ratio(3_000 if quick else 10_000, 1 if quick else 3, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
-            else:
-                self._skip(figures, "p1_flower_ratio", flower.NOT_INSTALLED)
+            with self._timed(figures, "flower"):
+                if flower.installed():
+                    figures.update(flower.flower_ratio(3_000 if quick else 10_000, 1 if quick else 3, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p1_flower_ratio", flower.NOT_INSTALLED)
         if not only or "p2" in only:
-            n = 20_000 if quick else 200_000
-            figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
+            with self._timed(figures, "p2"):
+                n = 20_000 if quick else 200_000
+                figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
         if not only or "p3" in only:
-            if live.installed():
-                figures.update(live.live_latency(5 if quick else 30, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
-            else:
-                self._skip(figures, "p3_live_p95_ms", live.NOT_INSTALLED)
-
+            with self._timed(figures, "p3"):
+                if live.installed():
+                    figures.update(live.live_latency(5 if quick else 30, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p3_live_p95_ms", live.NOT_INSTALLED)
         if not only or "p6" in only:
-            figures.update(patterns.requeue_rates(2_000 if quick else 20_000, 200 if quick else 1_000, 100.0 if quick else 500.0, self._progress))
+            with self._timed(figures, "p6"):
+                figures.update(patterns.requeue_rates(2_000 if quick else 20_000, 200 if quick else 1_000, 100.0 if quick else 500.0, self._progress))
         if not only or "p4" in only:
-            figures.update(pages.dead_letter_page_ms(100_000 if quick else 1_000_000, self._progress))
+            with self._timed(figures, "p4"):
+                figures.update(pages.dead_letter_page_ms(100_000 if quick else 1_000_000, self._progress))
         if not only or "p5" in only:
-            figures.update(pages.trace_page_ms(20_000, self._progress))
+            with self._timed(figures, "p5"):
+                figures.update(pages.trace_page_ms(20_000, self._progress))
         if not only or "p7" in only:
-            if memory.installed():
-                figures.update(memory.rss_growth(10_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
-            else:
-                self._skip(figures, "p7_rss_growth_pct", memory.NOT_INSTALLED)
+            with self._timed(figures, "p7"):
+                if memory.installed():
+                    figures.update(memory.rss_growth(10_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p7_rss_growth_pct", memory.NOT_INSTALLED)
 
         figures["seconds"] = round(time.monotonic() - started, 1)
         self._progress("")
@@ -115,6 +124,13 @@ class Command(BaseCommand):
         finally:
             collector.terminate()
             collector.wait(30)
+
+    @contextmanager
+    def _timed(self, figures: dict[str, Any], name: str) -> Iterator[None]:
+        """How long each measurement took, beside its figures: the runs have a time budget."""
+        started = time.monotonic()
+        yield
+        figures.setdefault("seconds_by_measurement", {})[name] = round(time.monotonic() - started, 1)
 
     def _skip(self, figures: dict[str, Any], name: str, why: str) -> None:
         """One measurement left out (a bench extra missing); the others still run."""
