@@ -157,6 +157,28 @@ def test_the_broadcaster_sends_at_the_busy_pace_while_spans_arrive():
     run(go)
 
 
+def test_the_broadcaster_builds_no_frame_while_nobody_listens(monkeypatch):
+    built = []
+    monkeypatch.setattr(broadcast.live, "snapshot", lambda: built.append(1) or {"queues": []})
+
+    async def go():
+        stop = threading.Event()
+        layer = get_channel_layer()
+        group, channel = f"lonely-{uuid.uuid4().hex}", await layer.new_channel()
+        thread = threading.Thread(target=broadcast.run, args=(stop,), kwargs={"interval": 0.1, "busy_interval": 0.1, "group": group}, daemon=True)
+        thread.start()
+        try:
+            await asyncio.sleep(0.5)  # five intervals with nobody in the group
+            assert built == [], "no snapshot built for an empty group"
+            await layer.group_add(group, channel)
+            assert (await asyncio.wait_for(layer.receive(channel), timeout=10))["type"] == "live.frame"
+        finally:
+            stop.set()
+            thread.join(10)
+
+    run(go)
+
+
 def test_a_frame_leaves_no_query_log_behind_even_with_debug_on(settings):
     from django.db import connection
 

@@ -59,7 +59,7 @@ class Command(BaseCommand):
         if not only or "flower" in only:
             with self._timed(figures, "flower"):
                 if flower.installed():
-                    figures.update(flower.flower_ratio(3_000 if quick else 10_000, 1 if quick else 3, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                    figures.update(flower.flower_ratio(1_500 if quick else 6_000, 1 if quick else 2, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
                 else:
                     self._skip(figures, "p1_flower_ratio", flower.NOT_INSTALLED)
         if not only or "p2" in only:
@@ -69,7 +69,7 @@ class Command(BaseCommand):
         if not only or "p3" in only:
             with self._timed(figures, "p3"):
                 if live.installed():
-                    figures.update(live.live_latency(5 if quick else 30, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                    figures.update(live.live_latency(4 if quick else 20, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
                 else:
                     self._skip(figures, "p3_live_p95_ms", live.NOT_INSTALLED)
         if not only or "p6" in only:
@@ -84,7 +84,7 @@ class Command(BaseCommand):
         if not only or "p7" in only:
             with self._timed(figures, "p7"):
                 if memory.installed():
-                    figures.update(memory.rss_growth(10_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                    figures.update(memory.rss_growth(6_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
                 else:
                     self._skip(figures, "p7_rss_growth_pct", memory.NOT_INSTALLED)
 
@@ -99,7 +99,7 @@ class Command(BaseCommand):
         """Every pattern on real workers against bare Celery, the collector running throughout."""
         # Alternating rounds, the median of back-to-back ratios: this machine's speed drifts by a
         # quarter between minutes, so one run of each side would measure the drift.
-        n, rounds = (3_000, 1) if quick else (10_000, 3)
+        n, rounds = (1_500, 1) if quick else (6_000, 3)
         report = self._progress
         collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -118,8 +118,8 @@ class Command(BaseCommand):
                 "bare_3_queues_per_s": round(bare3, 1), "flowscope_fanout_deliveries_per_s": round(fanned, 1), "p1_fanout_ratio": round(fanned / bare3, 3),
                 "flowscope_idempotent_per_s": round(idempotent, 1), "p1_idempotent_ratio": round(idempotent / bare_after, 3),
             }
-            figures.update(patterns.request_reply(300 if quick else 2_000, concurrency=concurrency, log_dir=log_dir, progress=report))
-            figures["saga_per_s"] = round(patterns.saga_rate(100 if quick else 1_000, concurrency=concurrency, log_dir=log_dir, progress=report), 1)
+            figures.update(patterns.request_reply(200 if quick else 1_000, concurrency=concurrency, log_dir=log_dir, progress=report))
+            figures["saga_per_s"] = round(patterns.saga_rate(60 if quick else 400, concurrency=concurrency, log_dir=log_dir, progress=report), 1)
             return figures
         finally:
             collector.terminate()
