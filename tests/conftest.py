@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -83,17 +82,9 @@ def clean_engine_keys() -> Iterator[None]:
 
 
 def worker_database_url() -> str:
-    from django.db import connection
+    from flows.database import database_url_for_children
 
-    sd = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(sd['NAME']).resolve()}"
-    if connection.vendor == "postgresql":
-        auth = quote(sd["USER"] or "")
-        if sd["PASSWORD"]:
-            auth += ":" + quote(sd["PASSWORD"])
-        return f"postgres://{auth}@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
-    raise RuntimeError(f"no worker set-up for database vendor {connection.vendor}")
+    return database_url_for_children()
 
 
 class ManagedProcess:

@@ -12,30 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 from django.conf import settings
-from django.db import connection
 
+from flows.database import database_url_for_children
 from flows.lab import calls, scenarios
 from flows.lab.effects import SERVICES
 
 
 class LabProcessError(RuntimeError):
     """A process the lab needs did not start or did not answer."""
-
-
-def database_url() -> str:
-    """The database this process uses, as a URL for the workers (the tests' database in a test)."""
-    sd = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(sd['NAME']).resolve()}"
-    if connection.vendor == "postgresql":
-        auth = quote(sd["USER"] or "")
-        if sd["PASSWORD"]:
-            auth += ":" + quote(sd["PASSWORD"])
-        return f"postgres://{auth}@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
-    raise LabProcessError(f"the lab's workers cannot reach a {connection.vendor} database")
 
 
 def free_port() -> int:
@@ -54,7 +40,7 @@ class LabProcesses:
         self._log_offsets: dict[str, int] = {}  # logs are appended to: look for markers past this
         self.env = {
             **os.environ,
-            "DATABASE_URL": database_url(),
+            "DATABASE_URL": database_url_for_children(),
             "REDIS_URL": settings.REDIS_URL,
             "FLOWS_MODULES": ",".join([*settings.FLOWS_MODULES, "flows.lab.catalog"]),
             calls.ADDRESSES_ENV: ",".join(f"{s}={h}:{p}" for s, (h, p) in self.addresses.items()),
