@@ -5,8 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Tooling and examples are never installed by the production settings; these targets add them.
+DEMO_APPS := tooling,tooling.lab,examples.demo
 
-.PHONY: setup demo test reliability bench lab check clean
+.PHONY: setup demo test lint reliability bench lab check clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Flowscope needs Python 3.11 or newer; set PYTHON=...")'
@@ -18,11 +20,17 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)
 
 demo: setup
-	DEBUG=$${DEBUG:-1} $(PY) manage.py demo
+	DEBUG=$${DEBUG:-1} FLOWSCOPE_EXTRA_APPS=$${FLOWSCOPE_EXTRA_APPS:-$(DEMO_APPS)} FLOWS_MODULES=$${FLOWS_MODULES:-examples.demo.catalog} $(PY) manage.py demo
 
 test: setup
 	scripts/ensure-chromium
 	$(PY) -m pytest --ignore=tests/reliability $(ARGS)
+
+# The linter, the formatter's verdict and the import contracts (pyproject.toml): what CI checks first.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # Faults injected into real processes, and every door tried: RELIABILITY_SIZE=quick for CI.
 reliability: setup
@@ -31,11 +39,11 @@ reliability: setup
 # What Flowscope costs against bare Celery and Flower: make bench ARGS="--quick --json bench.json".
 bench: setup
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,bench]'
-	DEBUG=$${DEBUG:-1} $(PY) manage.py bench $(ARGS)
+	DEBUG=$${DEBUG:-1} FLOWSCOPE_EXTRA_APPS=$${FLOWSCOPE_EXTRA_APPS:-tooling} $(PY) manage.py bench $(ARGS)
 
 # Synchronous chain against Flowscope, four scenarios, on embedded defaults: make lab ARGS=--quick.
 lab: setup
-	DEBUG=$${DEBUG:-1} $(PY) manage.py lab $(ARGS)
+	DEBUG=$${DEBUG:-1} FLOWSCOPE_EXTRA_APPS=$${FLOWSCOPE_EXTRA_APPS:-tooling,tooling.lab} $(PY) manage.py lab $(ARGS)
 
 check: setup
 	DEBUG=0 SECRET_KEY=check-only-$$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n') ALLOWED_HOSTS=flowscope.example.com \

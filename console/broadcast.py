@@ -23,7 +23,7 @@ from channels.layers import get_channel_layer
 from django.db import close_old_connections, reset_queries
 
 from console import live
-from flows.redis import get_redis
+from tracing.redis import get_redis
 from tracing.sink import STREAM
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from flows.backpressure import queue_statuses
+from flows.consume.stats import workers_online
 from flows.models import RequeueJob
-from flows.selectors import DeadLetterFilter, dead_letter_counts, dead_letter_groups, saga_counts
-from flows.stats import workers_online
+from flows.operate.selectors import DeadLetterFilter, dead_letter_counts, dead_letter_groups, saga_counts
+from flows.produce.backpressure import queue_statuses
 from tracing import histogram
 from tracing.models import EdgeStat
 from tracing.selectors import flow_graph
@@ -73,13 +73,17 @@ def snapshot() -> dict[str, Any]:
             "p95_ms": last["p95_ms"][-1] if last["p95_ms"] else None,
         },
         "queues": [dataclasses.asdict(q) for q in queue_statuses()],
-        "dead_letters": _cached("dead_letters", 3.0, lambda: {
-            "counts": dead_letter_counts(),
-            "groups": [
-                {**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()}
-                for g in dead_letter_groups(DeadLetterFilter(since=timezone.now() - timedelta(hours=24), state="dead"), limit=5)
-            ],
-        }),
+        "dead_letters": _cached(
+            "dead_letters",
+            3.0,
+            lambda: {
+                "counts": dead_letter_counts(),
+                "groups": [
+                    {**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()}
+                    for g in dead_letter_groups(DeadLetterFilter(since=timezone.now() - timedelta(hours=24), state="dead"), limit=5)
+                ],
+            },
+        ),
         "sagas": _cached("sagas", 3.0, saga_counts),
         "workers": workers_online(),
         "graph": flow_graph(window=timedelta(minutes=5)),

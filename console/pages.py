@@ -20,10 +20,8 @@ from console import live
 from console.models import AuditEntry, Role
 from console.presenters import dead_letter_detail, dead_letter_summary, saga_detail, saga_summary
 from console.roles import principal_for_user
-from flows.lab import report as lab_report
-from flows.lab.models import LabRun
 from flows.models import DeadLetter, SagaInstance
-from flows.selectors import BadCursor, DeadLetterFilter, dead_letters_page, sagas_page
+from flows.operate.selectors import BadCursor, DeadLetterFilter, dead_letters_page, sagas_page
 from tracing.models import Span
 from tracing.selectors import traces_for
 
@@ -51,19 +49,19 @@ def page(role: str = Role.VIEWER) -> Callable[[View], View]:
     return decorate
 
 
-def _context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
+def page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
     principal = request.principal  # type: ignore[attr-defined]
     return {"principal": principal, "can_operate": principal.can(Role.OPERATOR), **extra}
 
 
 @page()
 def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/overview.html", _context(request, frame=live.snapshot(), nav="overview"))
+    return render(request, "console/overview.html", page_context(request, frame=live.snapshot(), nav="overview"))
 
 
 @page()
 def graph(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/graph.html", _context(request, frame=live.snapshot(), nav="graph"))
+    return render(request, "console/graph.html", page_context(request, frame=live.snapshot(), nav="graph"))
 
 
 def _filters(request: HttpRequest) -> DeadLetterFilter:
@@ -89,32 +87,53 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
     try:
         rows, next_cursor = dead_letters_page(filters, cursor=request.GET.get("cursor", ""), limit=50)
     except BadCursor as exc:
-        return render(request, "console/error.html", _context(request, message=str(exc)), status=400)
+        return render(request, "console/error.html", page_context(request, message=str(exc)), status=400)
     query = request.GET.copy()
     query.pop("cursor", None)
-    return render(request, "console/dead_letters.html", _context(
+    return render(
         request,
-        nav="dead",
-        rows=[dead_letter_summary(d) for d in rows],
-        filters=filters,
-        states=DeadLetter.State.values,
-        next_cursor=next_cursor,
-        query=query.urlencode(),
-        filter_dict=({k: v for k, v in {
-            "since": filters.since.isoformat() if filters.since else None, "until": filters.until.isoformat() if filters.until else None,
-            "message_type": filters.message_type, "queue": filters.queue, "consumer": filters.consumer, "fingerprint": filters.fingerprint,
-            "state": filters.state,
-        }.items() if v}),
-    ))
+        "console/dead_letters.html",
+        page_context(
+            request,
+            nav="dead",
+            rows=[dead_letter_summary(d) for d in rows],
+            filters=filters,
+            states=DeadLetter.State.values,
+            next_cursor=next_cursor,
+            query=query.urlencode(),
+            filter_dict=(
+                {
+                    k: v
+                    for k, v in {
+                        "since": filters.since.isoformat() if filters.since else None,
+                        "until": filters.until.isoformat() if filters.until else None,
+                        "message_type": filters.message_type,
+                        "queue": filters.queue,
+                        "consumer": filters.consumer,
+                        "fingerprint": filters.fingerprint,
+                        "state": filters.state,
+                    }.items()
+                    if v
+                }
+            ),
+        ),
+    )
 
 
 @page()
 def dead_letter(request: HttpRequest, dead_letter_id: int) -> HttpResponse:
     detail = dead_letter_detail(get_object_or_404(DeadLetter, pk=dead_letter_id))
-    return render(request, "console/dead_letter.html", _context(
-        request, nav="dead", d=detail, payload_json=json.dumps(detail["envelope"].get("payload"), indent=2, sort_keys=True),
-        envelope_json=json.dumps({k: v for k, v in detail["envelope"].items() if k != "payload"}, indent=2, sort_keys=True),
-    ))
+    return render(
+        request,
+        "console/dead_letter.html",
+        page_context(
+            request,
+            nav="dead",
+            d=detail,
+            payload_json=json.dumps(detail["envelope"].get("payload"), indent=2, sort_keys=True),
+            envelope_json=json.dumps({k: v for k, v in detail["envelope"].items() if k != "payload"}, indent=2, sort_keys=True),
+        ),
+    )
 
 
 @page()
@@ -122,13 +141,13 @@ def sagas(request: HttpRequest) -> HttpResponse:
     state = request.GET.get("state", "")
     saga_type = request.GET.get("saga_type", "")
     rows = sagas_page(saga_type=saga_type, state=state if state in SagaInstance.State.values else "", limit=100)
-    return render(request, "console/sagas.html", _context(request, nav="sagas", rows=[saga_summary(s) for s in rows], states=SagaInstance.State.values, state=state, saga_type=saga_type))
+    return render(request, "console/sagas.html", page_context(request, nav="sagas", rows=[saga_summary(s) for s in rows], states=SagaInstance.State.values, state=state, saga_type=saga_type))
 
 
 @page()
 def saga(request: HttpRequest, saga_id: uuid.UUID) -> HttpResponse:
     detail = saga_detail(get_object_or_404(SagaInstance, pk=saga_id))
-    return render(request, "console/saga.html", _context(request, nav="sagas", s=detail, data_json=json.dumps(detail["data"], indent=2, sort_keys=True)))
+    return render(request, "console/saga.html", page_context(request, nav="sagas", s=detail, data_json=json.dumps(detail["data"], indent=2, sort_keys=True)))
 
 
 @page()
@@ -137,17 +156,17 @@ def traces(request: HttpRequest) -> HttpResponse:
     if q["trace_id"]:
         return redirect("trace", trace_id=q["trace_id"].lower())
     results = traces_for(message_id=q["message_id"], correlation_id=q["correlation_id"]) if (q["message_id"] or q["correlation_id"]) else []
-    return render(request, "console/traces.html", _context(request, nav="traces", q=q, results=results, searched=bool(q["message_id"] or q["correlation_id"])))
+    return render(request, "console/traces.html", page_context(request, nav="traces", q=q, results=results, searched=bool(q["message_id"] or q["correlation_id"])))
 
 
 @page()
 def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
     if not TRACE_ID.match(trace_id):
-        return render(request, "console/error.html", _context(request, message="a trace id is 32 lowercase hexadecimal characters"), status=400)
+        return render(request, "console/error.html", page_context(request, message="a trace id is 32 lowercase hexadecimal characters"), status=400)
     count = Span.objects.filter(trace_id=trace_id).count()
     if not count:
         raise Http404(f"no spans stored for trace {trace_id}")
-    return render(request, "console/trace.html", _context(request, nav="traces", trace_id=trace_id, span_count=count))
+    return render(request, "console/trace.html", page_context(request, nav="traces", trace_id=trace_id, span_count=count))
 
 
 @page()
@@ -174,20 +193,10 @@ def search(request: HttpRequest) -> HttpResponse:
             return redirect(f"/traces/?message_id={as_uuid}")
     if Span.objects.filter(correlation_id=q).exists() or SagaInstance.objects.filter(correlation_id=q).exists():
         return redirect(f"/traces/?correlation_id={q}")
-    return render(request, "console/error.html", _context(request, message=f"nothing known by {q!r}: no trace, saga, dead letter, message or conversation"), status=404)
+    return render(request, "console/error.html", page_context(request, message=f"nothing known by {q!r}: no trace, saga, dead letter, message or conversation"), status=404)
 
 
 @page()
 def audit_log(request: HttpRequest) -> HttpResponse:
     entries = Paginator(AuditEntry.objects.all(), 100).get_page(request.GET.get("page"))
-    return render(request, "console/audit.html", _context(request, nav="audit", entries=entries))
-
-
-@page()
-def lab(request: HttpRequest) -> HttpResponse:
-    """The last `manage.py lab` run: its table and, per scenario, both styles over time."""
-    run = LabRun.latest_run()
-    extra: dict[str, Any] = {"run": run, "nav": "lab", "columns": lab_report.TABLE_KEYS}
-    if run is not None:
-        extra.update(rows=lab_report.table_rows(run), charts=lab_report.chart_data(run), setup=run.figures.get("setup", {}), machine=run.figures.get("machine", {}))
-    return render(request, "console/lab.html", _context(request, **extra))
+    return render(request, "console/audit.html", page_context(request, nav="audit", entries=entries))

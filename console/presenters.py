@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows import telemetry
+from flows.core import telemetry
 from flows.models import DeadLetter, RequeueJob, SagaInstance
-from flows.selectors import saga_age_seconds, saga_plan
+from flows.operate.selectors import saga_age_seconds, saga_plan
 from tracing.redaction import redact, redact_text
 
 
@@ -76,9 +76,7 @@ def saga_detail(s: SagaInstance) -> dict[str, Any]:
         "failed_step": s.failed_step,
         "resumed": s.resumed,
         "trace_id": telemetry.trace_id_of(s.headers),
-        "plan": [
-            {**row, "action": _times(row["action"]), "compensation": _times(row["compensation"])} for row in saga_plan(s)
-        ],
+        "plan": [{**row, "action": _times(row["action"]), "compensation": _times(row["compensation"])} for row in saga_plan(s)],
         "dead_letters": list(s.dead_letters.values_list("id", flat=True)),
     }
 

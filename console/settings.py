@@ -47,10 +47,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "flows",
-    "flows.demo",
-    "flows.lab",
     "tracing",
     "console",
+    # Tooling and examples, never in production: `make demo` adds the demo catalog, the lab and
+    # the tooling commands (demo, bench, lab); the test settings add them all.
+    *envlist("FLOWSCOPE_EXTRA_APPS", []),
 ]
 
 MIDDLEWARE = [
@@ -78,6 +79,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "console.extensions.nav",
             ],
         },
     },
@@ -159,10 +161,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Redis, with a queue item that is not a Celery message dead-lettered instead of ending the worker.
-CELERY_BROKER_TRANSPORT = "flows.broker:Transport"
-# Reconnects where Celery 5.7.0 would exit (flows.worker_consumer), and dead-letters the messages
+CELERY_BROKER_TRANSPORT = "flows.consume.broker:Transport"
+# Reconnects where Celery 5.7.0 would exit (flows.consume.worker_consumer), and dead-letters the messages
 # Celery's consumer would drop: a task no worker has, a body that cannot be decoded.
-CELERY_WORKER_CONSUMER = "flows.broker:Consumer"
+CELERY_WORKER_CONSUMER = "flows.consume.broker:Consumer"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
@@ -179,7 +181,7 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- The engine ---
 # Modules that declare message types, handlers and sagas; imported when Django starts.
-FLOWS_MODULES = envlist("FLOWS_MODULES", ["flows.demo.catalog"])
+FLOWS_MODULES = envlist("FLOWS_MODULES", [])
 FLOWS_MAX_PAYLOAD_BYTES = envint("FLOWS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
 FLOWS_SAGA_STALL_SECONDS = envint("FLOWS_SAGA_STALL_SECONDS", 120, minimum=1)
 FLOWS_DELIVERY_TTL_SECONDS = envint("FLOWS_DELIVERY_TTL_SECONDS", 7 * 24 * 3600, minimum=60)

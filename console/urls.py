@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import pages, views
+from console import extensions, pages, views
 from console.api.api import api
 from tracing.views import receive_traces
 
@@ -19,7 +19,6 @@ urlpatterns = [
     path("traces/<str:trace_id>/", pages.trace, name="trace"),
     path("search/", pages.search, name="search"),
     path("audit/", pages.audit_log, name="audit"),
-    path("lab/", pages.lab, name="lab"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),
@@ -27,4 +26,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/traces", receive_traces, name="otlp-traces"),
     path("api/v1/", api.urls),
+    *extensions.urls(),
 ]

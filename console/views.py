@@ -9,11 +9,11 @@ from django.views.decorators.http import require_safe
 
 from console.api.auth import principal_of
 from console.models import Role
-from flows.backpressure import queue_statuses
-from flows.idempotency import duplicate_counts
+from flows.consume.idempotency import duplicate_counts
+from flows.consume.stats import processed_totals, workers_online
 from flows.models import DeadLetter, SagaInstance
-from flows.redis import get_redis
-from flows.stats import processed_totals, workers_online
+from flows.produce.backpressure import queue_statuses
+from tracing.redis import get_redis
 from tracing.sink import sink_status
 
 
@@ -55,15 +55,16 @@ def metrics(request: HttpRequest) -> HttpResponse:
             lines.append(f"{name}{{{rendered}}} {value}" if rendered else f"{name} {value}")
 
     totals = processed_totals()
-    metric("flowscope_deliveries_total", "counter", "Deliveries by pattern, handler and outcome.",
-           [({"pattern": p, "consumer": c, "outcome": o}, n) for (p, c, o), n in sorted(totals.items())])
-    metric("flowscope_duplicates_total", "counter", "Redeliveries recognised as duplicates, by handler.",
-           [({"consumer": c}, n) for c, n in sorted(duplicate_counts().items())])
-    metric("flowscope_dead_letters", "gauge", "Dead letters by state.",
-           [({"state": s}, n) for s, n in sorted(DeadLetter.objects.values_list("state").annotate(n=Count("id")).order_by())])
+    metric("flowscope_deliveries_total", "counter", "Deliveries by pattern, handler and outcome.", [({"pattern": p, "consumer": c, "outcome": o}, n) for (p, c, o), n in sorted(totals.items())])
+    metric("flowscope_duplicates_total", "counter", "Redeliveries recognised as duplicates, by handler.", [({"consumer": c}, n) for c, n in sorted(duplicate_counts().items())])
+    metric("flowscope_dead_letters", "gauge", "Dead letters by state.", [({"state": s}, n) for s, n in sorted(DeadLetter.objects.values_list("state").annotate(n=Count("id")).order_by())])
     metric("flowscope_requeues_total", "counter", "Requeues of dead letters.", [({}, DeadLetter.objects.aggregate(n=Sum("series"))["n"] or 0)])
-    metric("flowscope_sagas", "gauge", "Sagas by type and state.",
-           [({"saga_type": t, "state": s}, n) for t, s, n in SagaInstance.objects.values_list("saga_type", "state").annotate(n=Count("id")).order_by()])
+    metric(
+        "flowscope_sagas",
+        "gauge",
+        "Sagas by type and state.",
+        [({"saga_type": t, "state": s}, n) for t, s, n in SagaInstance.objects.values_list("saga_type", "state").annotate(n=Count("id")).order_by()],
+    )
     statuses = queue_statuses()
     metric("flowscope_queue_depth", "gauge", "Messages waiting per queue.", [({"queue": q.name}, q.depth) for q in statuses])
     metric("flowscope_queue_throttled", "gauge", "1 while back-pressure throttles a queue.", [({"queue": q.name}, int(q.state == "throttled")) for q in statuses])

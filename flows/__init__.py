@@ -20,19 +20,19 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Backoff": "flows.retry",
-    "Envelope": "flows.envelope",
-    "Message": "flows.message",
-    "handler": "flows.registry",
-    "message_type": "flows.registry",
-    "queue": "flows.registry",
-    "catalog": "flows.registry",
-    "saga": "flows.sagas",
-    "step": "flows.sagas",
-    "send": "flows.sending",
-    "request": "flows.sending",
-    "request_async": "flows.sending",
-    "start_saga": "flows.sending",
+    "Backoff": "flows.core.retry",
+    "Envelope": "flows.core.envelope",
+    "Message": "flows.core.message",
+    "handler": "flows.core.registry",
+    "message_type": "flows.core.registry",
+    "queue": "flows.core.registry",
+    "catalog": "flows.core.registry",
+    "saga": "flows.core.sagas",
+    "step": "flows.core.sagas",
+    "send": "flows.patterns.sending",
+    "request": "flows.patterns.sending",
+    "request_async": "flows.patterns.sending",
+    "start_saga": "flows.patterns.sending",
 }
 
 

@@ -9,8 +9,9 @@ class FlowsConfig(AppConfig):
     verbose_name = "Flows engine"
 
     def ready(self) -> None:
-        from flows.registry import catalog
+        # Imported here, not at the top: it needs the models, which Django loads after AppConfigs.
+        from flows.patterns import check_catalog
 
         for module in settings.FLOWS_MODULES:
             importlib.import_module(module)
-        catalog.check()
+        check_catalog()

@@ -21,7 +21,7 @@ import pytest
 from django.conf import settings
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_MODULES = "flows.demo.catalog,tests.flows_under_test"
+TEST_MODULES = "examples.demo.catalog,tests.flows_under_test"
 # Queues the session worker leaves alone: back-pressure backlogs must stay full, the crash
 # saga gets a worker of its own to kill, and the competing consumers test brings its own.
 NOT_FOR_SESSION_WORKER = {"t.backlog.raise", "t.backlog.block", "t.sagas.crash", "t.work"}
@@ -30,7 +30,7 @@ T = TypeVar("T")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from flows.devredis import RedisServer
+    from tooling.devredis import RedisServer
 
     server = RedisServer().start()
     config._flowscope_redis = server  # type: ignore[attr-defined]
@@ -42,9 +42,9 @@ def pytest_configure(config: pytest.Config) -> None:
     app.conf.broker_url = server.url
 
     import tests.flows_under_test  # noqa: F401 - declares the test catalog
-    from flows.registry import catalog
+    from flows.patterns import check_catalog
 
-    catalog.check()
+    check_catalog()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -68,8 +68,8 @@ def wait_for(condition: Callable[[], T], *, timeout: float = 30.0, interval: flo
 @pytest.fixture(autouse=True)
 def clean_engine_keys() -> Iterator[None]:
     """Each test starts with no engine keys (faults, counters, statuses) and empty backlogs."""
-    from flows.backpressure import backpressure
-    from flows.redis import get_redis
+    from flows.produce.backpressure import backpressure
+    from tracing.redis import get_redis
 
     backpressure.forget()
     redis = get_redis()
@@ -82,7 +82,7 @@ def clean_engine_keys() -> Iterator[None]:
 
 
 def worker_database_url() -> str:
-    from flows.database import database_url_for_children
+    from tooling.database import database_url_for_children
 
     return database_url_for_children()
 
@@ -155,7 +155,7 @@ class Worker(ManagedProcess):
 
 
 def session_queues() -> list[str]:
-    from flows.registry import catalog
+    from flows.core.registry import catalog
 
     # Only the queues of the catalogs the session worker loads: a test may import another catalog
     # (the benchmark's, the lab's, the reliability suite's) whose handlers that worker lacks.

@@ -12,9 +12,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 import flows
-from flows.demo.models import LedgerEntry
-from flows.errors import PoisonMessage
-from flows.redis import get_redis, key
+from examples.demo.models import LedgerEntry
+from flows.core.errors import PoisonMessage
+from tracing.redis import get_redis, key
 
 QUICK = flows.Backoff(initial=0.05, factor=2.0, maximum=0.2, jitter=0.5)
 

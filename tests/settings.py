@@ -8,5 +8,8 @@ os.environ.setdefault("ALLOWED_HOSTS", "localhost,127.0.0.1,testserver")
 # The browser tests sign in over plain HTTP on 127.0.0.1.
 os.environ.setdefault("SESSION_COOKIE_SECURE", "0")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "0")
+# The tooling (bench, lab, demo commands) and the demo catalog are under test too.
+os.environ.setdefault("FLOWSCOPE_EXTRA_APPS", "tooling,tooling.lab,examples.demo")
+os.environ.setdefault("FLOWS_MODULES", "examples.demo.catalog")
 
 from console.settings import *  # noqa: E402,F403

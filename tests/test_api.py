@@ -25,8 +25,17 @@ def post(client: Client, url: str, body: dict | None = None, **headers: str):
 
 def test_the_openapi_description_lists_every_endpoint():
     paths = client_for("viewer").get("/api/v1/openapi.json").json()["paths"]
-    for path in ("/api/v1/deadletters", "/api/v1/deadletters/groups", "/api/v1/deadletters/{dead_letter_id}/requeue", "/api/v1/requeue-jobs",
-                 "/api/v1/sagas/{saga_id}", "/api/v1/traces/{trace_id}", "/api/v1/graph", "/api/v1/queues", "/api/v1/messages"):
+    for path in (
+        "/api/v1/deadletters",
+        "/api/v1/deadletters/groups",
+        "/api/v1/deadletters/{dead_letter_id}/requeue",
+        "/api/v1/requeue-jobs",
+        "/api/v1/sagas/{saga_id}",
+        "/api/v1/traces/{trace_id}",
+        "/api/v1/graph",
+        "/api/v1/queues",
+        "/api/v1/messages",
+    ):
         assert path in paths
 
 
@@ -160,7 +169,9 @@ def test_sagas_traces_graph_and_queues_read(worker, collector):
     assert viewer.get("/api/v1/sagas?state=compensated").json()[0]["id"] == str(saga.pk)
     detail = viewer.get(f"/api/v1/sagas/{saga.pk}").json()
     assert [(row["name"], row["action"]["status"], row["compensation"]["status"]) for row in detail["plan"]] == [
-        ("flight", "succeeded", "succeeded"), ("hotel", "succeeded", "succeeded"), ("charge", "failed", "not needed"),
+        ("flight", "succeeded", "succeeded"),
+        ("hotel", "succeeded", "succeeded"),
+        ("charge", "failed", "not needed"),
     ]
     assert viewer.get(f"/api/v1/sagas/{saga.pk}x").status_code == 422
     trace_id = detail["trace_id"]

@@ -4,10 +4,10 @@ import time
 import pytest
 
 import flows
-from flows.backpressure import BackPressure, backpressure, queue_depth, queue_statuses
-from flows.errors import QueueFull
-from flows.redis import get_redis
+from flows.core.errors import QueueFull
+from flows.produce.backpressure import BackPressure, backpressure, queue_depth, queue_statuses
 from tests.conftest import wait_for
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,8 +8,8 @@ import psutil
 import pytest
 from django.core.management import CommandError, call_command
 
-from flows.bench import flower, live, memory, processes
 from tests.conftest import wait_for
+from tooling.bench import flower, live, memory, processes
 
 pytestmark = pytest.mark.django_db
 
@@ -51,11 +51,13 @@ def test_the_memory_of_a_process_gone_is_nothing():
 
 
 def test_the_tasks_flower_saw_are_summed_over_workers_and_task_names():
-    metrics = "\n".join([
-        "# HELP flower_events_total Number of events",
-        'flower_events_total{task="flows.bench_noop",type="task-received",worker="a@h"} 9.0',
-        'flower_events_total{task="flows.bench_noop",type="task-succeeded",worker="a@h"} 7.0',
-        'flower_events_total{task="flows.bench_noop",type="task-succeeded",worker="b@h"} 5.0',
-        'flower_events_created{task="flows.bench_noop",type="task-succeeded",worker="b@h"} 1.7e9',
-    ])
+    metrics = "\n".join(
+        [
+            "# HELP flower_events_total Number of events",
+            'flower_events_total{task="flows.bench_noop",type="task-received",worker="a@h"} 9.0',
+            'flower_events_total{task="flows.bench_noop",type="task-succeeded",worker="a@h"} 7.0',
+            'flower_events_total{task="flows.bench_noop",type="task-succeeded",worker="b@h"} 5.0',
+            'flower_events_created{task="flows.bench_noop",type="task-succeeded",worker="b@h"} 1.7e9',
+        ]
+    )
     assert flower.succeeded(metrics) == 12

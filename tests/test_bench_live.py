@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows.bench import websocket
-from flows.bench.live import latencies
-from flows.devredis import free_port
 from tests.conftest import ManagedProcess
+from tooling.bench import websocket
+from tooling.bench.live import latencies
+from tooling.devredis import free_port
 
 EDGE = ("queue:bench.live", "handler:bench_live")
 
@@ -35,8 +35,7 @@ def test_an_edge_count_is_read_from_the_frames_flow_graph():
 @pytest.fixture(scope="module")
 def web(django_db_setup) -> Iterator[int]:
     port = free_port()
-    process = ManagedProcess("bench-web", ["-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],
-                             ready_marker="Listening on TCP address", command=[sys.executable, "-m", "daphne"]).start()
+    process = ManagedProcess("bench-web", ["-b", "127.0.0.1", "-p", str(port), "console.asgi:application"], ready_marker="Listening on TCP address", command=[sys.executable, "-m", "daphne"]).start()
     yield port
     process.stop()
 

@@ -4,12 +4,12 @@ import time
 import pytest
 
 import flows
-from flows.redis import get_redis
 from tests.conftest import wait_for
 from tests.tracing_helpers import flush_here, wait_spans
 from tracing import setup, sink
 from tracing.collector import Collector, store
 from tracing.models import EdgeStat, Span
+from tracing.redis import get_redis
 from tracing.selectors import flow_graph
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,9 +19,19 @@ CONSUMER = 4
 def fake_span(trace: str, span: str, *, queue: str = "q.fake", consumer: str = "c_fake", error: bool = False, outcome: str = "ok", ms: float = 5.0) -> dict:
     now = time.time_ns()
     return {
-        "t": trace, "s": span, "p": "", "n": "process fake", "k": CONSUMER, "sv": "test", "st": now - int(ms * 1e6), "en": now,
-        "sc": 2 if error else 1, "sm": "", "a": {"messaging.destination.name": queue, "flowscope.consumer": consumer, "flowscope.outcome": outcome},
-        "e": [], "l": [],
+        "t": trace,
+        "s": span,
+        "p": "",
+        "n": "process fake",
+        "k": CONSUMER,
+        "sv": "test",
+        "st": now - int(ms * 1e6),
+        "en": now,
+        "sc": 2 if error else 1,
+        "sm": "",
+        "a": {"messaging.destination.name": queue, "flowscope.consumer": consumer, "flowscope.outcome": outcome},
+        "e": [],
+        "l": [],
     }
 
 

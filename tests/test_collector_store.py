@@ -2,7 +2,7 @@
 a lookup only when that refuses a row; times written below the ORM read back exactly."""
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -36,7 +36,7 @@ def test_start_times_and_links_written_below_the_orm_read_back_to_the_microsecon
     store([span])
 
     stored = Span.objects.get(trace_id="4" * 32)
-    expected = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=start_ns // 1000)
+    expected = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=start_ns // 1000)
     assert stored.start_time == expected and stored.duration_us == 2500
     assert stored.links == [{"trace_id": "5" * 32, "span_id": "0000000000000003", "attributes": {}}]
     link = SpanLink.objects.get(trace_id="4" * 32)

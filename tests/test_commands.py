@@ -4,7 +4,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 import flows
-from flows.demo import faults
+from examples.demo import faults
 from flows.models import DeadLetter, SagaInstance
 from tests.conftest import wait_for
 from tests.flows_under_test import fix

@@ -1,7 +1,7 @@
 import pytest
 
 import flows
-from flows import deliveries
+from flows.core import deliveries
 from tests.conftest import wait_for
 from tests.flows_under_test import recorded
 

@@ -3,14 +3,14 @@ import threading
 import pytest
 
 import flows
-from flows import deadletters
-from flows.errors import FlowsError
+from flows.core.errors import FlowsError
+from flows.core.registry import catalog
 from flows.models import DeadLetter
-from flows.redis import get_redis, key
-from flows.registry import catalog
+from flows.operate import dead_letters as deadletters
 from flows.tasks import deliver
 from tests.conftest import wait_for
 from tests.flows_under_test import fix, recorded
+from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,8 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flows.devredis import free_port
 from tests.conftest import REPO, wait_for
+from tooling.devredis import free_port
 
 
 def processes_with(marker: str) -> list[int]:
@@ -40,6 +40,9 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES")}
     env.update(
+        # What `make demo` adds to the production settings: the tooling and the demo catalog.
+        FLOWSCOPE_EXTRA_APPS="tooling,tooling.lab,examples.demo",
+        FLOWS_MODULES="examples.demo.catalog",
         FLOWSCOPE_VAR_DIR=var_dir,
         REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing there: the demo must start its own
         FLOWSCOPE_ADMIN_PASSWORD="demo-password-123",

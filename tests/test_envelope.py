@@ -2,8 +2,8 @@ import uuid
 
 import pytest
 
-from flows.envelope import Envelope
-from flows.errors import EnvelopeError, PayloadTooLarge
+from flows.core.envelope import Envelope
+from flows.core.errors import EnvelopeError, PayloadTooLarge
 
 
 def test_an_envelope_survives_a_round_trip_through_its_dict():

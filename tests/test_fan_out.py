@@ -3,7 +3,7 @@ import time
 import pytest
 
 import flows
-from flows import deliveries
+from flows.core import deliveries
 from flows.models import DeadLetter
 from tests.conftest import wait_for
 from tests.flows_under_test import recorded
@@ -46,9 +46,9 @@ def test_a_slow_subscriber_does_not_delay_the_others(worker):
 
 
 def test_a_fan_out_needs_each_subscriber_on_its_own_queue():
-    from flows.errors import ConfigurationError
+    from flows.core.errors import ConfigurationError
+    from flows.core.registry import catalog
     from flows.patterns import get_pattern
-    from flows.registry import catalog
 
     handlers = catalog.handlers_for("test.event")
     shared = [handlers[0], handlers[1].__class__(**{**handlers[1].__dict__, "queue": handlers[0].queue})]

@@ -13,7 +13,7 @@ def test_health_reports_redis_and_the_database(client):
 
 
 def test_health_is_503_naming_the_part_that_is_down(client, settings):
-    from flows.devredis import free_port
+    from tooling.devredis import free_port
 
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
     response = client.get("/healthz")
@@ -29,6 +29,14 @@ def test_metrics_need_a_session_or_a_token_and_speak_prometheus():
     by_token = Client().get("/metrics", headers={"Authorization": f"Bearer {token_for('viewer')}"})
     assert by_token.status_code == 200 and by_token["Content-Type"].startswith("text/plain; version=0.0.4")
     text = client_for("viewer").get("/metrics").content.decode()
-    for name in ("flowscope_deliveries_total", "flowscope_dead_letters", "flowscope_requeues_total", "flowscope_sagas", "flowscope_queue_depth", "flowscope_span_ingest_pending", "flowscope_workers_online"):
+    for name in (
+        "flowscope_deliveries_total",
+        "flowscope_dead_letters",
+        "flowscope_requeues_total",
+        "flowscope_sagas",
+        "flowscope_queue_depth",
+        "flowscope_span_ingest_pending",
+        "flowscope_workers_online",
+    ):
         assert f"# TYPE {name} " in text
     assert 'flowscope_queue_depth{queue="t.commands"} 0' in text

@@ -1,12 +1,12 @@
 import pytest
 
-from flows.demo.models import LedgerEntry
-from flows.idempotency import duplicate_counts
+from examples.demo.models import LedgerEntry
+from flows.consume.idempotency import duplicate_counts
+from flows.core.registry import catalog
 from flows.models import InboxEntry
-from flows.publishing import build_envelope, publish_to
-from flows.redis import get_redis, key
-from flows.registry import catalog
+from flows.produce.publishing import build_envelope, publish_to
 from tests.conftest import wait_for
+from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

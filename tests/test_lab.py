@@ -19,14 +19,14 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from flows.lab import results
-from flows.lab.load import Order
-from flows.lab.models import LabRun
-from flows.lab.processes import LabProcesses, LabProcessError
-from flows.lab.scenarios import SCENARIO_NAMES, STYLES
-from flows.redis import get_redis
 from tests.conftest import REPO, wait_for, worker_database_url
 from tests.people import client_for
+from tooling.lab import results
+from tooling.lab.load import Order
+from tooling.lab.models import LabRun
+from tooling.lab.processes import LabProcessError, LabProcesses
+from tooling.lab.scenarios import SCENARIO_NAMES, STYLES
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SERVICES = ("inventory", "billing", "shipping", "notifications")
@@ -139,13 +139,18 @@ def test_bad_options_are_refused_with_a_clear_error(args, message):
 
 
 def measured(orders: list[Order], effects: dict[str, dict[str, float]], **extra) -> results.Measured:
-    defaults = dict(duplicates=0, dead={}, fault=None, queue_depth=[], backpressure_activations=0)
+    defaults = {"duplicates": 0, "dead": {}, "fault": None, "queue_depth": [], "backpressure_activations": 0}
     return results.Measured(orders=orders, effects=effects, **{**defaults, **extra})
 
 
 def test_an_order_neither_completed_nor_reported_failed_counts_as_lost():
     every = dict.fromkeys(SERVICES, 100.5)
-    orders = [Order("r-0", 100.0, caller_done=100.01), Order("r-1", 100.1, caller_done=100.11), Order("r-2", 100.2, caller_done=100.3, caller_error="DownstreamError: billing answered 503"), Order("r-3", 100.3, caller_done=100.31)]
+    orders = [
+        Order("r-0", 100.0, caller_done=100.01),
+        Order("r-1", 100.1, caller_done=100.11),
+        Order("r-2", 100.2, caller_done=100.3, caller_error="DownstreamError: billing answered 503"),
+        Order("r-3", 100.3, caller_done=100.31),
+    ]
     figures = results.figures(measured(orders, {"r-0": every, "r-2": {"inventory": 100.25}, "r-3": {"inventory": 100.4, "billing": 100.5}}, dead={}))
     assert (figures["sent"], figures["completed"], figures["failed"], figures["lost"]) == (4, 1, 1, 2)
     assert figures["partial"] == 2  # r-2 failed after inventory; r-3 stopped half way, unreported
@@ -171,7 +176,12 @@ def stored_run() -> LabRun:
     every = dict.fromkeys(SERVICES, 100.2)
     row = results.figures(measured([Order("x-0", 100.0, caller_done=100.1), Order("x-1", 101.0, caller_done=101.1)], {"x-0": every}, fault=(100.5, 101.5), queue_depth=[(100.5, {"billing": 7})]))
     scenarios = {"outage": {"title": "billing down, then back", "sync": row, "async": {**row, "completed_per_s": 123.45}}}
-    return LabRun.objects.create(started_at=timezone.now(), seconds=321.0, quick=False, figures={"scenarios": scenarios, "setup": {"rate_per_s": 20, "faulty_service": "billing"}, "machine": {"cores": 2, "commit": "abc1234", "database": "sqlite"}})
+    return LabRun.objects.create(
+        started_at=timezone.now(),
+        seconds=321.0,
+        quick=False,
+        figures={"scenarios": scenarios, "setup": {"rate_per_s": 20, "faulty_service": "billing"}, "machine": {"cores": 2, "commit": "abc1234", "database": "sqlite"}},
+    )
 
 
 def test_the_lab_page_shows_the_last_run_with_its_table_and_chart_data():

@@ -11,8 +11,8 @@ from channels.testing import WebsocketCommunicator
 from console import broadcast, live
 from console.asgi import application
 from console.consumers import LiveConsumer
-from tracing import sink
 from tests.people import person
+from tracing import sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -129,8 +129,22 @@ def test_a_frame_is_due_each_interval_when_quiet_and_each_busy_interval_while_sp
 
 def a_span(**overrides: object) -> dict:
     now = time.time_ns()
-    return {"t": uuid.uuid4().hex, "s": uuid.uuid4().hex[:16], "p": "", "n": "broadcast test", "k": 0, "sv": "test-live",
-            "st": now - 1000, "en": now, "sc": 0, "sm": "", "a": {}, "e": [], "l": [], **overrides}
+    return {
+        "t": uuid.uuid4().hex,
+        "s": uuid.uuid4().hex[:16],
+        "p": "",
+        "n": "broadcast test",
+        "k": 0,
+        "sv": "test-live",
+        "st": now - 1000,
+        "en": now,
+        "sc": 0,
+        "sm": "",
+        "a": {},
+        "e": [],
+        "l": [],
+        **overrides,
+    }
 
 
 def test_the_span_mark_moves_when_spans_arrive_in_the_sink():

@@ -16,12 +16,20 @@ PAGES = ["/", "/graph/", "/deadletters/", "/sagas/", "/traces/", "/audit/"]
 
 def stored_dead_letter(**overrides) -> DeadLetter:
     now = timezone.now()
-    fields = dict(
-        message_id="6f1c2c1e-1111-4a4a-9b9b-0123456789ab", message_type="test.command", queue="t.commands", consumer="t_command",
-        envelope={"type": "test.command", "payload": {"key": "k", "email": "ada@example.com", "card": "4111 1111 1111 1111"}, "headers": {}},
-        error_type="builtins.ValueError", error_message="boom for ada@example.com", fingerprint="f" * 16, attempts=3, first_dead_at=now, dead_at=now,
-        trace_id="a" * 32,
-    )
+    fields = {
+        "message_id": "6f1c2c1e-1111-4a4a-9b9b-0123456789ab",
+        "message_type": "test.command",
+        "queue": "t.commands",
+        "consumer": "t_command",
+        "envelope": {"type": "test.command", "payload": {"key": "k", "email": "ada@example.com", "card": "4111 1111 1111 1111"}, "headers": {}},
+        "error_type": "builtins.ValueError",
+        "error_message": "boom for ada@example.com",
+        "fingerprint": "f" * 16,
+        "attempts": 3,
+        "first_dead_at": now,
+        "dead_at": now,
+        "trace_id": "a" * 32,
+    }
     fields.update(overrides)
     return DeadLetter.objects.create(**fields)
 

@@ -1,9 +1,10 @@
 import pytest
 
 import flows
-from flows.errors import ConfigurationError
-from flows.registry import catalog
-from flows.retry import Backoff
+from flows.core.errors import ConfigurationError
+from flows.core.registry import catalog
+from flows.core.retry import Backoff
+from flows.patterns import check_catalog
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_a_backoff_longer_than_half_the_visibility_timeout_is_refused(scratch_ca
 
 
 def test_a_publish_delay_longer_than_half_the_visibility_timeout_is_refused(settings):
-    from flows.publishing import build_envelope, publish_to
+    from flows.produce.publishing import build_envelope, publish_to
 
     settings.FLOWS_VISIBILITY_TIMEOUT = 100
     with pytest.raises(ConfigurationError, match="a delay of 60s exceeds half the broker visibility timeout"):
@@ -54,7 +55,7 @@ def test_nonsense_backoffs_are_refused(kwargs, error):
 def test_the_catalog_check_names_what_contradicts(scratch_catalog):
     flows.handler("x.undeclared", consumer="x_orphan")(lambda m: None)
     with pytest.raises(ConfigurationError, match="handler 'x_orphan' consumes 'x.undeclared', which no message_type"):
-        catalog.check()
+        check_catalog()
 
 
 def test_a_fire_and_forget_type_needs_exactly_one_handler(scratch_catalog):
@@ -62,7 +63,7 @@ def test_a_fire_and_forget_type_needs_exactly_one_handler(scratch_catalog):
     flows.handler("x.cmd", consumer="x_one", queue="x.q1")(lambda m: None)
     flows.handler("x.cmd", consumer="x_two", queue="x.q2")(lambda m: None)
     with pytest.raises(ConfigurationError, match=r"fire_and_forget type 'x.cmd' needs exactly 1 handler\(s\), has 2"):
-        catalog.check()
+        check_catalog()
 
 
 def test_declarations_are_checked_as_they_are_made(scratch_catalog):
@@ -87,6 +88,6 @@ def test_a_saga_step_retrying_longer_than_the_stall_time_is_refused(scratch_cata
     flows.saga("x.saga", [flows.step("one", action="x.saga.one")])
     flows.handler("x.saga.one", backoff=Backoff(maximum=10))(lambda m: None)
     with pytest.raises(ConfigurationError, match="the sweeper would resume it mid-retry"):
-        catalog.check()
+        check_catalog()
     with pytest.raises(ConfigurationError, match="needs at least one step"):
         flows.saga("x.empty", [])

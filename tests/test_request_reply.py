@@ -1,7 +1,7 @@
 import pytest
 
 import flows
-from flows.errors import ReplyTimeout, RequestFailed
+from flows.core.errors import ReplyTimeout, RequestFailed
 from flows.models import DeadLetter, LateReply
 from tests.conftest import wait_for
 
@@ -36,7 +36,7 @@ def test_a_request_the_responder_gives_up_on_fails_fast_and_is_dead_lettered(wor
 
 
 def test_request_reply_types_are_not_sent_with_send_and_others_not_requested():
-    from flows.errors import ConfigurationError
+    from flows.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="use flows.request"):
         flows.send("test.ask", {"text": "x"})

@@ -7,15 +7,18 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from flows import deadletters, requeue_batch as batch_module, tasks
+from flows import tasks
 from flows.models import DeadLetter, RequeueJob
-from flows.pacing import TokenBucket
-from flows.publishing import build_envelope
-from flows.redis import get_redis
-from flows.requeue_batch import INFLIGHT, requeue_batch, requeue_recover_unconfirmed
-from flows.requeue_jobs import batch_size, requeue_job_cancel, requeue_job_run_slice
+from flows.operate import dead_letters as deadletters
+from flows.operate import requeue as batch_module
+from flows.operate.pacing import TokenBucket
+from flows.operate.requeue import INFLIGHT, requeue_batch, requeue_recover_unconfirmed
+from flows.operate.requeue_jobs import batch_size, requeue_job_cancel, requeue_job_run_slice
+from flows.produce import publishing
+from flows.produce.publishing import build_envelope
 from tests.conftest import wait_for
 from tests.flows_under_test import recorded
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,10 +29,20 @@ def make_dead(prefix: str, n: int, *, consumer: str = "t_command") -> list[DeadL
     rows = []
     for i in range(n):
         envelope = build_envelope("test.command", {"key": f"{prefix}-{i}"}).to_dict()
-        rows.append(DeadLetter.objects.create(
-            message_id=envelope["message_id"], message_type="test.command", queue="t.commands", consumer=consumer, envelope=envelope,
-            error_type="builtins.ValueError", fingerprint=f"fp-{prefix}", attempts=3, first_dead_at=now, dead_at=now,
-        ))
+        rows.append(
+            DeadLetter.objects.create(
+                message_id=envelope["message_id"],
+                message_type="test.command",
+                queue="t.commands",
+                consumer=consumer,
+                envelope=envelope,
+                error_type="builtins.ValueError",
+                fingerprint=f"fp-{prefix}",
+                attempts=3,
+                first_dead_at=now,
+                dead_at=now,
+            )
+        )
     return rows
 
 
@@ -183,7 +196,7 @@ def test_a_single_requeue_whose_send_failed_is_noted_and_recovered(worker, monke
     def broker_away(*args, **kwargs):
         raise ConnectionError("broker away")
 
-    monkeypatch.setattr(tasks.deliver, "apply_async", broker_away)
+    monkeypatch.setattr(publishing, "send_to_broker", broker_away)
     with pytest.raises(ConnectionError):
         deadletters.dead_letter_requeue(dead_letter_id=dead.pk, actor="alice")
     monkeypatch.undo()
@@ -258,8 +271,8 @@ def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
     import dataclasses
     import json
 
-    from flows.publishing import publish_many
-    from flows.registry import catalog
+    from flows.core.registry import catalog
+    from flows.produce.publishing import publish_many
 
     queue = "t.publish-check"  # no worker reads it
     handler = dataclasses.replace(catalog.handler("t_command"), queue=queue)

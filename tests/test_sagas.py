@@ -1,17 +1,17 @@
 import pytest
 
 import flows
-from flows.deadletters import dead_letter_requeue
-from flows.demo.models import LedgerEntry
-from flows.envelope import Envelope
-from flows.idempotency import duplicate_counts
+from examples.demo.models import LedgerEntry
+from flows.consume.idempotency import duplicate_counts
+from flows.core.envelope import Envelope
+from flows.core.registry import catalog
 from flows.models import DeadLetter, SagaInstance, SagaStep
-from flows.publishing import publish_to
-from flows.redis import get_redis, key
-from flows.registry import catalog
-from flows.sagas import sweep_stalled_sagas
+from flows.operate.dead_letters import dead_letter_requeue
+from flows.patterns.saga_state import sweep_stalled_sagas
+from flows.produce.publishing import publish_to
 from tests.conftest import wait_for
 from tests.flows_under_test import fix, recorded
+from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -42,8 +42,12 @@ def test_a_failing_third_step_compensates_steps_two_and_one_in_that_order(worker
     assert saga.state == "compensated"
     assert saga.failed_step == 2 and "charge is sold out" in saga.error
     assert recorded("trip:t2") == [
-        "action:flight", "action:hotel", "action:charge", "action:charge",  # two attempts
-        "compensation:hotel", "compensation:flight",
+        "action:flight",
+        "action:hotel",
+        "action:charge",
+        "action:charge",  # two attempts
+        "compensation:hotel",
+        "compensation:flight",
     ]
     assert history(saga) == [
         ("flight", "action", "succeeded"),
@@ -114,6 +118,7 @@ def test_a_saga_whose_worker_is_killed_mid_step_completes_after_a_restart(start_
     assert (saga.state, saga.current_step) == ("running", 1)
 
     start_worker("crash2", ["t.sagas.crash"], concurrency=1)
+
     # The killed delivery stays unacknowledged until the broker's visibility timeout (an
     # hour); the sweeper takes the stalled saga up long before that.
     def resumed() -> bool:
@@ -135,7 +140,7 @@ def test_the_sweeper_leaves_moving_sagas_alone(worker):
 
 
 def test_saga_data_and_names_are_checked_before_anything_is_stored():
-    from flows.errors import ConfigurationError, EnvelopeError, PayloadInvalid
+    from flows.core.errors import ConfigurationError, EnvelopeError, PayloadInvalid
 
     with pytest.raises(ConfigurationError, match="unknown saga 'nope'"):
         flows.start_saga("nope", {})

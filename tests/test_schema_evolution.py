@@ -1,9 +1,9 @@
 import pytest
 
 import flows
+from flows.core.registry import catalog
 from flows.models import DeadLetter
-from flows.publishing import publish_to
-from flows.registry import catalog
+from flows.produce.publishing import publish_to
 from tests.conftest import wait_for
 from tests.flows_under_test import recorded
 
@@ -38,7 +38,7 @@ def test_a_version_nobody_declared_is_dead_lettered_with_the_same_reason(worker)
 
 
 def test_a_payload_that_does_not_match_its_declared_version_is_refused_at_publish():
-    from flows.errors import PayloadInvalid
+    from flows.core.errors import PayloadInvalid
 
     with pytest.raises(PayloadInvalid, match="first: Field required"):
         flows.send("test.person", {"last": "Hopper"}, schema_version=2)

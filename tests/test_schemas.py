@@ -1,8 +1,8 @@
 import pytest
 from pydantic import BaseModel
 
-from flows.errors import ConfigurationError, PayloadInvalid, UnknownSchemaVersion
-from flows.schemas import MessageType
+from flows.core.errors import ConfigurationError, PayloadInvalid, UnknownSchemaVersion
+from flows.core.schemas import MessageType
 
 
 class V1(BaseModel):

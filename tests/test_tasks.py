@@ -4,8 +4,9 @@ import pytest
 from celery.exceptions import Reject
 from django.db import OperationalError
 
-from flows import requeue_jobs, runtime, tasks
+from flows.consume import runtime, tasks
 from flows.models import RequeueJob
+from flows.operate import tasks as operator_tasks
 
 pytestmark = pytest.mark.django_db
 
@@ -28,8 +29,8 @@ def test_a_bulk_requeue_job_that_breaks_says_so_on_the_job(monkeypatch):
     def broken(job_id, **kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(requeue_jobs, "requeue_job_run_slice", broken)
+    monkeypatch.setattr(operator_tasks, "requeue_job_run_slice", broken)
     with pytest.raises(OperationalError):
-        tasks.run_requeue_job.run(job.pk)
+        operator_tasks.run_requeue_job.run(job.pk)
     job.refresh_from_db()
     assert (job.state, job.error) == ("failed", "OperationalError: database is locked")

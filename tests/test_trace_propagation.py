@@ -1,8 +1,8 @@
 import pytest
 
 import flows
-from flows.deadletters import dead_letter_requeue
 from flows.models import DeadLetter, SagaInstance
+from flows.operate.dead_letters import dead_letter_requeue
 from tests.conftest import wait_for
 from tests.flows_under_test import fix
 from tests.tracing_helpers import flush_here, spans_where, wait_spans
@@ -78,11 +78,20 @@ def test_a_saga_s_steps_and_compensations_are_in_its_trace_in_order(worker, coll
 
     assert len({s.trace_id for s in processed}) == 1
     assert [s.name for s in processed] == [
-        "process test.trip.flight", "process test.trip.hotel", "process test.trip.charge", "process test.trip.charge",
-        "process test.trip.hotel.undo", "process test.trip.flight.undo",
+        "process test.trip.flight",
+        "process test.trip.hotel",
+        "process test.trip.charge",
+        "process test.trip.charge",
+        "process test.trip.hotel.undo",
+        "process test.trip.flight.undo",
     ]
     assert [(s.attributes["flowscope.saga_step"], s.attributes["flowscope.saga_phase"]) for s in processed] == [
-        (0, "action"), (1, "action"), (2, "action"), (2, "action"), (1, "compensation"), (0, "compensation"),
+        (0, "action"),
+        (1, "action"),
+        (2, "action"),
+        (2, "action"),
+        (1, "compensation"),
+        (0, "compensation"),
     ]
     wait_spans(1, trace_id=processed[0].trace_id, name="saga test.trip", what="the saga's root span")
     tree = trace_tree(processed[0].trace_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -45,7 +45,7 @@ def edge_of(span: dict[str, Any]) -> tuple[str, str] | None:
 def bucket_start(end_ns: int) -> datetime:
     size = settings.TRACING_EDGE_BUCKET_SECONDS
     seconds = end_ns // 1_000_000_000
-    return datetime.fromtimestamp(seconds - seconds % size, timezone.utc)
+    return datetime.fromtimestamp(seconds - seconds % size, UTC)
 
 
 def tally(spans: Iterable[dict[str, Any]]) -> dict[tuple[datetime, str, str], _Tally]:
@@ -77,9 +77,7 @@ def apply(spans: Iterable[dict[str, Any]]) -> int:
         return 0
     existing = {
         (row.bucket, row.source, row.target): row
-        for row in EdgeStat.objects.select_for_update().filter(
-            bucket__in={k[0] for k in tallies}, source__in={k[1] for k in tallies}, target__in={k[2] for k in tallies}
-        )
+        for row in EdgeStat.objects.select_for_update().filter(bucket__in={k[0] for k in tallies}, source__in={k[1] for k in tallies}, target__in={k[2] for k in tallies})
     }
     updated, created = [], []
     for key, item in tallies.items():

@@ -15,17 +15,17 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import redis
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, reset_queries, transaction
 
-from flows.redis import get_redis
 from tracing import aggregates
 from tracing.bulk import insert_rows
 from tracing.models import Span, SpanLink
+from tracing.redis import get_redis
 from tracing.sink import GROUP, PENDING, STREAM
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ RECLAIM_IDLE_MS = 30_000
 SQLITE_CACHE_KIB = 16 * 1024
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH = _EPOCH.replace(tzinfo=None)
 
 
@@ -61,8 +61,22 @@ def _time_column() -> Callable[[int], Any]:
 
 
 SPAN_COLUMNS = (
-    "trace_id", "span_id", "parent_span_id", "name", "kind", "service", "start_time", "duration_us", "status_code",
-    "status_message", "attributes", "events", "links", "message_id", "correlation_id", "saga_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "service",
+    "start_time",
+    "duration_us",
+    "status_code",
+    "status_message",
+    "attributes",
+    "events",
+    "links",
+    "message_id",
+    "correlation_id",
+    "saga_id",
 )
 LINK_COLUMNS = ("trace_id", "span_id", "linked_trace_id", "linked_span_id", "start_time")
 
@@ -75,14 +89,26 @@ def to_rows(spans: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], list[tu
         attributes = s.get("a") or {}
         start = column_time(s["st"])
         events, span_links = s.get("e"), s.get("l")
-        rows.append((
-            s["t"], s["s"], s.get("p") or "", _text(s.get("n"), 300), int(s.get("k") or 0), _text(s.get("sv"), 200), start,
-            max(0, (s["en"] - s["st"]) // 1000), int(s.get("sc") or 0), _text(s.get("sm"), 2000), _json(attributes),
-            _json([{"name": e[0], "time": _time(e[1]).isoformat(), "attributes": e[2]} for e in events]) if events else "[]",
-            _json([{"trace_id": link[0], "span_id": link[1], "attributes": link[2]} for link in span_links]) if span_links else "[]",
-            _text(attributes.get("messaging.message.id"), 64), _text(attributes.get("messaging.message.conversation_id"), 128),
-            _text(attributes.get("flowscope.saga_id"), 64),
-        ))
+        rows.append(
+            (
+                s["t"],
+                s["s"],
+                s.get("p") or "",
+                _text(s.get("n"), 300),
+                int(s.get("k") or 0),
+                _text(s.get("sv"), 200),
+                start,
+                max(0, (s["en"] - s["st"]) // 1000),
+                int(s.get("sc") or 0),
+                _text(s.get("sm"), 2000),
+                _json(attributes),
+                _json([{"name": e[0], "time": _time(e[1]).isoformat(), "attributes": e[2]} for e in events]) if events else "[]",
+                _json([{"trace_id": link[0], "span_id": link[1], "attributes": link[2]} for link in span_links]) if span_links else "[]",
+                _text(attributes.get("messaging.message.id"), 64),
+                _text(attributes.get("messaging.message.conversation_id"), 128),
+                _text(attributes.get("flowscope.saga_id"), 64),
+            )
+        )
         if span_links:
             links += [(s["t"], s["s"], link[0], link[1], start) for link in span_links]
     return rows, links
@@ -94,7 +120,7 @@ def _already_stored(spans: list[dict[str, Any]]) -> set[tuple[str, str]]:
     table, seen = connection.ops.quote_name(Span._meta.db_table), set()
     with connection.cursor() as cursor:
         for i in range(0, len(spans), 500):  # 1,000 parameters: within every database's limit
-            chunk = spans[i:i + 500]
+            chunk = spans[i : i + 500]
             pairs = " OR ".join(["(trace_id = %s AND span_id = %s)"] * len(chunk))
             cursor.execute(f"SELECT trace_id, span_id FROM {table} WHERE {pairs}", [v for s in chunk for v in (s["t"], s["s"])])
             seen.update((t, sp) for t, sp in cursor.fetchall())

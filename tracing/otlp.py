@@ -127,21 +127,23 @@ def _spans(request: ExportTraceServiceRequest) -> Decoded:
                     if len(reasons) < 5:
                         reasons.append(f"span {span.name!r}: {problem}")
                     continue
-                spans.append({
-                    "t": trace_id,
-                    "s": span_id,
-                    "p": span.parent_span_id.hex(),
-                    "n": redact_text(span.name),
-                    "k": max(0, span.kind - 1),  # OTLP counts UNSPECIFIED as 0; the SDK starts at INTERNAL
-                    "sv": service,
-                    "st": span.start_time_unix_nano,
-                    "en": span.end_time_unix_nano,
-                    "sc": span.status.code,
-                    "sm": redact_text(span.status.message),
-                    "a": _attributes(span.attributes),
-                    "e": [[e.name, e.time_unix_nano, _attributes(e.attributes)] for e in span.events],
-                    "l": [[link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes)] for link in span.links if len(link.trace_id) == 16 and len(link.span_id) == 8],
-                })
+                spans.append(
+                    {
+                        "t": trace_id,
+                        "s": span_id,
+                        "p": span.parent_span_id.hex(),
+                        "n": redact_text(span.name),
+                        "k": max(0, span.kind - 1),  # OTLP counts UNSPECIFIED as 0; the SDK starts at INTERNAL
+                        "sv": service,
+                        "st": span.start_time_unix_nano,
+                        "en": span.end_time_unix_nano,
+                        "sc": span.status.code,
+                        "sm": redact_text(span.status.message),
+                        "a": _attributes(span.attributes),
+                        "e": [[e.name, e.time_unix_nano, _attributes(e.attributes)] for e in span.events],
+                        "l": [[link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes)] for link in span.links if len(link.trace_id) == 16 and len(link.span_id) == 8],
+                    }
+                )
     return Decoded(spans=spans, rejected=rejected, reasons=reasons)
 
 

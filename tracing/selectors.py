@@ -91,18 +91,20 @@ def flow_graph(*, since: datetime | None = None, until: datetime | None = None, 
         histogram.merge(edge["histogram"], row.histogram)
     edges = []
     for (source, target), e in sorted(merged.items()):
-        edges.append({
-            "source": source,
-            "target": target,
-            "count": e["count"],
-            "errors": e["errors"],
-            "dead": e["dead"],
-            "rate_per_s": e["count"] / seconds,
-            "error_rate": e["errors"] / e["count"] if e["count"] else 0.0,
-            "dead_rate": e["dead"] / e["count"] if e["count"] else 0.0,
-            "p50_ms": histogram.percentile(e["histogram"], 0.50),
-            "p95_ms": histogram.percentile(e["histogram"], 0.95),
-        })
+        edges.append(
+            {
+                "source": source,
+                "target": target,
+                "count": e["count"],
+                "errors": e["errors"],
+                "dead": e["dead"],
+                "rate_per_s": e["count"] / seconds,
+                "error_rate": e["errors"] / e["count"] if e["count"] else 0.0,
+                "dead_rate": e["dead"] / e["count"] if e["count"] else 0.0,
+                "p50_ms": histogram.percentile(e["histogram"], 0.50),
+                "p95_ms": histogram.percentile(e["histogram"], 0.95),
+            }
+        )
     names = sorted({e["source"] for e in edges} | {e["target"] for e in edges})
     nodes = [{"id": name, "kind": name.split(":", 1)[0], "label": name.split(":", 1)[-1]} for name in names]
     return {"since": first.isoformat(), "until": until.isoformat(), "nodes": nodes, "edges": edges}

@@ -19,7 +19,7 @@ from django.conf import settings
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from flows.redis import get_redis, key
+from tracing.redis import get_redis, key
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,16 @@ class PruneIn(Schema):
 
 
 def _token(t: ApiToken) -> dict[str, Any]:
-    return {"id": t.pk, "name": t.name, "role": t.role, "hint": t.hint, "created_by": t.created_by, "created_at": t.created_at.isoformat(),
-            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None, "revoked": t.revoked_at is not None}
+    return {
+        "id": t.pk,
+        "name": t.name,
+        "role": t.role,
+        "hint": t.hint,
+        "created_by": t.created_by,
+        "created_at": t.created_at.isoformat(),
+        "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+        "revoked": t.revoked_at is not None,
+    }
 
 
 @router.get("/tokens")

@@ -10,8 +10,8 @@ from ninja.errors import HttpError
 
 from console.api import admin, deadletters, sagas, system, traces
 from console.api.auth import AUTH, signed_in_or_token
-from flows.errors import EnvelopeError, FlowsError, PoisonMessage, UnknownMessageType
-from flows.selectors import BadCursor
+from flows.core.errors import EnvelopeError, FlowsError, PoisonMessage, UnknownMessageType
+from flows.operate.selectors import BadCursor
 
 api = NinjaAPI(title="Flowscope", version="1", description="Dead letters, sagas, traces and flows.", auth=AUTH, docs_url=None, docs_decorator=signed_in_or_token, urls_namespace="api")
 for module in (deadletters, sagas, traces, system):

@@ -15,10 +15,10 @@ from console.api.schemas import DiscardIn, EditRequeueIn, FilterQuery, RequeueJo
 from console.audit import audit
 from console.models import Role
 from console.presenters import dead_letter_detail, dead_letter_summary, job_summary
-from flows.deadletters import dead_letter_discard, dead_letter_requeue
 from flows.models import DeadLetter, RequeueJob
-from flows.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_start
-from flows.selectors import dead_letter_groups, dead_letters_page
+from flows.operate.dead_letters import dead_letter_discard, dead_letter_requeue
+from flows.operate.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_start
+from flows.operate.selectors import dead_letter_groups, dead_letters_page
 from tracing.redaction import redact
 
 router = Router(tags=["dead letters"])

@@ -11,7 +11,7 @@ from console.api.auth import need
 from console.models import Role
 from console.presenters import saga_detail, saga_summary
 from flows.models import SagaInstance
-from flows.selectors import sagas_page
+from flows.operate.selectors import sagas_page
 
 router = Router(tags=["sagas"])
 

@@ -9,8 +9,7 @@ from ninja import Schema
 from pydantic import ConfigDict, Field, field_validator
 
 from flows.models import DeadLetter
-from flows.selectors import DeadLetterFilter
-
+from flows.operate.selectors import DeadLetterFilter
 
 # A row id as the database can hold it (BigAutoField): a larger number is a 422, not an overflow.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]

@@ -8,16 +8,16 @@ from typing import Any
 
 from django.http import HttpRequest
 from ninja import Query, Router
-from ninja.responses import Status
 from ninja.errors import HttpError
+from ninja.responses import Status
 
 from console.api.auth import need
 from console.api.schemas import MessageIn
 from console.audit import audit
 from console.models import Role
-from flows.backpressure import queue_statuses
-from flows.errors import ConfigurationError, QueueFull
-from flows.sending import send
+from flows.core.errors import ConfigurationError, QueueFull
+from flows.patterns.sending import send
+from flows.produce.backpressure import queue_statuses
 from tracing.selectors import flow_graph
 
 router = Router(tags=["system"])

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from flows.envelope import Envelope
-from flows.errors import ConfigurationError
-from flows.message import Message
-from flows.publishing import publish_to
-from flows.registry import Handler, catalog
-from flows.schemas import MessageType
+from flows.core.envelope import Envelope
+from flows.core.errors import ConfigurationError
+from flows.core.message import Message
+from flows.core.registry import Handler, catalog
+from flows.core.schemas import MessageType
+from flows.produce.publishing import publish_to
 
 
 class Pattern:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows import deliveries
-from flows.message import Message
+from flows.core import deliveries
+from flows.core.message import Message
 from flows.patterns.base import Pattern
 
 

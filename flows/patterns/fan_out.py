@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from django.db import transaction
 
-from flows import deliveries, telemetry
-from flows.envelope import Envelope
-from flows.errors import ConfigurationError
+from flows.core import deliveries, telemetry
+from flows.core.envelope import Envelope
+from flows.core.errors import ConfigurationError
+from flows.core.registry import Handler, catalog
+from flows.core.schemas import MessageType
 from flows.patterns.competing_consumers import CompetingConsumers
-from flows.publishing import publish_to
-from flows.registry import Handler, catalog
-from flows.schemas import MessageType
+from flows.produce.publishing import publish_to
 
 
 class FanOut(CompetingConsumers):

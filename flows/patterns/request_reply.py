@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from flows import telemetry
-from flows.envelope import REPLY_DEADLINE, REPLY_TO, Envelope
-from flows.errors import ReplyTimeout, RequestFailed
-from flows.message import Message
+from flows.core import telemetry
+from flows.core.envelope import REPLY_DEADLINE, REPLY_TO, Envelope
+from flows.core.errors import ReplyTimeout, RequestFailed
+from flows.core.message import Message
+from flows.models import LateReply
 from flows.patterns.base import Pattern
-from flows.publishing import build_envelope
-from flows.redis import get_redis, key
+from flows.produce.publishing import build_envelope
+from tracing.redis import get_redis, key
 
 # KEYS: reply list, closed marker. ARGV: reply JSON, ttl. Returns 1 delivered, 0 late.
 _PUSH_REPLY = """
@@ -87,7 +88,7 @@ class RequestReply(Pattern):
 
     def request(self, message_type: str, payload: dict[str, Any], *, timeout: float, **envelope_options: Any) -> PendingReply:
         envelope = build_envelope(message_type, payload, **envelope_options)
-        deadline = datetime.now(timezone.utc).timestamp() + timeout
+        deadline = datetime.now(UTC).timestamp() + timeout
         envelope = envelope.with_headers(**{REPLY_TO: key("reply", str(envelope.message_id)), REPLY_DEADLINE: deadline})
         with telemetry.child_span(f"request {message_type}", kind=SpanKind.PRODUCER, attributes={"messaging.message.id": str(envelope.message_id)}):
             self.dispatch(envelope)
@@ -116,13 +117,11 @@ class RequestReply(Pattern):
             encoded = json.dumps(body, separators=(",", ":"))
             delivered = get_redis().eval(_PUSH_REPLY, 2, reply_to, _closed_key(reply_to), encoded, settings.FLOWS_REPLY_TTL_SECONDS)
         if not delivered and "envelope" in body:
-            from flows.models import LateReply
-
             LateReply.objects.create(
                 request_id=message.message_id,
                 request_type=message.envelope.type,
                 correlation_id=message.correlation_id,
                 consumer=message.handler.consumer,
                 reply=body["envelope"],
-                deadline=datetime.fromtimestamp(deadline, timezone.utc) if isinstance(deadline, (int, float)) else None,
+                deadline=datetime.fromtimestamp(deadline, UTC) if isinstance(deadline, (int, float)) else None,
             )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows import sagas
-from flows.envelope import Envelope
-from flows.errors import ConfigurationError
-from flows.message import Message
+from flows.core.envelope import Envelope
+from flows.core.errors import ConfigurationError
+from flows.core.message import Message
+from flows.patterns import saga_state as sagas
 from flows.patterns.base import Pattern
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from flows.devredis import free_port
 from tests.conftest import REPO, ManagedProcess
+from tooling.devredis import free_port
 
 SCREENSHOTS = REPO / "var" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -20,13 +20,14 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-
 @pytest.fixture(scope="session")
 def web(django_db_setup: Any) -> Iterator[str]:
     port = free_port()
     process = ManagedProcess(
-        "web", ["-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],
-        ready_marker="Listening on TCP address", command=[sys.executable, "-m", "daphne"],
+        "web",
+        ["-b", "127.0.0.1", "-p", str(port), "console.asgi:application"],
+        ready_marker="Listening on TCP address",
+        command=[sys.executable, "-m", "daphne"],
     ).start()
     yield f"http://127.0.0.1:{port}"
     process.stop()

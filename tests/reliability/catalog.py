@@ -17,8 +17,8 @@ from django.db import transaction
 from pydantic import BaseModel
 
 import flows
-from flows.demo.models import LedgerEntry
-from flows.redis import get_redis, key
+from examples.demo.models import LedgerEntry
+from tracing.redis import get_redis, key
 
 QUICK = flows.Backoff(initial=0.05, factor=2.0, maximum=0.2, jitter=0.5)
 POISON_ATTEMPTS = 4

@@ -74,7 +74,7 @@ def chaos_worker(django_db_setup: object) -> Iterator[Callable[..., Worker]]:
 def empty_reliability_queues() -> None:
     """Each check starts with its queues empty and nothing a killed worker left unacknowledged,
     so one check's leftovers never reach the next check's workers."""
-    from flows.redis import get_redis
+    from tracing.redis import get_redis
 
     redis = get_redis()
     for name in redis.scan_iter(match="r.*", count=1000):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 import flows
-from flows.errors import PoisonMessage
+from flows.core.errors import PoisonMessage
 
 QUEUE = "t.secrets"
 

@@ -26,10 +26,10 @@ from django.utils import timezone
 
 from console.models import ApiToken, AuditEntry
 from flows.models import DeadLetter, RequeueJob
-from flows.backpressure import backpressure
-from flows.redis import get_redis
+from flows.produce.backpressure import backpressure
 from tests.people import client_for, token_for
 from tests.reliability.doors import SAFE, api_operations, call, console_routes
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUEUE = "t.backlog.raise"
@@ -151,9 +151,17 @@ class World:
         return DeadLetter.objects.create(
             # test.bulk's queue is one no worker of the run consumes, emptied as each test starts:
             # what these checks requeue stays out of other tests' way.
-            message_id=message_id, message_type="test.bulk", queue="t.backlog.raise", consumer="t_bulk",
+            message_id=message_id,
+            message_type="test.bulk",
+            queue="t.backlog.raise",
+            consumer="t_bulk",
             envelope={"type": "test.bulk", "schema_version": 1, "payload": {"key": "access"}, "headers": {}, "message_id": str(message_id)},
-            error_type="builtins.ValueError", error_message="boom", fingerprint="f" * 16, attempts=3, first_dead_at=now, dead_at=now,
+            error_type="builtins.ValueError",
+            error_message="boom",
+            fingerprint="f" * 16,
+            attempts=3,
+            first_dead_at=now,
+            dead_at=now,
         )
 
     @staticmethod
@@ -165,11 +173,7 @@ class World:
         return re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), template)
 
     def unchanged(self) -> bool:
-        return (
-            all(d.state == "dead" for d in DeadLetter.objects.all())
-            and RequeueJob.objects.get(pk=self.job.pk).state == "running"
-            and ApiToken.objects.get(pk=self.token.pk).revoked_at is None
-        )
+        return all(d.state == "dead" for d in DeadLetter.objects.all()) and RequeueJob.objects.get(pk=self.job.pk).state == "running" and ApiToken.objects.get(pk=self.token.pk).revoked_at is None
 
 
 def forget_published() -> None:

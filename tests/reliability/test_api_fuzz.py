@@ -20,9 +20,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from console.models import ApiToken, hash_token
-from flows.redis import get_redis
 from tests.people import token_for
 from tests.reliability.conftest import sized
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,8 +52,7 @@ def test_fuzzing_every_operation_finds_no_server_error_and_no_unexplained_refusa
         for mode in MODES:
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
-                      suppress_health_check=list(HealthCheck))
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             def fuzz(case: schemathesis.Case) -> None:
                 response = case.call(headers=auth)
                 own_token.update(revoked_at=None)  # the fuzzer may revoke its own token; fuzzing goes on
@@ -81,5 +80,7 @@ def test_fuzzing_every_operation_finds_no_server_error_and_no_unexplained_refusa
     assert not failures, f"{len(failures)} problem(s):\n" + "\n".join(failures)
     assert server_errors == 0 and total >= len(operations) * len(MODES)
     refused = sum(n for status, n in statuses.items() if 400 <= status < 500)
-    figure(f"{len(operations)} operations, {total} requests ({EXAMPLES} examples per operation and mode): 0 server errors, "
-           f"{refused} refused with a 4xx and a reason, {total - refused} accepted; statuses {dict(sorted(statuses.items()))}")
+    figure(
+        f"{len(operations)} operations, {total} requests ({EXAMPLES} examples per operation and mode): 0 server errors, "
+        f"{refused} refused with a 4xx and a reason, {total - refused} accepted; statuses {dict(sorted(statuses.items()))}"
+    )

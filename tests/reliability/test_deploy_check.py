@@ -9,10 +9,7 @@ from __future__ import annotations
 from tests.test_settings import manage
 
 PRODUCTION = {"DEBUG": "0", "SECRET_KEY": "s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyzABCD", "ALLOWED_HOSTS": "flowscope.example.com"}
-COUNT_CHECKS = (
-    "from django.core.checks import registry; "
-    "print(len(registry.registry.get_checks(include_deployment_checks=True)), len(registry.registry.get_checks()))"
-)
+COUNT_CHECKS = "from django.core.checks import registry; print(len(registry.registry.get_checks(include_deployment_checks=True)), len(registry.registry.get_checks()))"
 
 
 def test_production_settings_pass_check_deploy_with_no_warnings(figure):

@@ -131,7 +131,13 @@ def otlp_cases() -> list[tuple[str, str, bytes, str, dict[str, str], int, str]]:
     case("an unknown encoding", lambda t: json.dumps(otlp_body(with_span(t))).encode(), headers={"Content-Encoding": "br"}, words="unsupported Content-Encoding")
     case("gzip that is not gzip", lambda t: json.dumps(otlp_body(with_span(t))).encode(), headers={"Content-Encoding": "gzip"}, words="not valid gzip")
     case("over the size limit", lambda t: json.dumps(otlp_body(with_span(t, padding="x" * 2_200_000))).encode(), status=413, words="over the limit")
-    case("inflates past the size limit", lambda t: gzip.compress(json.dumps(otlp_body(with_span(t, padding=" " * 3_000_000))).encode()), headers={"Content-Encoding": "gzip"}, status=413, words="inflates past the limit")
+    case(
+        "inflates past the size limit",
+        lambda t: gzip.compress(json.dumps(otlp_body(with_span(t, padding=" " * 3_000_000))).encode()),
+        headers={"Content-Encoding": "gzip"},
+        status=413,
+        words="inflates past the limit",
+    )
     return cases
 
 
@@ -218,11 +224,15 @@ GARBAGE: list[tuple[str, bytes, str]] = [
 
 def celery_message(task: str, body: bytes) -> bytes:
     """A message as Celery's Redis transport lays it on the list (protocol 2)."""
-    return json.dumps({
-        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8", "content-type": "application/json",
-        "headers": {"task": task, "id": str(uuid.uuid4()), "lang": "py"},
-        "properties": {"delivery_tag": str(uuid.uuid4()), "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "t.commands"}, "priority": 0},
-    }).encode()
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"task": task, "id": str(uuid.uuid4()), "lang": "py"},
+            "properties": {"delivery_tag": str(uuid.uuid4()), "body_encoding": "base64", "delivery_info": {"exchange": "", "routing_key": "t.commands"}, "priority": 0},
+        }
+    ).encode()
 
 
 GARBAGE[3] = (GARBAGE[3][0], celery_message("no.such.task", json.dumps([[], {}, {}]).encode()), GARBAGE[3][2])
@@ -230,7 +240,7 @@ GARBAGE[4] = (GARBAGE[4][0], celery_message("flows.deliver", b"not json"), GARBA
 
 
 def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_worker_lives_on(figure, worker):
-    from flows.redis import get_redis
+    from tracing.redis import get_redis
 
     before = DeadLetter.objects.order_by("-id").values_list("id", flat=True).first() or 0
     for _, item, _ in GARBAGE:
@@ -243,4 +253,6 @@ def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_work
     assert not missing and len(new) == len(GARBAGE), f"no dead letter saying what is wrong with: {missing}\nreasons: {reasons}"
     assert all(d.envelope.get("unparsed") and d.queue == "t.commands" for d in new), [(d.queue, d.envelope) for d in new]
     assert worker.process.poll() is None and "Unrecoverable error" not in worker.log_text()
-    figure(f"{len(GARBAGE)} items pushed on a queue that no worker can run (not JSON, not a message, unknown task, undecodable body): {len(GARBAGE)} dead letters with the reason, the worker alive and consuming")
+    figure(
+        f"{len(GARBAGE)} items pushed on a queue that no worker can run (not JSON, not a message, unknown task, undecodable body): {len(GARBAGE)} dead letters with the reason, the worker alive and consuming"
+    )

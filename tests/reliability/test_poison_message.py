@@ -5,10 +5,10 @@ import pytest
 
 import flows
 from flows.models import DeadLetter
-from flows.redis import get_redis
 from tests.conftest import wait_for
 from tests.reliability.catalog import POISON_ATTEMPTS, runs
 from tests.reliability.conftest import sized
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -28,8 +28,8 @@ from django.test import Client
 
 import flows
 from console import live
+from flows.core.registry import catalog
 from flows.models import DeadLetter
-from flows.registry import catalog
 from flows.tasks import deliver
 from tests.conftest import TEST_MODULES, wait_for
 from tests.people import token_for
@@ -74,11 +74,23 @@ def secrets_worker(start_worker: Any) -> Iterator[Any]:
 
 
 def otlp_span_with_secrets(trace_id: str) -> bytes:
-    attributes = [{"key": "user.email", "value": {"stringValue": EMAIL}}, {"key": "http.request.header.authorization", "value": {"stringValue": f"Bearer {TOKEN}"}},
-                  {"key": "note", "value": {"stringValue": f"paid with {CARD}"}}]
+    attributes = [
+        {"key": "user.email", "value": {"stringValue": EMAIL}},
+        {"key": "http.request.header.authorization", "value": {"stringValue": f"Bearer {TOKEN}"}},
+        {"key": "note", "value": {"stringValue": f"paid with {CARD}"}},
+    ]
     event = {"name": "exception", "timeUnixNano": "1700000000050000000", "attributes": [{"key": "exception.message", "value": {"stringValue": f"card {CARD} of {EMAIL} declined"}}]}
-    span = {"traceId": trace_id, "spanId": uuid.uuid4().hex[:16], "name": "POST /signup", "kind": 2, "startTimeUnixNano": "1700000000000000000",
-            "endTimeUnixNano": "1700000000100000000", "attributes": attributes, "events": [event], "status": {"code": 2, "message": f"declined for {EMAIL}"}}
+    span = {
+        "traceId": trace_id,
+        "spanId": uuid.uuid4().hex[:16],
+        "name": "POST /signup",
+        "kind": 2,
+        "startTimeUnixNano": "1700000000000000000",
+        "endTimeUnixNano": "1700000000100000000",
+        "attributes": attributes,
+        "events": [event],
+        "status": {"code": 2, "message": f"declined for {EMAIL}"},
+    }
     return json.dumps({"resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "signup-edge"}}]}, "scopeSpans": [{"spans": [span]}]}]}).encode()
 
 
@@ -194,5 +206,7 @@ def test_seeded_secrets_appear_in_no_page_api_answer_log_or_stored_span(figure, 
     assert "gave up" in logs["worker log"] and "[redacted]" in logs["worker log"], "the worker logged the failures, masked"
     assert "[redacted]" in admin.get(f"/deadletters/{seeded['dead'][0].pk}/").content.decode()
     assert not found, f"{len(found)} leak(s):\n" + "\n".join(sorted(set(found)))
-    figure(f"an e-mail address, a card number (2 spellings), a token and an edited-in e-mail address in {len(seeded['dead'])} dead letters and {len(spans)} spans: 0 found in {len(pages)} pages, "
-           f"{len(answers)} API answers, the live snapshot, {len(logs)} process logs and {len(spans)} stored spans")
+    figure(
+        f"an e-mail address, a card number (2 spellings), a token and an edited-in e-mail address in {len(seeded['dead'])} dead letters and {len(spans)} spans: 0 found in {len(pages)} pages, "
+        f"{len(answers)} API answers, the live snapshot, {len(logs)} process logs and {len(spans)} stored spans"
+    )

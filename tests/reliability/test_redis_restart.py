@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,16 @@ import redis as redis_py
 from django.db.models import Count
 
 from console.celery import app
-
-from flows.demo.models import LedgerEntry
-from flows.devredis import RedisServer, answers, free_port
+from examples.demo.models import LedgerEntry
 from flows.models import DeadLetter
-from flows.publishing import build_envelope
+from flows.produce.publishing import build_envelope
 from flows.tasks import deliver
 from tests.browser.conftest import browser, page, sign_in  # noqa: F401 - fixtures
-from tests.conftest import REPO, ManagedProcess, Worker, wait_for
+from tests.conftest import ManagedProcess, Worker, wait_for
 from tests.people import person
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import WORKER_ENV, sized
+from tooling.devredis import RedisServer, answers, free_port
 from tracing.models import Span
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,8 +44,11 @@ class Stack:
             Worker("aof-worker", ["r.credits"], concurrency=2, extra_env=env).start(),
             ManagedProcess("aof-collector", ["collector"], ready_marker=" ready", extra_env=env).start(),
             ManagedProcess(
-                "aof-web", ["-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"],
-                ready_marker="Listening on TCP address", command=[sys.executable, "-m", "daphne"], extra_env=env,
+                "aof-web",
+                ["-b", "127.0.0.1", "-p", str(self.port), "console.asgi:application"],
+                ready_marker="Listening on TCP address",
+                command=[sys.executable, "-m", "daphne"],
+                extra_env=env,
             ).start(),
         ]
 
@@ -60,7 +62,7 @@ class Stack:
         time.sleep(DOWN_SECONDS)  # the outage itself, not a wait for something to happen
         self.redis.start()
         wait_for(lambda: answers(self.redis.url), what="Redis to answer again")
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def stop(self) -> None:
         for process in self.processes:

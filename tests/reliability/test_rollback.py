@@ -5,10 +5,10 @@ from django.db import transaction
 
 import flows
 from flows.models import SagaInstance
-from flows.redis import get_redis
 from tests.conftest import wait_for
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import sized
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

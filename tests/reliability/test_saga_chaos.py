@@ -10,12 +10,12 @@ import pytest
 from django.db.models import Count
 
 import flows
-from flows.demo.models import LedgerEntry
+from examples.demo.models import LedgerEntry
 from flows.models import SagaInstance, SagaStep
-from flows.redis import get_redis, key
-from flows.sagas import sweep_stalled_sagas
+from flows.patterns.saga_state import sweep_stalled_sagas
 from tests.conftest import wait_for
 from tests.reliability.conftest import sized
+from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)
 # A step whose next message died with its worker is taken up again by the sweeper; production

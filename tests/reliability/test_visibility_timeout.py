@@ -6,13 +6,13 @@ import time
 import pytest
 
 import flows
-from flows.errors import ConfigurationError
-from flows.publishing import publish_to
-from flows.redis import get_redis
-from flows.registry import catalog
+from flows.core.errors import ConfigurationError
+from flows.core.registry import catalog
+from flows.produce.publishing import publish_to
 from tests.conftest import wait_for
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import VISIBILITY_SECONDS, sized
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

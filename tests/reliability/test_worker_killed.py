@@ -6,12 +6,12 @@ import pytest
 from django.db.models import Count
 
 import flows
-from flows.demo.models import LedgerEntry
-from flows.idempotency import duplicate_counts
+from examples.demo.models import LedgerEntry
+from flows.consume.idempotency import duplicate_counts
 from flows.models import DeadLetter
-from flows.redis import get_redis
 from tests.conftest import wait_for
 from tests.reliability.conftest import VISIBILITY_SECONDS, sized
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,9 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from flows.deadletters import dead_letter_requeue
-from flows.errors import FlowsError
+from flows.core.errors import FlowsError
 from flows.models import DeadLetter
+from flows.operate.dead_letters import dead_letter_requeue
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from flows.sagas import sweep_stalled_sagas
+from flows.patterns.saga_state import sweep_stalled_sagas
 
 
 class Command(BaseCommand):

@@ -11,7 +11,7 @@ from celery import (
 )
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from flows.registry import catalog
+from flows.core.registry import catalog
 from tracing import setup
 
 CONTROL_QUEUE = "flows.control"

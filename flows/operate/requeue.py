@@ -1,0 +1,241 @@
+"""Requeue many dead letters at once: one conditional claim, one pipelined publish per batch.
+
+1. Open one requeue span per candidate (a new trace each; not yet ended, so not yet sent).
+2. Claim with one conditional UPDATE (`id IN (...) AND state = 'dead'`) that also writes each
+   row's requeue trace id and returns the rows it changed: two clients requeueing the same dead
+   letter at once still republish it exactly once, as only one UPDATE can move a row out of
+   "dead". Spans of rows not claimed are dropped unended: they are never exported.
+3. Still in the transaction, note the batch as in flight in Redis; after the commit, publish it
+   over one broker connection, end the spans, and clear the note.
+
+If the process dies between the commit and the publish, the note stays: nothing is lost,
+`requeue_recover_unconfirmed` (run at the start of every bulk requeue job's slice) republishes
+the rows it names that are still "requeued" in that series, once the note is older than
+RECOVER_AFTER_SECONDS. A death after the publish but before the note is cleared republishes
+messages already sent (at least once, as a broker redelivery would be; an idempotent handler
+absorbs it), and so does a publisher stalled longer than RECOVER_AFTER_SECONDS between its
+commit and its publish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind
+
+from flows.core import telemetry
+from flows.core.envelope import ATTEMPT, REQUEUE_OF, SERIES, Envelope
+from flows.core.errors import FlowsError
+from flows.core.registry import Handler, catalog
+from flows.models import DeadLetter
+from flows.produce.backpressure import backpressure
+from flows.produce.publishing import publish_many
+from tracing import setup
+from tracing.redis import get_redis, key
+
+INFLIGHT = key("requeue", "inflight")  # hash: note id -> {"at": unix time, "rows": [[id, series], ...]}
+RECOVER_AFTER_SECONDS = 60.0
+RECOVERY_LOCK = key("requeue", "recovering")
+RECOVERY_LOCK_SECONDS = 120
+_CONTEXT_HEADERS = ("traceparent", "tracestate", "baggage")
+_RETURNING = "id, series, consumer, message_type, envelope"
+
+
+@dataclasses.dataclass
+class _Claimed:
+    pk: int
+    series: int
+    consumer: str
+    message_type: str
+    envelope: Any
+
+
+def requeue_batch(*, ids: list[int], actor: str) -> list[int]:
+    """Requeue those of `ids` that are still dead and can be sent; returns the ids requeued.
+
+    Left alone (and so not returned): dead letters no longer dead, those whose consumer is no
+    longer registered, whose stored envelope does not parse, or whose queue refuses more
+    messages (back-pressure) right now.
+    """
+    sendable = _sendable(ids)
+    if not sendable:
+        return []
+    spans = _open_spans(sendable)
+    with transaction.atomic():
+        claimed = _claim(
+            "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s",
+            [DeadLetter.State.REQUEUED, _db_time(timezone.now()), actor[:150]],
+            "state = %s",
+            [DeadLetter.State.DEAD],
+            spans,
+        )
+        return _send(claimed, actor=actor, handlers=sendable, spans=spans)
+
+
+def requeue_recover_unconfirmed(*, older_than: float | None = None) -> int:
+    """Republish requeues noted as in flight whose process died before sending them (notes older
+    than `older_than`); returns how many messages. One recoverer at a time (a lock in Redis): a
+    row claimed meanwhile by another recoverer could not be told from one never sent."""
+    redis = get_redis()
+    token = uuid.uuid4().hex
+    if not redis.set(RECOVERY_LOCK, token, nx=True, ex=RECOVERY_LOCK_SECONDS):
+        return 0  # another process is at it
+    try:
+        cutoff, recovered = time.time() - (RECOVER_AFTER_SECONDS if older_than is None else older_than), 0
+        for note_id, raw in redis.hgetall(INFLIGHT).items():
+            note = orjson.loads(raw)
+            if note["at"] > cutoff:
+                continue  # its publisher may still be at work
+            recovered += _recover(note_id, dict(note["rows"]))
+        return recovered
+    finally:
+        if redis.get(RECOVERY_LOCK) == token.encode():
+            redis.delete(RECOVERY_LOCK)
+
+
+def _recover(note_id: bytes, series: dict[int, int]) -> int:
+    """Send again those of a note's rows still "requeued" in the note's series (a row resolved,
+    dead again or requeued again since has moved on); keep a note of any that cannot go now."""
+    pending = [pk for pk, n in DeadLetter.objects.filter(pk__in=list(series), state=DeadLetter.State.REQUEUED).values_list("pk", "series") if series[pk] == n]
+    sendable = _sendable(pending, state=DeadLetter.State.REQUEUED)
+    sent: list[int] = []
+    with transaction.atomic():
+        if sendable:
+            spans = _open_spans(sendable)
+            same_series = " ".join(["WHEN %s THEN %s"] * len(spans))
+            claimed = _claim(
+                "requeued_at = %s",
+                [_db_time(timezone.now())],
+                f"state = %s AND series = CASE id {same_series} END",
+                [DeadLetter.State.REQUEUED, *(v for pk in sorted(spans) for v in (pk, series[pk]))],
+                spans,
+            )
+            sent = _send(claimed, actor="recovery", handlers=sendable, spans=spans)  # noted afresh until sent
+        left = [[pk, series[pk]] for pk in pending if pk not in set(sent)]  # consumer retired, queue full
+        if left:
+            get_redis().hset(INFLIGHT, note_id, orjson.dumps({"at": time.time(), "rows": left}))
+        else:
+            get_redis().hdel(INFLIGHT, note_id)
+    return len(sent)
+
+
+def _open_spans(sendable: dict[int, Handler]) -> dict[int, Span]:
+    """A requeue span per candidate, started now so that the claim can write its trace id; it is
+    named, described and linked once the claim has returned the row, and ended after the send."""
+    tracer = setup.tracer()
+    return {pk: tracer.start_span("requeue", context=otel_context.Context(), kind=SpanKind.PRODUCER) for pk in sendable}
+
+
+def _sendable(ids: Iterable[int], *, state: str = DeadLetter.State.DEAD) -> dict[int, Handler]:
+    """The ids worth claiming, with their handler: consumer registered, queue admitting now."""
+    handlers: dict[int, Handler] = {}
+    admitted: dict[str, bool] = {}
+    for pk, consumer in DeadLetter.objects.filter(pk__in=list(ids), state=state).values_list("pk", "consumer"):
+        handler = catalog.handlers.get(consumer)
+        if handler is None:
+            continue
+        if handler.queue not in admitted:
+            try:
+                backpressure.admit(handler.queue)  # once per queue and batch: a batch is small
+                admitted[handler.queue] = True
+            except FlowsError:
+                admitted[handler.queue] = False
+        if admitted[handler.queue]:
+            handlers[pk] = handler
+    return handlers
+
+
+def _claim(assignments: str, assignment_params: list[Any], condition: str, condition_params: list[Any], spans: dict[int, Span]) -> list[_Claimed]:
+    """One conditional UPDATE ... RETURNING (SQLite 3.35+, PostgreSQL) that also sets each row's
+    requeue trace id from its span: the rows it changed."""
+    ids = sorted(spans)
+    table = connection.ops.quote_name(DeadLetter._meta.db_table)
+    traces = [v for pk in ids for v in (pk, _trace_id(spans[pk]))]
+    sql = (
+        f"UPDATE {table} SET {assignments}, requeue_trace_id = CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END "
+        f"WHERE id IN ({', '.join(['%s'] * len(ids))}) AND {condition} RETURNING {_RETURNING}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*assignment_params, *traces, *ids, *condition_params])
+        rows = cursor.fetchall()
+    return sorted((_Claimed(*row) for row in rows), key=lambda c: c.pk)
+
+
+def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], spans: dict[int, Span]) -> list[int]:
+    """Envelopes for the claimed rows and their spans finished now; an in-flight note in Redis
+    before the commit; the publish, the spans' end and the note's removal after it."""
+    items: list[tuple[Handler, Envelope]] = []
+    sent: list[Span] = []
+    broken: list[int] = []
+    producer = f"service:{setup.provider().resource.attributes.get('service.name', 'flowscope')}"
+    for row in claimed:
+        handler, span = handlers[row.pk], spans[row.pk]
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))  # the copy carries its send span's context
+        try:
+            stored = orjson.loads(row.envelope) if isinstance(row.envelope, (str, bytes)) else row.envelope
+            dead_headers = stored.get("headers") if isinstance(stored, dict) and isinstance(stored.get("headers"), dict) else {}
+            headers = {k: v for k, v in dead_headers.items() if k not in _CONTEXT_HEADERS}
+            headers.update(carrier, **{ATTEMPT: 1, REQUEUE_OF: row.pk, SERIES: row.series})
+            envelope = Envelope.from_dict({**stored, "headers": headers})
+        except (FlowsError, ValueError, TypeError):  # orjson's JSONDecodeError is a ValueError
+            broken.append(row.pk)
+            continue
+        # One span per message: the root of a new trace, linked to the one the message died in,
+        # and the send of the copy (PRODUCER, so the flow graph counts it). The single requeue
+        # opens a root and a send span under it; in bulk one span does both, as spans are most of
+        # a bulk requeue's cost.
+        span.update_name(f"requeue {row.message_type}")
+        attributes = telemetry.message_attributes(envelope, queue=handler.queue, operation="send")
+        attributes.update({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
+        span.set_attributes(attributes)
+        linked = trace.get_current_span(telemetry.context_of(dead_headers)).get_span_context() if dead_headers else None
+        if linked is not None and linked.is_valid:
+            span.add_link(linked, {"flowscope.link": "requeue-of"})
+        items.append((handler, envelope))
+        sent.append(span)
+    if broken:
+        # An envelope stored unreadable (a malformed delivery's) cannot be sent: back to "dead"
+        # with the series it had; requeued_at and requeued_by keep this attempt, for the record.
+        DeadLetter.objects.filter(pk__in=broken).update(state=DeadLetter.State.DEAD, series=F("series") - 1, requeue_trace_id="")
+    note = note_in_flight([(int(e.headers[REQUEUE_OF]), int(e.headers[SERIES])) for _, e in items]) if items else None
+    transaction.on_commit(lambda: _publish(items, sent, note))
+    return [int(e.headers[REQUEUE_OF]) for _, e in items]
+
+
+def note_in_flight(rows: list[tuple[int, int]]) -> str:
+    """Note requeues (dead letter id, series) as claimed but not yet sent; call inside the
+    claiming transaction, and `clear_note` once they are published."""
+    note = uuid.uuid4().hex
+    get_redis().hset(INFLIGHT, note, orjson.dumps({"at": time.time(), "rows": rows}))
+    return note
+
+
+def clear_note(note: str) -> None:
+    get_redis().hdel(INFLIGHT, note)
+
+
+def _publish(items: list[tuple[Handler, Envelope]], spans: list[Span], note: str | None) -> None:
+    publish_many(items)
+    for span in spans:
+        span.end()
+    if note is not None:
+        clear_note(note)
+
+
+def _trace_id(span: Span) -> str:
+    return format(span.get_span_context().trace_id, "032x")
+
+
+def _db_time(value: Any) -> Any:
+    return connection.ops.adapt_datetimefield_value(value) if connection.vendor == "sqlite" else value

@@ -1,0 +1,112 @@
+"""Drain rate of a real worker: bare Celery no-op tasks against Flowscope hops.
+
+Both sides: the same broker, a worker with the same pool and concurrency, the same Redis call
+per message to count it. The queues are filled first; the rate is taken between the first and
+the last completion, so worker start-up and filling are outside the measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+
+import flows
+from tooling.bench import counting
+from tracing.redis import get_redis
+
+ProgressFn = Callable[[str], None]
+
+
+def start_worker(queues: list[str], *, concurrency: int, log_dir: Path, events: bool = False) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FLOWS_MODULES": ",".join([*settings.FLOWS_MODULES, "tooling.bench.catalog"]), "REDIS_URL": settings.REDIS_URL}
+    name = "-".join(queues)
+    log = open(log_dir / f"bench-worker-{name}.log", "ab")  # noqa: SIM115 - lives as long as the worker
+    # The celery command itself, same flags for both sides (manage.py worker only takes queues
+    # that a Flowscope handler consumes).
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "console",
+            "worker",
+            "-Q",
+            ",".join(queues),
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "-O",
+            "fair",
+            "-l",
+            "WARNING",
+            "-n",
+            f"bench-{name}@%h",
+            *(["-E"] if events else []),
+        ],
+        cwd=settings.BASE_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600, events: bool = False) -> float:
+    counting.reset(run)
+    get_redis().delete(*queues)
+    progress(f"{run}: filling {', '.join(queues)}")
+    fill()
+    worker = start_worker(queues, concurrency=concurrency, log_dir=log_dir, events=events)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            done, first, last = counting.progress(run)
+            progress(f"{run}: {done}/{expected} done")
+            if done >= expected:
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"the {run} worker exited with {worker.returncode}; see {log_dir}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{run}: only {done} of {expected} messages done after {timeout:.0f}s")
+            time.sleep(0.25)
+    finally:
+        stop(worker)
+    return (expected - 1) / max(last - first, 1e-9)
+
+
+def bare_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, events: bool = False) -> float:
+    def fill() -> None:
+        with counting.bare_noop.app.producer_or_acquire() as producer:
+            for _ in range(n):
+                counting.bare_noop.apply_async(args=["bare"], queue="bench.bare", producer=producer)
+
+    return drain("bare", ["bench.bare"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress, events=events)
+
+
+def flowscope_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> float:
+    def fill() -> None:
+        for i in range(n):
+            flows.send("bench.ping", {"n": i})
+
+    return drain("flows", ["bench.flows"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress)

@@ -1,0 +1,173 @@
+"""`manage.py bench`: Flowscope's cost against plain Celery, and how fast its collector stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import django
+import redis as redis_py
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+
+from flows.patterns import check_catalog
+from tooling.bench import flower, live, memory, pages, patterns, spans, throughput
+from tracing.redis import get_redis
+
+MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7")
+
+
+class Command(BaseCommand):
+    help = "Measure Flowscope against bare Celery on this machine's broker and database; print a table, optionally --json PATH."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
+        parser.add_argument("--json", dest="json_path", default="", help="also write the figures here")
+        parser.add_argument("--concurrency", type=int, default=2, help="pool processes of each measured worker")
+        parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(MEASUREMENTS)}")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        import tooling.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
+
+        check_catalog()
+        call_command("migrate", interactive=False, verbosity=0)  # the span tables, on a fresh database
+        only = {p.strip() for p in options["only"].split(",") if p.strip()}
+        unknown = only - set(MEASUREMENTS)
+        if unknown:
+            raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from {', '.join(MEASUREMENTS)}")
+        quick = options["quick"]
+        log_dir = Path(settings.VAR_DIR) / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        figures: dict[str, Any] = {"quick": quick, "machine": self._machine()}
+        started = time.monotonic()
+
+        if not only or "p1" in only:
+            with self._timed(figures, "p1"):
+                figures.update(self._patterns(quick=quick, concurrency=options["concurrency"], log_dir=log_dir))
+        if not only or "flower" in only:
+            with self._timed(figures, "flower"):
+                if flower.installed():
+                    figures.update(flower.flower_ratio(1_500 if quick else 6_000, 1 if quick else 2, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p1_flower_ratio", flower.NOT_INSTALLED)
+        if not only or "p2" in only:
+            with self._timed(figures, "p2"):
+                n = 20_000 if quick else 200_000
+                figures.update({"p2_spans": n, "p2_spans_per_s": round(spans.collector_rate(n, self._progress), 1)})
+        if not only or "p3" in only:
+            with self._timed(figures, "p3"):
+                if live.installed():
+                    figures.update(live.live_latency(4 if quick else 20, 1_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p3_live_p95_ms", live.NOT_INSTALLED)
+        if not only or "p6" in only:
+            with self._timed(figures, "p6"):
+                figures.update(patterns.requeue_rates(2_000 if quick else 20_000, 200 if quick else 1_000, 100.0 if quick else 500.0, self._progress))
+        if not only or "p4" in only:
+            with self._timed(figures, "p4"):
+                figures.update(pages.dead_letter_page_ms(100_000 if quick else 1_000_000, self._progress))
+        if not only or "p5" in only:
+            with self._timed(figures, "p5"):
+                figures.update(pages.trace_page_ms(20_000, self._progress))
+        if not only or "p7" in only:
+            with self._timed(figures, "p7"):
+                if memory.installed():
+                    figures.update(memory.rss_growth(6_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p7_rss_growth_pct", memory.NOT_INSTALLED)
+
+        figures["seconds"] = round(time.monotonic() - started, 1)
+        self._progress("")
+        self._table(figures)
+        if options["json_path"]:
+            Path(options["json_path"]).write_text(json.dumps(figures, indent=2) + "\n")
+            self.stdout.write(f"figures written to {options['json_path']}")
+
+    def _patterns(self, *, quick: bool, concurrency: int, log_dir: Path) -> dict[str, Any]:
+        """Every pattern on real workers against bare Celery, the collector running throughout."""
+        # Alternating rounds, the median of back-to-back ratios: this machine's speed drifts by a
+        # quarter between minutes, so one run of each side would measure the drift.
+        n, rounds = (1_500, 1) if quick else (6_000, 3)
+        report = self._progress
+        collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            bare, traced = [], []
+            for _ in range(rounds):
+                bare.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
+                traced.append(throughput.flowscope_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
+            ratios = [x / y for x, y in zip(traced, bare)]
+            bare3, fanned = patterns.fanout_rates(n // 3, concurrency=concurrency, log_dir=log_dir, progress=report)
+            idempotent = patterns.idempotent_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
+            bare_after = throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
+            figures: dict[str, Any] = {
+                "p1_messages": n,
+                "p1_rounds": rounds,
+                "bare_celery_per_s": round(statistics.median(bare), 1),
+                "flowscope_fire_and_forget_per_s": round(statistics.median(traced), 1),
+                "p1_fire_and_forget_ratio": round(statistics.median(ratios), 3),
+                "p1_round_ratios": [round(r, 3) for r in ratios],
+                "bare_3_queues_per_s": round(bare3, 1),
+                "flowscope_fanout_deliveries_per_s": round(fanned, 1),
+                "p1_fanout_ratio": round(fanned / bare3, 3),
+                "flowscope_idempotent_per_s": round(idempotent, 1),
+                "p1_idempotent_ratio": round(idempotent / bare_after, 3),
+            }
+            figures.update(patterns.request_reply(200 if quick else 1_000, concurrency=concurrency, log_dir=log_dir, progress=report))
+            figures["saga_per_s"] = round(patterns.saga_rate(60 if quick else 400, concurrency=concurrency, log_dir=log_dir, progress=report), 1)
+            return figures
+        finally:
+            collector.terminate()
+            collector.wait(30)
+
+    @contextmanager
+    def _timed(self, figures: dict[str, Any], name: str) -> Iterator[None]:
+        """How long each measurement took, beside its figures: the runs have a time budget."""
+        started = time.monotonic()
+        yield
+        figures.setdefault("seconds_by_measurement", {})[name] = round(time.monotonic() - started, 1)
+
+    def _skip(self, figures: dict[str, Any], name: str, why: str) -> None:
+        """One measurement left out (a bench extra missing); the others still run."""
+        self.stdout.write(f"{name} skipped: {why}")
+        figures.setdefault("skipped", {})[name] = why
+
+    def _progress(self, text: str) -> None:
+        sys.stderr.write(f"\r\033[K{text}" if text else "\r\033[K")
+        sys.stderr.flush()
+
+    def _table(self, figures: dict[str, Any]) -> None:
+        width = max(len(k) for k in figures)
+        for name, value in figures.items():
+            if name != "machine":
+                self.stdout.write(f"{name:<{width}}  {value}")
+        for name, value in figures["machine"].items():
+            self.stdout.write(f"{'machine.' + name:<{width}}  {value}")
+
+    def _machine(self) -> dict[str, Any]:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            commit = ""
+        try:
+            redis_version = get_redis().info("server").get("redis_version", "")
+        except redis_py.RedisError:
+            redis_version = "unreachable"
+        return {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "django": django.get_version(),
+            "redis": redis_version,
+            "database": f"{connection.vendor} {connection.Database.sqlite_version if connection.vendor == 'sqlite' else connection.pg_version}",
+            "commit": commit or "unknown",
+        }

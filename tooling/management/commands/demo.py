@@ -1,0 +1,120 @@
+"""`make demo`: Redis, database, admin user, web server, workers and load, in one command."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+from collections import Counter
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count
+
+from examples.demo import faults
+from flows.consume.stats import processed_totals
+from flows.models import DeadLetter, SagaInstance
+from tooling.devredis import ensure_redis
+from tooling.supervisor import Supervisor
+from tracing.models import Span
+from tracing.sink import sink_status
+
+WORKERS = {
+    # name: (queues, concurrency, extra flags)
+    "worker-edge": ("inventory,billing,shipping,notifications,audit,flows.control", 2, ["--beat"]),
+    "worker-core": ("payments,legacy", 2, []),
+    # Two processes on one queue: the competing consumers the console shows the spread of.
+    "worker-invoices-1": ("invoices", 1, []),
+    "worker-invoices-2": ("invoices", 1, []),
+}
+
+
+class Command(BaseCommand):
+    help = "Run the whole demo locally until Ctrl-C (or --duration seconds)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--rate", type=float, default=15.0, help="flows started per second by the load generator")
+        parser.add_argument("--duration", type=float, default=float(os.environ.get("DEMO_DURATION", "0")), help="stop after this many seconds; 0: until Ctrl-C")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not 0 < options["port"] < 65536:
+            raise CommandError(f"--port {options['port']} is not a TCP port")
+        var = settings.VAR_DIR
+        redis_url, redis_server = ensure_redis(settings.REDIS_URL, directory=var / "redis")
+        settings.REDIS_URL = redis_url  # this process talks to it too (faults, summary)
+        self.stdout.write(f"redis: {redis_url}" + (" (started for the demo)" if redis_server else " (already running)"))
+        supervisor: Supervisor | None = None
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+            username, password = self._admin()
+            faults.clear_faults()
+            for consumer, fault in faults.DEMO_PROFILE.items():
+                faults.set_fault(consumer, fault)
+            before = Counter(processed_totals())
+
+            env = {**os.environ, "REDIS_URL": redis_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
+            supervisor = Supervisor(env=env, log_dir=var / "log")
+            supervisor.start("web", "runserver", "--noreload", f"127.0.0.1:{options['port']}")
+            supervisor.start("collector", "collector")
+            for name, (queues, concurrency, extra) in WORKERS.items():
+                supervisor.start(name, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra)
+            supervisor.start("loadgen", "loadgen", "--rate", str(options["rate"]), log=False)
+
+            url = f"http://127.0.0.1:{options['port']}/"
+            self.stdout.write(self.style.SUCCESS(f"Flowscope demo running at {url}"))
+            self.stdout.write(f"  login: {username} / {password}")
+            self.stdout.write(f"  logs:  {var / 'log'}/   faults: python manage.py faults --help   stop: Ctrl-C")
+            self._wait(supervisor, options["duration"])
+        finally:
+            if supervisor is not None:
+                self.stdout.write("stopping the demo's processes...")
+                supervisor.stop()
+            try:
+                self._summary(before if "before" in locals() else Counter())
+            finally:
+                if redis_server is not None:
+                    redis_server.stop()
+
+    def _admin(self) -> tuple[str, str]:
+        username = os.environ.get("FLOWSCOPE_ADMIN_USER", "admin")
+        password = os.environ.get("FLOWSCOPE_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        user, _ = get_user_model().objects.get_or_create(username=username, defaults={"email": f"{username}@localhost"})
+        user.is_staff = user.is_superuser = True
+        user.set_password(password)
+        user.save()
+        return username, password
+
+    def _wait(self, supervisor: Supervisor, duration: float) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        waited = 0.0
+        while not stop.wait(0.5):
+            waited += 0.5
+            crashed = {n: rc for n, rc in supervisor.exited().items() if n != "loadgen" or rc != 0}
+            if crashed:
+                raise CommandError(f"demo process(es) exited: {crashed}; see {settings.VAR_DIR / 'log'}")
+            if duration and waited >= duration:
+                return
+
+    def _summary(self, before: Counter[tuple[str, str, str]]) -> None:
+        totals = Counter(processed_totals())
+        totals.subtract(before)
+        by_pattern: dict[str, Counter[str]] = {}
+        for (pattern, _consumer, outcome), n in totals.items():
+            if n:
+                by_pattern.setdefault(pattern, Counter())[outcome] += n
+        self.stdout.write("processed this run, per pattern (outcome: deliveries):")
+        for pattern, outcomes in sorted(by_pattern.items()):
+            self.stdout.write(f"  {pattern:20} " + "  ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
+        dead = dict(DeadLetter.objects.values_list("state").annotate(n=Count("id")).order_by())
+        sagas = dict(SagaInstance.objects.values_list("state").annotate(n=Count("id")).order_by())
+        self.stdout.write(f"dead letters (all runs): {dead}")
+        self.stdout.write(f"sagas by state (all runs): {sagas}")
+        spans = sink_status()
+        self.stdout.write(f"spans stored (all runs): {Span.objects.count()}; waiting in the sink: {spans['pending']}; dropped: {spans['dropped']}")
