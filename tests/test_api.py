@@ -7,9 +7,9 @@ from django.utils import timezone
 import flows
 from console.models import AuditEntry
 from flows.models import DeadLetter, RequeueJob
-from tests.conftest import wait_for
 from tests.flows_under_test import fix, recorded
 from tests.people import client_for, token_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,7 @@ import pytest
 import flows
 from flows.core.errors import QueueFull
 from flows.produce.backpressure import BackPressure, backpressure, queue_depth, queue_statuses
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,7 +8,7 @@ import psutil
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from tooling.bench import flower, live, memory, processes
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ManagedProcess
+from tests.support.workers import ManagedProcess
 from tooling.bench import websocket
 from tooling.bench.live import latencies
 from tooling.devredis import free_port

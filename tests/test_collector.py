@@ -4,7 +4,7 @@ import time
 import pytest
 
 import flows
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.tracing_helpers import flush_here, wait_spans
 from tracing import setup, sink
 from tracing.collector import Collector, store

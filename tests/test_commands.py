@@ -6,8 +6,8 @@ from django.core.management import CommandError, call_command
 import flows
 from examples.demo import faults
 from flows.models import DeadLetter, SagaInstance
-from tests.conftest import wait_for
 from tests.flows_under_test import fix
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

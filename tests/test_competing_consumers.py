@@ -2,8 +2,8 @@ import pytest
 
 import flows
 from flows.core import deliveries
-from tests.conftest import wait_for
 from tests.flows_under_test import recorded
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,8 +8,8 @@ from flows.core.registry import catalog
 from flows.models import DeadLetter
 from flows.operate import dead_letters as deadletters
 from flows.tasks import deliver
-from tests.conftest import wait_for
 from tests.flows_under_test import fix, recorded
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,7 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import REPO, wait_for
+from tests.support import REPO
+from tests.support.waiting import wait_for
 from tooling.devredis import free_port
 
 

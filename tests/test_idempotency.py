@@ -5,7 +5,7 @@ from flows.consume.idempotency import duplicate_counts
 from flows.core.registry import catalog
 from flows.models import InboxEntry
 from flows.produce.publishing import build_envelope, publish_to
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)

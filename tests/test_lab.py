@@ -19,8 +19,10 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tests.conftest import REPO, wait_for, worker_database_url
 from tests.people import client_for
+from tests.support import REPO
+from tests.support.waiting import wait_for
+from tests.support.workers import worker_database_url
 from tooling.lab import results
 from tooling.lab.load import Order
 from tooling.lab.models import LabRun

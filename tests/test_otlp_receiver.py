@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
-from tests.conftest import REPO
+from tests.support import REPO
 from tests.tracing_helpers import flush_here, wait_spans
 from tracing import sink
 from tracing.selectors import trace_tree

@@ -6,8 +6,8 @@ from django.utils import timezone
 
 import flows
 from flows.models import DeadLetter, SagaInstance
-from tests.conftest import wait_for
 from tests.people import client_for
+from tests.support.waiting import wait_for
 from tracing.models import Span
 
 pytestmark = pytest.mark.django_db(transaction=True)

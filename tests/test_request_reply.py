@@ -3,7 +3,7 @@ import pytest
 import flows
 from flows.core.errors import ReplyTimeout, RequestFailed
 from flows.models import DeadLetter, LateReply
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,8 +16,8 @@ from flows.operate.requeue import INFLIGHT, requeue_batch, requeue_recover_uncon
 from flows.operate.requeue_jobs import batch_size, requeue_job_cancel, requeue_job_run_slice
 from flows.produce import publishing
 from flows.produce.publishing import build_envelope
-from tests.conftest import wait_for
 from tests.flows_under_test import recorded
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,8 +9,8 @@ from flows.models import DeadLetter, SagaInstance, SagaStep
 from flows.operate.dead_letters import dead_letter_requeue
 from flows.patterns.saga_state import sweep_stalled_sagas
 from flows.produce.publishing import publish_to
-from tests.conftest import wait_for
 from tests.flows_under_test import fix, recorded
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)

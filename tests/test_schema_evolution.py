@@ -4,8 +4,8 @@ import flows
 from flows.core.registry import catalog
 from flows.models import DeadLetter
 from flows.produce.publishing import publish_to
-from tests.conftest import wait_for
 from tests.flows_under_test import recorded
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

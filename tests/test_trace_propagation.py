@@ -3,8 +3,8 @@ import pytest
 import flows
 from flows.models import DeadLetter, SagaInstance
 from flows.operate.dead_letters import dead_letter_requeue
-from tests.conftest import wait_for
 from tests.flows_under_test import fix
+from tests.support.waiting import wait_for
 from tests.tracing_helpers import flush_here, spans_where, wait_spans
 from tracing.selectors import trace_tree
 

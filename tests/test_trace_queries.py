@@ -2,7 +2,7 @@ import pytest
 
 import flows
 from flows.models import SagaInstance
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from tests.tracing_helpers import wait_spans
 from tracing.selectors import trace_tree, traces_for
 

@@ -3,8 +3,8 @@
 import pytest
 
 import flows
-from tests.conftest import wait_for
 from tests.flows_under_test import recorded
+from tests.support.waiting import wait_for
 from tests.tracing_helpers import flush_here, spans_where, wait_spans
 from tracing import sink
 

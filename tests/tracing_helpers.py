@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import wait_for
+from tests.support.waiting import wait_for
 from tracing import setup
 from tracing.models import Span
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, ManagedProcess
+from tests.support import REPO
+from tests.support.workers import ManagedProcess
 from tooling.devredis import free_port
 
 SCREENSHOTS = REPO / "var" / "screenshots"

@@ -8,9 +8,9 @@ import pytest
 import flows
 from flows.models import DeadLetter, SagaInstance
 from tests.browser.conftest import screenshot, sign_in
-from tests.conftest import wait_for
 from tests.flows_under_test import fix
 from tests.people import person
+from tests.support.waiting import wait_for
 from tests.tracing_helpers import wait_spans
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import tests.reliability.catalog  # noqa: F401 - the checks' handlers, in this process too
-from tests.conftest import Worker
+from tests.support.workers import Worker
 
 SIZE = os.environ.get("RELIABILITY_SIZE", "full")
 if SIZE not in {"full", "quick"}:

@@ -8,10 +8,10 @@ from django.test import Client
 
 import flows
 from flows.models import DeadLetter
-from tests.conftest import wait_for
 from tests.people import token_for
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import sized
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)

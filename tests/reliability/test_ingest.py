@@ -26,9 +26,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from console.models import AuditEntry
 from flows.models import DeadLetter
 from flows.tasks import deliver
-from tests.conftest import wait_for
 from tests.flows_under_test import recorded
 from tests.people import token_for
+from tests.support.waiting import wait_for
 from tracing.models import Span
 
 pytestmark = pytest.mark.django_db(transaction=True)

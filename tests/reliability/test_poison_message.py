@@ -5,9 +5,9 @@ import pytest
 
 import flows
 from flows.models import DeadLetter
-from tests.conftest import wait_for
 from tests.reliability.catalog import POISON_ATTEMPTS, runs
 from tests.reliability.conftest import sized
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

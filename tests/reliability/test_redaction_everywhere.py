@@ -31,9 +31,10 @@ from console import live
 from flows.core.registry import catalog
 from flows.models import DeadLetter
 from flows.tasks import deliver
-from tests.conftest import TEST_MODULES, wait_for
 from tests.people import token_for
 from tests.reliability.doors import api_operations, routes
+from tests.support.waiting import wait_for
+from tests.support.workers import TEST_MODULES
 from tests.tracing_helpers import flush_here
 from tracing.models import Span
 

@@ -22,10 +22,11 @@ from flows.models import DeadLetter
 from flows.produce.publishing import build_envelope
 from flows.tasks import deliver
 from tests.browser.conftest import browser, page, sign_in  # noqa: F401 - fixtures
-from tests.conftest import ManagedProcess, Worker, wait_for
 from tests.people import person
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import WORKER_ENV, sized
+from tests.support.waiting import wait_for
+from tests.support.workers import ManagedProcess, Worker
 from tooling.devredis import RedisServer, answers, free_port
 from tracing.models import Span
 

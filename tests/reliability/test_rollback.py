@@ -5,9 +5,9 @@ from django.db import transaction
 
 import flows
 from flows.models import SagaInstance
-from tests.conftest import wait_for
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import sized
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,8 +13,8 @@ import flows
 from examples.demo.models import LedgerEntry
 from flows.models import SagaInstance, SagaStep
 from flows.patterns.saga_state import sweep_stalled_sagas
-from tests.conftest import wait_for
 from tests.reliability.conftest import sized
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
 pytestmark = pytest.mark.django_db(transaction=True)

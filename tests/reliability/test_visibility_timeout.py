@@ -9,9 +9,9 @@ import flows
 from flows.core.errors import ConfigurationError
 from flows.core.registry import catalog
 from flows.produce.publishing import publish_to
-from tests.conftest import wait_for
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import VISIBILITY_SECONDS, sized
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,8 +9,8 @@ import flows
 from examples.demo.models import LedgerEntry
 from flows.consume.idempotency import duplicate_counts
 from flows.models import DeadLetter
-from tests.conftest import wait_for
 from tests.reliability.conftest import VISIBILITY_SECONDS, sized
+from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
