@@ -1,15 +1,28 @@
-"""manage.py bench: its choices, a bench extra missing, and the memory it reads."""
+"""manage.py bench: its choices, a bench extra missing, the memory it reads, and a run on a
+database and a Redis of its own that leaves the user's as they were."""
 
 import io
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
+import redis
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
+from flows.models import DeadLetter, InboxEntry, SagaInstance
+from tests.support import REPO
 from tests.support.waiting import wait_for
-from tooling.bench import flower, live, memory, processes
+from tests.support.workers import worker_database_url
+from tooling.bench import flower, live, memory, processes, spans
+from tooling.own_stores import INSIDE_ENV
+from tracing.models import Span
+from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db
 
@@ -19,7 +32,29 @@ def test_an_unknown_measurement_is_refused_with_the_choices():
         call_command("bench", only="p1,p9")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": 0}, "--concurrency 0: give at least 1"),
+        ({"json_path": "/no/such/dir/bench.json"}, "the directory /no/such/dir does not exist"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_starts(options, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("bench", only="p2", **options)
+
+
+def test_an_unreachable_redis_is_named_before_anything_starts(settings):
+    settings.REDIS_URL = "redis://:secret@127.0.0.1:9/0"
+    with pytest.raises(CommandError, match=r"Redis at redis://@127.0.0.1:9/0 did not answer") as refused:
+        call_command("bench", only="p2")
+    assert "secret" not in str(refused.value)
+
+
 def test_a_missing_bench_extra_skips_only_its_own_figures(monkeypatch, tmp_path):
+    # The measurements themselves, in this process on the test database, as the bench's child
+    # process runs them on its own: the skipped extras are patched out here.
+    monkeypatch.setenv(INSIDE_ENV, "test")
     monkeypatch.setattr(flower, "installed", lambda: False)
     monkeypatch.setattr(live, "installed", lambda: False)
     monkeypatch.setattr(memory, "installed", lambda: False)
@@ -61,3 +96,36 @@ def test_the_tasks_flower_saw_are_summed_over_workers_and_task_names():
         ]
     )
     assert flower.succeeded(metrics) == 12
+
+
+def user_rows() -> dict[str, int]:
+    return {model.__name__: model.objects.count() for model in (DeadLetter, Span, SagaInstance, InboxEntry)}
+
+
+def user_keys() -> dict[bytes, bytes | None]:
+    """Every key of the configured Redis database, with its value for the engine's own."""
+    r = get_redis()
+    return {name: r.dump(name) if name.startswith(b"flows:") else b"" for name in r.scan_iter(count=1000)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bench_run_measures_on_a_database_and_redis_of_its_own_and_leaves_the_users_as_they_were(tmp_path):
+    # What the span measurement clears after itself, were it to run on the user's stores: the
+    # spans of its service, and its stream.
+    Span.objects.create(trace_id="a" * 32, span_id="b" * 16, name="the user's span", service=spans.SERVICE, start_time=timezone.now(), duration_us=1)
+    get_redis().set(spans.STREAM, "the user's")
+    rows, keys = user_rows(), user_keys()
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "DATABASE_URL": worker_database_url(), "REDIS_URL": settings.REDIS_URL}
+    done = subprocess.run([sys.executable, "manage.py", "bench", "--quick", "--only", "p2", "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    assert figures["p2_spans"] == 20_000 and figures["p2_spans_per_s"] > 0, "the run stored its spans"
+    assert "p2_spans_per_s" in done.stdout
+    assert user_rows() == rows
+    assert user_keys() == keys
+    machine = figures["machine"]
+    assert machine["run_database"] != settings.DATABASES["default"]["NAME"] and not Path(machine["run_database"]).exists(), "its database is removed"
+    assert machine["run_redis"] != settings.REDIS_URL and redis.Redis.from_url(machine["run_redis"]).dbsize() == 0, "its Redis database is empty again"
+    assert "runs on a database of its own" in done.stderr

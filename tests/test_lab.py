@@ -1,7 +1,8 @@
 """The pattern lab: a quick run of every scenario in both styles, its figures and the Lab page.
 
 Only sense is checked (both styles complete orders, counts add up, nothing lost asynchronously),
-never timings: the machine is shared and speeds vary.
+never timings: the machine is shared and speeds vary. The run is on a database and a Redis of
+its own: the user's keep only the LabRun row.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from flows.models import DeadLetter, InboxEntry, SagaInstance
 from tests.people import client_for
 from tests.support import REPO
 from tests.support.waiting import wait_for
@@ -28,6 +31,8 @@ from tooling.lab.load import Order
 from tooling.lab.models import LabRun
 from tooling.lab.processes import LabProcessError, LabProcesses
 from tooling.lab.scenarios import SCENARIO_NAMES, STYLES
+from tooling.own_stores import INSIDE_ENV
+from tracing.models import Span
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,26 +43,42 @@ def lab_env() -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": worker_database_url(), "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
 
 
-def lab_processes_left() -> list[str]:
-    """Processes a lab on this test run's Redis started (its services and workers) still alive."""
-    left = []
+def lab_processes(lab_pid: int) -> dict[int, dict[str, str]]:
+    """The environment of each process still alive that the lab `lab_pid` started (its
+    services, workers and collector, all run by the lab's child on the lab's own stores)."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = dict(e.decode(errors="replace").split("=", 1) for e in (proc / "environ").read_bytes().split(b"\0") if b"=" in e)
         except OSError:
             continue
-        if f"REDIS_URL={settings.REDIS_URL}".encode() in environ and any(e.startswith(b"FLOWSCOPE_LAB_SERVICES=") for e in environ):
-            left.append(f"{proc.name}: {cmdline}")
-    return left
+        if environ.get(INSIDE_ENV) == str(lab_pid) and "FLOWSCOPE_LAB_SERVICES" in environ:
+            found[int(proc.name)] = environ
+    return found
+
+
+def user_rows() -> dict[str, int]:
+    return {model.__name__: model.objects.count() for model in (DeadLetter, Span, SagaInstance, InboxEntry)}
+
+
+def user_keys() -> dict[bytes, bytes | None]:
+    """Every key of the configured Redis database, with its value for the engine's own."""
+    r = get_redis()
+    return {name: r.dump(name) if name.startswith(b"flows:") else b"" for name in r.scan_iter(count=1000)}
 
 
 def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accounted_for(tmp_path):
     out = tmp_path / "lab.json"
-    done = subprocess.run([sys.executable, "manage.py", "lab", "--quick", "--json", str(out)], cwd=REPO, env=lab_env(), capture_output=True, text=True, timeout=170)
-    assert done.returncode == 0, done.stderr[-3000:]
+    rows, keys = user_rows(), user_keys()
+    lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--json", str(out)], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = lab.communicate(timeout=170)
+    finally:
+        if lab.poll() is None:
+            lab.kill()
+    assert lab.returncode == 0, stderr[-3000:]
 
     figures = json.loads(out.read_text())
     assert set(figures["scenarios"]) == set(SCENARIO_NAMES)
@@ -83,27 +104,41 @@ def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accou
     assert any("billing" in kind for kind in outage["sync"]["caller_errors"])
     assert figures["machine"]["commit"] and figures["machine"]["cores"] >= 1
 
-    assert "scenario" in done.stdout and "outage" in done.stdout and "async" in done.stdout
+    assert "scenario" in stdout and "outage" in stdout and "async" in stdout
+    # The one row the lab leaves in the user's database, for the Lab page; its dead letters,
+    # spans and keys were in its own stores, removed with them.
     stored = LabRun.latest_run()
     assert stored is not None and stored.quick and stored.scenarios == figures["scenarios"]
-    assert lab_processes_left() == []
+    assert "runs on a database of its own" in stderr
+    assert user_rows() == rows
+    assert user_keys() == keys
+    assert lab_processes(lab.pid) == {}
 
 
-def test_ctrl_c_during_the_load_stops_every_process_the_lab_started_and_stores_nothing():
-    redis = get_redis()
+def test_ctrl_c_during_the_load_stops_every_process_the_lab_started_removes_its_stores_and_stores_nothing():
     lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--only", "outage"], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # The services record effects once orders flow: the warm-up has begun.
-        wait_for(lambda: lab.poll() is not None or any(redis.scan_iter(match="flows:lab:effects:*")), timeout=90, interval=0.1, what="orders flowing")
-        assert len(lab_processes_left()) == 9  # four services, four workers, the collector
+        # The services record effects in the lab's own Redis once orders flow: the warm-up has begun.
+        def flowing() -> dict[int, dict[str, str]]:
+            assert lab.poll() is None, f"the lab exited with {lab.returncode}"
+            started = lab_processes(lab.pid)
+            return started if any(redis.Redis.from_url(env["REDIS_URL"]).keys("flows:lab:effects:*") for env in started.values()) else {}
+
+        started = wait_for(flowing, timeout=90, interval=0.2, what="orders flowing")
+        assert len(started) == 9  # four services, four workers, the collector
+        own = next(iter(started.values()))
+        assert own["REDIS_URL"] != settings.REDIS_URL and own["DATABASE_URL"] != worker_database_url()
+        assert not get_redis().keys("flows:lab:*"), "nothing of the lab's in the user's Redis"
         lab.send_signal(signal.SIGINT)
-        _, stderr = lab.communicate(timeout=60)
+        _, stderr = lab.communicate(timeout=120)
     finally:
         if lab.poll() is None:
             lab.kill()
     assert lab.returncode != 0
-    assert "interrupted" in stderr
-    wait_for(lambda: lab_processes_left() == [], timeout=10, what="no lab process left")
+    assert "interrupted" in stderr and "its database and Redis removed" in stderr
+    wait_for(lambda: lab_processes(lab.pid) == {}, timeout=10, what="no lab process left")
+    assert redis.Redis.from_url(own["REDIS_URL"]).dbsize() == 0, "the lab's Redis database is empty again"
+    assert not Path(own["DATABASE_URL"].removeprefix("sqlite:///")).exists(), "the lab's database is removed"
     assert LabRun.objects.count() == 0
 
 

@@ -1,4 +1,9 @@
-"""`manage.py bench`: Flowscope's cost against plain Celery, and how fast its collector stores."""
+"""`manage.py bench`: Flowscope's cost against plain Celery, and how fast its collector stores.
+
+It measures on the configured kinds of broker and database, on a database and a Redis
+database of its own (tooling.own_stores): this command makes them, runs the measurements in a
+child process on them, and removes them after, so a user's tables and keys are never touched.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +28,14 @@ from django.db import connection
 
 from flows.patterns import check_catalog
 from tooling.bench import flower, live, memory, pages, patterns, spans, throughput
+from tooling.own_stores import inside, run_on_own_stores, shown
 from tracing.redis import get_redis
 
 MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7")
 
 
 class Command(BaseCommand):
-    help = "Measure Flowscope against bare Celery on this machine's broker and database; print a table, optionally --json PATH."
+    help = "Measure Flowscope against bare Celery on this machine's broker and database (in a database and Redis database of the bench's own); print a table, optionally --json PATH."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
@@ -38,14 +44,44 @@ class Command(BaseCommand):
         parser.add_argument("--only", default="", help=f"comma-separated: {', '.join(MEASUREMENTS)}")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        import tooling.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
-
-        check_catalog()
-        call_command("migrate", interactive=False, verbosity=0)  # the span tables, on a fresh database
         only = {p.strip() for p in options["only"].split(",") if p.strip()}
         unknown = only - set(MEASUREMENTS)
         if unknown:
             raise CommandError(f"unknown measurement(s) {sorted(unknown)}; choose from {', '.join(MEASUREMENTS)}")
+        if options["concurrency"] < 1:
+            raise CommandError(f"--concurrency {options['concurrency']}: give at least 1")
+        if options["json_path"] and not Path(options["json_path"]).resolve().parent.is_dir():
+            raise CommandError(f"--json {options['json_path']}: the directory {Path(options['json_path']).parent} does not exist")
+        if not inside():
+            self._on_own_stores(options)
+            return
+        import tooling.bench.catalog  # noqa: F401 - the benchmark's handlers, in this process too
+
+        check_catalog()
+        try:
+            self._measure(only, options)
+        except KeyboardInterrupt:
+            raise CommandError("interrupted: the bench's processes are stopped") from None
+
+    def _on_own_stores(self, options: dict[str, Any]) -> None:
+        """This run again, in a child process on a database and a Redis of its own."""
+        try:
+            get_redis().ping()
+        except redis_py.RedisError as exc:
+            raise CommandError(f"Redis at {shown(settings.REDIS_URL)} did not answer ({exc}); the bench needs it as the broker") from exc
+        args = ["--concurrency", str(options["concurrency"])]
+        args += ["--quick"] if options["quick"] else []
+        args += ["--only", options["only"]] if options["only"] else []
+        args += ["--json", str(Path(options["json_path"]).resolve())] if options["json_path"] else []
+        try:
+            run_on_own_stores("bench", args, kind="bench", out=self.stdout.write)
+        except KeyboardInterrupt:
+            raise CommandError("interrupted: the bench's processes are stopped, its database and Redis removed") from None
+        except RuntimeError as exc:  # its processes are stopped and its stores removed by now
+            raise CommandError(f"the bench failed: {exc}; its database and Redis are removed") from exc
+
+    def _measure(self, only: set[str], options: dict[str, Any]) -> None:
+        call_command("migrate", interactive=False, verbosity=0)  # the run's own database starts empty
         quick = options["quick"]
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -169,5 +205,8 @@ class Command(BaseCommand):
             "django": django.get_version(),
             "redis": redis_version,
             "database": f"{connection.vendor} {connection.Database.sqlite_version if connection.vendor == 'sqlite' else connection.pg_version}",
+            # Where the run wrote: its own database and Redis, removed after it (tooling.own_stores).
+            "run_database": str(connection.settings_dict["NAME"]),
+            "run_redis": shown(settings.REDIS_URL),
             "commit": commit or "unknown",
         }

@@ -1,5 +1,11 @@
 """`manage.py lab`: the same order workload as a synchronous chain and through Flowscope, under
-four scenarios; a table on stdout, the figures as JSON and as the console's Lab page."""
+four scenarios; a table on stdout, the figures as JSON and as the console's Lab page.
+
+The run itself is a child process on a database and a Redis database of the lab's own
+(tooling.own_stores), removed after it: its dead letters, spans, sagas and queues never reach
+the user's. The one thing written where the user's data is, on purpose, is the LabRun row with
+the figures, which the console's Lab page shows.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +30,8 @@ from django.db import connection
 from django.utils import timezone
 
 from tooling.lab import scenarios
+from tooling.lab.models import LabRun
+from tooling.own_stores import inside, run_on_own_stores, shown
 from tracing.redis import get_redis
 
 COLUMNS = (
@@ -51,14 +61,38 @@ class Command(BaseCommand):
         only = self._scenarios(options["only"])
         json_path = self._json_path(options["json_path"])
         self._check_redis()
+        if inside():
+            self._run(only, quick=options["quick"], json_path=json_path)
+            return
+        call_command("migrate", "lab", interactive=False, verbosity=0)  # LabRun's table, on a fresh clone
+        args = ["--quick"] if options["quick"] else []
+        args += ["--only", ",".join(only)]
+        with tempfile.TemporaryDirectory(prefix="flowscope-lab-figures-") as tmp:
+            figures_path = Path(tmp) / "lab.json"
+            try:
+                run_on_own_stores("lab", [*args, "--json", str(figures_path)], kind="lab", out=self.stdout.write)
+            except KeyboardInterrupt:
+                raise CommandError("interrupted: the lab's processes are stopped, its database and Redis removed, nothing was stored") from None
+            except RuntimeError as exc:  # its processes are stopped and its stores removed by now
+                raise CommandError(f"the lab failed: {exc}; its database and Redis are removed, nothing was stored") from exc
+            figures = json.loads(figures_path.read_text())
+        # The one write on the configured database, on purpose: the console's Lab page shows the
+        # last run from the user's database. Everything else the run wrote went with its own.
+        LabRun.objects.create(started_at=datetime.fromisoformat(figures["started_at"]), seconds=figures["seconds"], quick=figures["quick"], figures=figures)
+        self.stdout.write(f"lab took {figures['seconds']:.0f} s; shown on the console's Lab page (/lab/)")
+        if json_path:
+            json_path.write_text(json.dumps(figures, indent=2) + "\n")
+            self.stdout.write(f"figures written to {json_path}")
+
+    def _run(self, only: list[str], *, quick: bool, json_path: Path | None) -> None:
+        """The run itself, in the child process on the lab's own database and Redis."""
         import tooling.lab.catalog  # noqa: F401 - the asynchronous style's handlers, in this process too
         from flows.patterns import check_catalog
-        from tooling.lab.models import LabRun
         from tooling.lab.runner import run_lab
 
         check_catalog()
-        call_command("migrate", interactive=False, verbosity=0)  # the lab's table, on a fresh clone
-        size = scenarios.QUICK if options["quick"] else scenarios.FULL
+        call_command("migrate", interactive=False, verbosity=0)  # the run's own database starts empty
+        size = scenarios.QUICK if quick else scenarios.FULL
         started_at, started = timezone.now(), time.monotonic()
         previous = signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the finally blocks stop our processes
         try:
@@ -70,13 +104,10 @@ class Command(BaseCommand):
         finally:
             signal.signal(signal.SIGTERM, previous)
         seconds = round(time.monotonic() - started, 1)
-        figures = {"quick": options["quick"], "seconds": seconds, "started_at": started_at.isoformat(), "setup": self._setup(size), "machine": self._machine(), "scenarios": results}
-        LabRun.objects.create(started_at=started_at, seconds=seconds, quick=options["quick"], figures=figures)
+        figures = {"quick": quick, "seconds": seconds, "started_at": started_at.isoformat(), "setup": self._setup(size), "machine": self._machine(), "scenarios": results}
         self._table(results)
-        self.stdout.write(f"lab took {seconds:.0f} s; shown on the console's Lab page (/lab/)")
         if json_path:
             json_path.write_text(json.dumps(figures, indent=2) + "\n")
-            self.stdout.write(f"figures written to {json_path}")
 
     @staticmethod
     def _scenarios(text: str) -> list[str]:
@@ -91,7 +122,7 @@ class Command(BaseCommand):
         try:
             get_redis().ping()
         except redis_py.RedisError as exc:
-            raise CommandError(f"Redis at {settings.REDIS_URL} did not answer ({exc}); the lab needs it as the broker and for its counts") from exc
+            raise CommandError(f"Redis at {shown(settings.REDIS_URL)} did not answer ({exc}); the lab needs it as the broker and for its counts") from exc
 
     @staticmethod
     def _json_path(text: str) -> Path | None:
