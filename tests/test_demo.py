@@ -3,12 +3,16 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
 
 from tests.support import REPO
 from tests.support.waiting import wait_for
@@ -36,6 +40,7 @@ def healthy(url: str) -> bool:
         return False
 
 
+@pytest.mark.worker
 def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_ctrl_c():
     var_dir = tempfile.mkdtemp(prefix="flowscope-demo-")
     port = free_port()
@@ -53,10 +58,11 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
     with open(log, "wb") as out:
         demo = subprocess.Popen([sys.executable, "manage.py", "demo", "--port", str(port), "--rate", "20"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: healthy(f"http://127.0.0.1:{port}/healthz") or demo.poll() is not None, timeout=90, interval=0.5, what="the web server")
+            running = f"Flowscope demo running at http://127.0.0.1:{port}/"
+            wait_for(lambda: running in log.read_text() or demo.poll() is not None, timeout=150, interval=0.5, what="the demo to say it is running")
             assert demo.poll() is None, log.read_text()
+            assert healthy(f"http://127.0.0.1:{port}/healthz"), "running means the web server answers"
             text = log.read_text()
-            assert f"Flowscope demo running at http://127.0.0.1:{port}/" in text
             assert "login: admin / demo-password-123" in text
             assert "(started for the demo)" in text
             assert len(processes_with(var_dir)) >= 6, "web, four workers, the load generator and redis"
@@ -68,8 +74,34 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
                 demo.kill()
     text = log.read_text()
     assert "stopping the demo's processes" in text
+    assert re.search(r"^  stopped: web, collector, worker-edge, .*loadgen", text, re.MULTILINE), text
     summary = dict(re.findall(r"^\s+(\w+)\s+(.*ok=\d+.*)$", text, re.MULTILINE))
     assert {"fan_out", "saga", "request_reply", "competing_consumers", "fire_and_forget"} <= set(summary), text
     assert re.search(r"sagas by state \(all runs\): \{.*'completed': \d+", text), text
     wait_for(lambda: not processes_with(var_dir), timeout=20, what="every process the demo started to be gone")
     assert not healthy(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_a_port_another_program_holds_is_refused_before_anything_starts(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    settings.REDIS_URL = nowhere  # nothing answers there: the demo would start a Redis
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        with pytest.raises(CommandError) as refused:
+            call_command("demo", "--port", str(port))
+    message = str(refused.value)
+    assert message.startswith(f"port {port} on 127.0.0.1 is taken by another program")
+    assert re.search(r"pick another: PORT=(\d+) make demo \(or manage.py demo --port \1\)$", message), message
+    # No Redis started, no process logged, nothing migrated or changed.
+    assert list(tmp_path.iterdir()) == []
+    assert nowhere == settings.REDIS_URL  # untouched: no Redis was looked for
+
+
+def test_a_port_that_is_no_tcp_port_is_refused(settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    with pytest.raises(CommandError, match="--port 70000 is not a TCP port"):
+        call_command("demo", "--port", "70000")
+    assert list(tmp_path.iterdir()) == []

@@ -6,7 +6,8 @@ reaches only us. Its output goes to a log file, appended to; what it wrote since
 what readiness and error messages look at.
 
 1. start: spawn, then wait for a readiness sign: a line of its log matching a pattern
-   (`LogLine`), a TCP port answering (`PortOpen`) or any callable returning true.
+   (`LogLine`), a TCP port answering (`PortOpen`), or a callable returning true (`Check`
+   names it for the error message).
 2. A process that exits before it is ready, or is not ready by its deadline, raises
    `FailedToStart`, whose message ends with the last lines of its log: the cause, on screen.
 3. stop: TERM to every group, then KILL to each group still alive at the deadline (its leader
@@ -67,7 +68,18 @@ class PortOpen:
         return f"{self.host}:{self.port} answering"
 
 
-Ready = LogLine | PortOpen | Callable[[], bool]
+@dataclass(frozen=True)
+class Check:
+    """Ready once `test()` returns true; `what` names it in an error (an HTTP health check, say)."""
+
+    what: str
+    test: Callable[[], bool]
+
+    def __str__(self) -> str:
+        return self.what
+
+
+Ready = LogLine | PortOpen | Check | Callable[[], bool]
 
 
 def port_answers(host: str, port: int, *, timeout: float = 0.5) -> bool:
@@ -155,6 +167,8 @@ class Child:
             return re.search(ready.pattern, self.log_text(), re.MULTILINE) is not None
         if isinstance(ready, PortOpen):
             return port_answers(ready.host, ready.port)
+        if isinstance(ready, Check):
+            return bool(ready.test())
         return bool(ready())
 
 
@@ -186,7 +200,8 @@ def wait_ready(signs: Mapping[Child, Ready], *, timeout: float = START_TIMEOUT) 
             return
         if time.monotonic() > deadline:
             child, ready = next(iter(waiting.items()))
-            raise FailedToStart(child, f"was not ready ({ready}) within {timeout:g}s")
+            what = ready if isinstance(ready, LogLine | PortOpen | Check) else "its readiness check"
+            raise FailedToStart(child, f"was not ready ({what}) within {timeout:g}s")
         time.sleep(POLL_INTERVAL)
 
 
@@ -242,7 +257,7 @@ class Supervisor:
 
     def __init__(self, *, log_dir: Path, env: Mapping[str, str] | None = None, cwd: Path | str | None = None, log_prefix: str = "") -> None:
         self.log_dir = Path(log_dir)
-        self.env = dict(os.environ if env is None else env)
+        self.env = dict(env) if env is not None else None  # None: this process's, as it is at each start
         self.cwd = cwd
         self.log_prefix = log_prefix
         self.children: dict[str, Child] = {}
@@ -255,7 +270,7 @@ class Supervisor:
         A process that fails to start is stopped with what it left, then FailedToStart raised."""
         if name in self.children and self.children[name].returncode is None:
             raise ProcessError(f"{name} is already running (pid {self.children[name].pid})")
-        child = spawn(name, command, log_path=self.log_path(name) if log else None, env={**self.env, **(env or {})}, cwd=self.cwd)
+        child = spawn(name, command, log_path=self.log_path(name) if log else None, env={**(os.environ if self.env is None else self.env), **(env or {})}, cwd=self.cwd)
         self.children[name] = child
         if ready is not None:
             self.wait_ready({name: ready}, timeout=timeout)

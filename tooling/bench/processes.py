@@ -1,12 +1,12 @@
 """The long-lived processes some measurements need beside the workers (the web server, the
-collector, Flower), and their resident memory."""
+collector, Flower), started and stopped by the one supervisor (tooling/processes.py), and their
+resident memory."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,16 +14,32 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from tooling.bench.throughput import stop
+from tooling.processes import START_TIMEOUT, Check, Child, spawn, wait_ready
+from tooling.processes import stop as stop_children
 
 MIB = 1024 * 1024
 __all__ = ["MIB", "rss_mib", "start", "start_collector", "start_daphne", "stop", "wait_http"]
 
+# The processes started here, by pid: a failure message quotes the log of the one that failed.
+_started: dict[int, Child] = {}
+
+
+def _child(process: subprocess.Popen[bytes]) -> Child:
+    """The supervisor's view of a process (one started elsewhere, a worker say, has no log here)."""
+    return _started.get(process.pid) or Child(" ".join(map(str, process.args[:4])), process, None)  # type: ignore[index]
+
 
 def start(name: str, command: list[str], *, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A process in a session of its own (stop() ends it with its children), logging to log_dir."""
-    log = open(log_dir / f"bench-{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(command, cwd=settings.BASE_DIR, env={**os.environ, "REDIS_URL": settings.REDIS_URL, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    """A process in a group of its own (stop() ends it with its children), logging to log_dir."""
+    child = spawn(name, command, log_path=log_dir / f"bench-{name}.log", env={**os.environ, "REDIS_URL": settings.REDIS_URL, **(env or {})}, cwd=settings.BASE_DIR)
+    _started[child.pid] = child
+    return child.popen
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """TERM its group, KILL what is left of it after the supervisor's deadline."""
+    stop_children([_child(process)])
+    _started.pop(process.pid, None)
 
 
 def start_collector(*, log_dir: Path) -> subprocess.Popen[bytes]:
@@ -40,22 +56,20 @@ def start_daphne(port: int, *, log_dir: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout: float = 60) -> None:
-    """Until url answers (any HTTP status); RuntimeError if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - a local URL of our own
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[:4]} exited with {process.returncode} before {url} answered")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
-        time.sleep(0.2)
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - a local URL of our own
+        return True
+    except urllib.error.HTTPError:  # any HTTP status: the server is up
+        return True
+    except OSError:
+        return False
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout: float = START_TIMEOUT) -> None:
+    """Until url answers (any HTTP status); FailedToStart (a RuntimeError, with the process's
+    log tail) if the process dies or time runs out."""
+    wait_ready({_child(process): Check(f"{url} answering", lambda: _answers(url))}, timeout=timeout)
 
 
 def rss_mib(pid: int, *, children: bool = True) -> float:

@@ -1,16 +1,17 @@
 """The processes a lab run starts: four downstream services, a worker per service, the span
-collector. Each in a process group of its own, so stopping one stops its pool children too;
-the lab stops exactly these, on success, error or Ctrl-C."""
+collector, under the one supervisor (tooling/processes.py): each in a process group of its own,
+so stopping one stops its pool children too; the lab stops exactly these, on success, error or
+Ctrl-C."""
 
 from __future__ import annotations
 
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from django.conf import settings
@@ -18,9 +19,10 @@ from django.conf import settings
 from tooling.database import database_url_for_children
 from tooling.lab import calls, scenarios
 from tooling.lab.effects import SERVICES
+from tooling.processes import START_TIMEOUT, Check, LogLine, ProcessError, Ready, Supervisor
 
 
-class LabProcessError(RuntimeError):
+class LabProcessError(ProcessError):
     """A process the lab needs did not start or did not answer."""
 
 
@@ -36,8 +38,6 @@ class LabProcesses:
         self.base_ms = base_ms
         self.capacity = capacity
         self.addresses = {service: ("127.0.0.1", free_port()) for service in SERVICES}
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
-        self._log_offsets: dict[str, int] = {}  # logs are appended to: look for markers past this
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url_for_children(),
@@ -47,23 +47,19 @@ class LabProcesses:
             calls.TIMEOUT_ENV: str(scenarios.TIMEOUT_S),
             "PYTHONUNBUFFERED": "1",
         }
+        self.supervisor = Supervisor(log_dir=log_dir, env=self.env, cwd=settings.BASE_DIR, log_prefix="lab-")
+
+    @property
+    def children(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {name: child.popen for name, child in self.supervisor.children.items()}
 
     # -- starting --
-    def _start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        path = self.log_dir / f"lab-{name}.log"
-        self._log_offsets[name] = path.stat().st_size if path.exists() else 0
-        with open(path, "ab") as log:
-            process = subprocess.Popen(command, cwd=settings.BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.children[name] = process
-        return process
-
-    def start_all(self, timeout: float = 90.0) -> None:
+    def start_all(self, timeout: float = START_TIMEOUT) -> None:
         for service in SERVICES:
             self.start_service(service, wait=False)
-        self._start("collector", [sys.executable, "manage.py", "collector"])
+        self.supervisor.start("collector", [sys.executable, "manage.py", "collector"])
         for service in SERVICES:
-            self._start(
+            self.supervisor.start(
                 f"worker-{service}",
                 [
                     sys.executable,
@@ -81,25 +77,28 @@ class LabProcesses:
                     "INFO",
                 ],
             )
-        deadline = time.monotonic() + timeout
-        for service in SERVICES:
-            self.wait_healthy(service, deadline)
-        for name in [n for n in self.children if n.startswith("worker-")] + ["collector"]:
-            self._wait_log(name, " ready", deadline)
+        signs: dict[str, Ready] = {service: self._health(service) for service in SERVICES}
+        signs.update({name: LogLine(" ready") for name in self.supervisor.children if name.startswith("worker-") or name == "collector"})
+        self._wait(signs, timeout)
 
     def start_service(self, service: str, *, wait: bool = True) -> None:
         _, port = self.addresses[service]
         command = [sys.executable, "-m", "tooling.lab.downstream", "--service", service, "--port", str(port), "--base-ms", str(self.base_ms), "--capacity", str(self.capacity)]
-        self._start(service, command)
+        self.supervisor.start(service, command)
         if wait:
-            self.wait_healthy(service, time.monotonic() + 30)
+            self._wait({service: self._health(service)}, START_TIMEOUT)
 
     def wait_healthy(self, service: str, deadline: float) -> None:
-        while not self.healthy(service):
-            self._check_alive(service)
-            if time.monotonic() > deadline:
-                raise LabProcessError(f"the {service} service did not answer on {self.addresses[service]}; see {self.log_dir / f'lab-{service}.log'}")
-            time.sleep(0.05)
+        self._wait({service: self._health(service)}, max(0.0, deadline - time.monotonic()))
+
+    def _health(self, service: str) -> Check:
+        return Check(f"{service} answering GET /health on port {self.addresses[service][1]}", lambda: self.healthy(service))
+
+    def _wait(self, signs: Mapping[str, Ready], timeout: float) -> None:
+        try:
+            self.supervisor.wait_ready(signs, timeout=timeout)
+        except ProcessError as failed:
+            raise LabProcessError(str(failed)) from failed
 
     def healthy(self, service: str) -> bool:
         connection = http.client.HTTPConnection(*self.addresses[service], timeout=1)
@@ -111,27 +110,11 @@ class LabProcesses:
         finally:
             connection.close()
 
-    def _wait_log(self, name: str, marker: str, deadline: float) -> None:
-        path = self.log_dir / f"lab-{name}.log"
-        while True:
-            self._check_alive(name)
-            with open(path, "rb") as log:
-                log.seek(self._log_offsets[name])
-                text = log.read().decode(errors="replace")
-            if marker in text:
-                return
-            if time.monotonic() > deadline:
-                raise LabProcessError(f"{name} did not get ready; see {path}")
-            time.sleep(0.1)
-
-    def _check_alive(self, name: str) -> None:
-        process = self.children[name]
-        if process.poll() is not None:
-            raise LabProcessError(f"{name} exited with {process.returncode}; see {self.log_dir / f'lab-{name}.log'}")
-
     def check_running(self) -> None:
-        for name in self.children:
-            self._check_alive(name)
+        try:
+            self.supervisor.check_running()
+        except ProcessError as gone:
+            raise LabProcessError(str(gone)) from gone
 
     # -- faults --
     def set_fault(self, service: str, *, slow: float = 1.0, fail_rate: float = 0.0) -> None:
@@ -147,9 +130,7 @@ class LabProcesses:
 
     def take_down(self, service: str) -> None:
         """Kill the service outright, as a crash would: in-flight requests get a reset."""
-        process = self.children.pop(service)
-        _signal(process, signal.SIGKILL)
-        process.wait()
+        self.supervisor.kill(service)
 
     def bring_back(self, service: str) -> None:
         self.start_service(service, wait=True)
@@ -157,23 +138,4 @@ class LabProcesses:
     # -- stopping --
     def stop_all(self) -> None:
         """Stop every process this lab started, and only those."""
-        for process in self.children.values():
-            _signal(process, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for process in self.children.values():
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for process in self.children.values():
-            _signal(process, signal.SIGKILL)  # what is left of each group, a pool child say
-            if process.poll() is None:
-                process.wait()
-        self.children.clear()
-
-
-def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
+        self.supervisor.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -19,10 +20,12 @@ from examples.demo import faults
 from flows.consume.stats import processed_totals
 from flows.models import DeadLetter, SagaInstance
 from tooling.devredis import ensure_redis
-from tooling.supervisor import Supervisor
+from tooling.processes import FailedToStart, LogLine, PortOpen, Supervisor, port_taken
 from tracing.models import Span
 from tracing.sink import sink_status
 
+HOST = "127.0.0.1"
+MANAGE = [sys.executable, "manage.py"]
 WORKERS = {
     # name: (queues, concurrency, extra flags)
     "worker-edge": ("inventory,billing,shipping,notifications,audit,flows.control", 2, ["--beat"]),
@@ -42,13 +45,20 @@ class Command(BaseCommand):
         parser.add_argument("--duration", type=float, default=float(os.environ.get("DEMO_DURATION", "0")), help="stop after this many seconds; 0: until Ctrl-C")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not 0 < options["port"] < 65536:
-            raise CommandError(f"--port {options['port']} is not a TCP port")
+        port = options["port"]
+        if not 0 < port < 65536:
+            raise CommandError(f"--port {port} is not a TCP port")
+        # Before anything starts: a web server that cannot bind dies quietly in its log, and a
+        # new user would see the demo "running" on a port another program answers.
+        if port_taken(HOST, port):
+            other = next((p for p in range(port + 1, min(port + 100, 65536)) if not port_taken(HOST, p)), 8001)
+            raise CommandError(f"port {port} on {HOST} is taken by another program (another demo?); pick another: PORT={other} make demo (or manage.py demo --port {other})")
         var = settings.VAR_DIR
         redis_url, redis_server = ensure_redis(settings.REDIS_URL, directory=var / "redis")
         settings.REDIS_URL = redis_url  # this process talks to it too (faults, summary)
         self.stdout.write(f"redis: {redis_url}" + (" (started for the demo)" if redis_server else " (already running)"))
         supervisor: Supervisor | None = None
+        signal.signal(signal.SIGTERM, _interrupt)  # while starting, stopped as by Ctrl-C: the finally block stops what started
         try:
             call_command("migrate", interactive=False, verbosity=0)
             username, password = self._admin()
@@ -58,22 +68,30 @@ class Command(BaseCommand):
             before = Counter(processed_totals())
 
             env = {**os.environ, "REDIS_URL": redis_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
-            supervisor = Supervisor(env=env, log_dir=var / "log")
-            supervisor.start("web", "runserver", "--noreload", f"127.0.0.1:{options['port']}")
-            supervisor.start("collector", "collector")
+            supervisor = Supervisor(env=env, log_dir=var / "log", cwd=settings.BASE_DIR)
+            supervisor.start("web", [*MANAGE, "runserver", "--noreload", f"{HOST}:{port}"])
+            supervisor.start("collector", [*MANAGE, "collector"])
             for name, (queues, concurrency, extra) in WORKERS.items():
-                supervisor.start(name, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra)
-            supervisor.start("loadgen", "loadgen", "--rate", str(options["rate"]), log=False)
+                supervisor.start(name, [*MANAGE, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra])
+            self.stdout.write("waiting for the web server, the collector and the workers...")
+            try:
+                supervisor.wait_ready({"web": PortOpen(port, HOST), "collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in WORKERS}})
+            except FailedToStart as failed:
+                raise CommandError(f"the demo could not start: {failed}") from None
+            # The load starts once something consumes it.
+            supervisor.start("loadgen", [*MANAGE, "loadgen", "--rate", str(options["rate"])], log=False)
 
-            url = f"http://127.0.0.1:{options['port']}/"
+            url = f"http://{HOST}:{port}/"
             self.stdout.write(self.style.SUCCESS(f"Flowscope demo running at {url}"))
             self.stdout.write(f"  login: {username} / {password}")
             self.stdout.write(f"  logs:  {var / 'log'}/   faults: python manage.py faults --help   stop: Ctrl-C")
             self._wait(supervisor, options["duration"])
+        except KeyboardInterrupt:
+            raise CommandError("interrupted while starting; what had started is stopped") from None
         finally:
             if supervisor is not None:
                 self.stdout.write("stopping the demo's processes...")
-                supervisor.stop()
+                self.stdout.write(f"  {supervisor.stop()}")
             try:
                 self._summary(before if "before" in locals() else Counter())
             finally:
@@ -96,9 +114,9 @@ class Command(BaseCommand):
         waited = 0.0
         while not stop.wait(0.5):
             waited += 0.5
-            crashed = {n: rc for n, rc in supervisor.exited().items() if n != "loadgen" or rc != 0}
+            crashed = [supervisor.children[n].describe(f"exited with {rc}") for n, rc in supervisor.exited().items() if n != "loadgen" or rc != 0]
             if crashed:
-                raise CommandError(f"demo process(es) exited: {crashed}; see {settings.VAR_DIR / 'log'}")
+                raise CommandError("a demo process stopped by itself: " + "\n".join(crashed))
             if duration and waited >= duration:
                 return
 
@@ -118,3 +136,7 @@ class Command(BaseCommand):
         self.stdout.write(f"sagas by state (all runs): {sagas}")
         spans = sink_status()
         self.stdout.write(f"spans stored (all runs): {Span.objects.count()}; waiting in the sink: {spans['pending']}; dropped: {spans['dropped']}")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
