@@ -10,7 +10,7 @@ from ninja.errors import HttpError
 
 from console.api import admin, deadletters, sagas, system, traces
 from console.api.auth import AUTH, signed_in_or_token
-from flows.core.errors import EnvelopeError, FlowsError, PoisonMessage, UnknownMessageType
+from flows.core.errors import EnvelopeError, FlowsError, InvalidArgument, PoisonMessage, UnknownMessageType
 from flows.operate.selectors import BadCursor
 
 api = NinjaAPI(title="Flowscope", version="1", description="Dead letters, sagas, traces and flows.", auth=AUTH, docs_url=None, docs_decorator=signed_in_or_token, urls_namespace="api")
@@ -55,6 +55,11 @@ def bad_envelope(request: HttpRequest, exc: EnvelopeError) -> HttpResponse:
 
 @api.exception_handler(BadCursor)
 def bad_cursor(request: HttpRequest, exc: BadCursor) -> HttpResponse:
+    return _error(request, 400, str(exc))
+
+
+@api.exception_handler(InvalidArgument)
+def invalid_argument(request: HttpRequest, exc: InvalidArgument) -> HttpResponse:
     return _error(request, 400, str(exc))
 
 

@@ -75,3 +75,9 @@ class RequestFailed(FlowsError):
 
 class StaleTransition(FlowsError):
     """A saga transition was already applied by another delivery of the same step."""
+
+
+class InvalidArgument(FlowsError, ValueError):
+    """An operator's request to the engine is out of range or contradicts itself (a rate over the
+    limit, an empty selection, a blank reason): refused before anything changes. A ValueError too,
+    so callers that caught the plain ValueError it used to be still catch it."""

@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from flows.core.errors import FlowsError
+from flows.core.errors import FlowsError, InvalidArgument
 from flows.models import DeadLetter, RequeueJob
 from flows.operate.pacing import TokenBucket
 from flows.operate.requeue import requeue_batch, requeue_recover_unconfirmed
@@ -56,11 +56,11 @@ def requeue_count(*, filters: DeadLetterFilter | None = None, ids: list[int] | N
 
 def requeue_job_start(*, actor: str, filters: DeadLetterFilter | None = None, ids: list[int] | None = None, rate_per_s: float | None = None) -> RequeueJob:
     if rate_per_s is not None and not 0 < rate_per_s <= MAX_RATE:
-        raise ValueError(f"rate must lie between 0 and {MAX_RATE:g} messages a second, or be left out")
+        raise InvalidArgument(f"rate must lie between 0 and {MAX_RATE:g} messages a second, or be left out")
     if ids is not None and not ids:
-        raise ValueError("the selection is empty")
+        raise InvalidArgument("the selection is empty")
     if filters is not None and ids is not None:
-        raise ValueError("give a filter or a selection, not both")
+        raise InvalidArgument("give a filter or a selection, not both")
     with transaction.atomic():
         candidates = _candidates(filters=filters, ids=ids)
         total = candidates.count()
