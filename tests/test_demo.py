@@ -40,10 +40,7 @@ def healthy(url: str) -> bool:
         return False
 
 
-@pytest.mark.worker
-def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_ctrl_c():
-    var_dir = tempfile.mkdtemp(prefix="flowscope-demo-")
-    port = free_port()
+def demo_env(var_dir: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES")}
     env.update(
         # What `make demo` adds to the production settings: the tooling and the demo catalog.
@@ -54,6 +51,14 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
         FLOWSCOPE_ADMIN_PASSWORD="demo-password-123",
         PYTHONUNBUFFERED="1",
     )
+    return env
+
+
+@pytest.mark.worker
+def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_ctrl_c():
+    var_dir = tempfile.mkdtemp(prefix="flowscope-demo-")
+    port = free_port()
+    env = demo_env(var_dir)
     log = Path(var_dir) / "demo-output.log"
     with open(log, "wb") as out:
         demo = subprocess.Popen([sys.executable, "manage.py", "demo", "--port", str(port), "--rate", "20"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -105,3 +110,32 @@ def test_a_port_that_is_no_tcp_port_is_refused(settings, tmp_path):
     with pytest.raises(CommandError, match="--port 70000 is not a TCP port"):
         call_command("demo", "--port", "70000")
     assert list(tmp_path.iterdir()) == []
+
+
+# `manage.py demo`, with the port check fooled: the port is free when checked, then taken by
+# the time the web server binds it (another program was quicker).
+RACE = """
+import sys
+import tooling.processes
+tooling.processes.port_taken = lambda host, port: False
+from django.core.management import execute_from_command_line
+execute_from_command_line(["manage.py", "demo", "--port", sys.argv[1]])
+"""
+
+
+@pytest.mark.worker
+def test_a_web_server_that_dies_at_start_is_reported_with_the_cause_from_its_log_and_all_is_stopped():
+    var_dir = tempfile.mkdtemp(prefix="flowscope-demo-")
+    env = {**demo_env(var_dir), "DJANGO_SETTINGS_MODULE": "console.settings"}
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()  # accepts connections, never answers HTTP
+        port = other_program.getsockname()[1]
+        done = subprocess.run([sys.executable, "-c", RACE, str(port)], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the demo could not start: web exited with" in done.stderr, done.stderr
+    assert f"see {var_dir}/log/web.log; its log ends:" in done.stderr
+    assert "Address already in use" in done.stderr, "the cause, from the web server's log, on screen"
+    assert "running at" not in done.stdout
+    assert "stopping the demo's processes" in done.stdout
+    wait_for(lambda: not processes_with(var_dir), timeout=20, what="every process the demo started to be gone")

@@ -25,6 +25,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,18 @@ def port_answers(host: str, port: int, *, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
+    except OSError:
+        return False
+
+
+def http_answers(url: str, *, any_status: bool = False, timeout: float = 2.0) -> bool:
+    """Whether `url` answers 200 (any HTTP status if asked). Stronger than `PortOpen` for a web
+    server: another program holding the port accepts connections but does not answer this."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own local URLs
+            return any_status or response.status == 200
+    except urllib.error.HTTPError:
+        return any_status
     except OSError:
         return False
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
 from django.conf import settings
 
-from tooling.processes import START_TIMEOUT, Check, Child, spawn, wait_ready
+from tooling.processes import START_TIMEOUT, Check, Child, http_answers, spawn, wait_ready
 from tooling.processes import stop as stop_children
 
 MIB = 1024 * 1024
@@ -56,20 +54,10 @@ def start_daphne(port: int, *, log_dir: Path) -> subprocess.Popen[bytes]:
     )
 
 
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(url, timeout=2).close()  # noqa: S310 - a local URL of our own
-        return True
-    except urllib.error.HTTPError:  # any HTTP status: the server is up
-        return True
-    except OSError:
-        return False
-
-
 def wait_http(url: str, process: subprocess.Popen[bytes], *, timeout: float = START_TIMEOUT) -> None:
     """Until url answers (any HTTP status); FailedToStart (a RuntimeError, with the process's
     log tail) if the process dies or time runs out."""
-    wait_ready({_child(process): Check(f"{url} answering", lambda: _answers(url))}, timeout=timeout)
+    wait_ready({_child(process): Check(f"{url} answering", lambda: http_answers(url, any_status=True))}, timeout=timeout)
 
 
 def rss_mib(pid: int, *, children: bool = True) -> float:

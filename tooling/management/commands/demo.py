@@ -20,7 +20,7 @@ from examples.demo import faults
 from flows.consume.stats import processed_totals
 from flows.models import DeadLetter, SagaInstance
 from tooling.devredis import ensure_redis
-from tooling.processes import FailedToStart, LogLine, PortOpen, Supervisor, port_taken
+from tooling.processes import Check, FailedToStart, LogLine, Supervisor, http_answers, port_taken
 from tracing.models import Span
 from tracing.sink import sink_status
 
@@ -68,20 +68,23 @@ class Command(BaseCommand):
             before = Counter(processed_totals())
 
             env = {**os.environ, "REDIS_URL": redis_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
+            url = f"http://{HOST}:{port}/"
             supervisor = Supervisor(env=env, log_dir=var / "log", cwd=settings.BASE_DIR)
             supervisor.start("web", [*MANAGE, "runserver", "--noreload", f"{HOST}:{port}"])
             supervisor.start("collector", [*MANAGE, "collector"])
             for name, (queues, concurrency, extra) in WORKERS.items():
                 supervisor.start(name, [*MANAGE, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra])
             self.stdout.write("waiting for the web server, the collector and the workers...")
+            # The web server is ready when it answers its health check: the port alone could be
+            # answered by another program that took it since the check above.
+            web = Check(f"{url}healthz answering", lambda: http_answers(f"{url}healthz"))
             try:
-                supervisor.wait_ready({"web": PortOpen(port, HOST), "collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in WORKERS}})
+                supervisor.wait_ready({"web": web, "collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in WORKERS}})
             except FailedToStart as failed:
                 raise CommandError(f"the demo could not start: {failed}") from None
             # The load starts once something consumes it.
             supervisor.start("loadgen", [*MANAGE, "loadgen", "--rate", str(options["rate"])], log=False)
 
-            url = f"http://{HOST}:{port}/"
             self.stdout.write(self.style.SUCCESS(f"Flowscope demo running at {url}"))
             self.stdout.write(f"  login: {username} / {password}")
             self.stdout.write(f"  logs:  {var / 'log'}/   faults: python manage.py faults --help   stop: Ctrl-C")
