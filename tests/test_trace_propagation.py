@@ -98,22 +98,26 @@ def test_a_saga_s_steps_and_compensations_are_in_its_trace_in_order(worker, coll
     assert tree.roots[0].span.name == "saga test.trip" and len(tree.roots) == 1
 
 
-def test_a_requeued_dead_letter_runs_in_a_new_trace_linked_both_ways_to_the_old(worker, collector):
+def test_a_requeue_is_one_span_rooting_a_new_trace_linked_to_the_old_with_the_copy_s_process_under_it(worker, collector):
     envelope = flows.send("test.command", {"key": "relink", "bug": "relink-bug"})
     dead = wait_for(lambda: DeadLetter.objects.filter(message_id=envelope.message_id).first(), what="the dead letter")
     assert len(dead.trace_id) == 32
     fix("relink-bug")
     assert dead_letter_requeue(dead_letter_id=dead.pk, actor="tracer")
     dead.refresh_from_db()
-    assert dead.requeue_trace_id and dead.requeue_trace_id != dead.trace_id
+    assert len(dead.requeue_trace_id) == 32 and dead.requeue_trace_id != dead.trace_id
 
     wait_spans(1, trace_id=dead.requeue_trace_id, kind=CONSUMER, what="the requeued attempt's span")
-    wait_spans(1, trace_id=dead.requeue_trace_id, name="requeue test.command", what="the requeue's root span")
+    wait_spans(1, trace_id=dead.requeue_trace_id, kind=PRODUCER, what="the requeue span")
     new, old = trace_tree(dead.requeue_trace_id), trace_tree(dead.trace_id)
-    assert new.roots[0].span.name == "requeue test.command"
-    assert [link["trace_id"] for link in new.links_out] == [dead.trace_id]
+    (requeue, attempt) = (span for _, span in new.walk())
+    assert len(new.roots) == 1 and new.spans == 2, "one requeue span, one attempt: no second span shape"
+    assert (requeue.name, requeue.kind, requeue.parent_span_id) == ("requeue test.command", PRODUCER, "")
+    assert (attempt.name, attempt.kind, attempt.parent_span_id) == ("process test.command", CONSUMER, requeue.span_id)
+    assert requeue.attributes["messaging.destination.name"] == "t.commands" and requeue.attributes["messaging.message.id"] == str(envelope.message_id)
+    assert requeue.attributes["flowscope.dead_letter_id"] == dead.pk and requeue.attributes["flowscope.actor"] == "tracer"
+    assert [(link["span_id"], link["trace_id"]) for link in new.links_out] == [(requeue.span_id, dead.trace_id)]
     assert [link["trace_id"] for link in old.links_in] == [dead.requeue_trace_id]
-    (attempt,) = spans_where(trace_id=dead.requeue_trace_id, kind=CONSUMER)
     assert attempt.attributes["flowscope.attempt"] == 1 and attempt.attributes["flowscope.outcome"] == "ok"
 
 

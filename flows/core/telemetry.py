@@ -2,7 +2,8 @@
 
     send <type>      PRODUCER, one per copy published (each fan-out subscriber, each saga step)
     process <type>   CONSUMER, one per delivery attempt, child of the send that carried it
-    requeue <type>   a new trace, linked to the dead letter's original one
+    requeue <type>   PRODUCER, the root of a new trace linked to the dead letter's original one,
+                     and the send of the copy (flows.operate.requeue)
     saga <name>, request <type>, await reply <type>: the roots and ends of those patterns
 
 Attributes follow the OpenTelemetry messaging conventions plus flowscope.* for the rest.
@@ -19,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from flows.core.envelope import PATTERN, SAGA_ID, SAGA_PHASE, SAGA_STEP, SAGA_TYPE, TRACEPARENT, Envelope
 from flows.core.message import current_message
@@ -117,18 +118,6 @@ def record_failure(exc: BaseException, *, final: bool) -> None:
     )
     span.set_status(Status(StatusCode.ERROR, redact_text(f"{type(exc).__name__}: {exc}")[:500]))
     span.set_attribute("flowscope.final_attempt", final)
-
-
-@contextlib.contextmanager
-def root_span(name: str, *, links_to: dict[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL, attributes: dict[str, Any] | None = None) -> Iterator[trace.Span]:
-    """A span that starts a new trace (optionally linked to the one in `links_to` headers)."""
-    links = []
-    if links_to:
-        linked = trace.get_current_span(context_of(links_to)).get_span_context()
-        if linked.is_valid:
-            links.append(Link(linked, {"flowscope.link": "requeue-of"}))
-    with setup.tracer().start_as_current_span(name, context=otel_context.Context(), kind=kind, links=links, attributes=attributes or {}) as span:
-        yield span
 
 
 @contextlib.contextmanager

@@ -1,12 +1,21 @@
-"""Requeue many dead letters at once: one conditional claim, one pipelined publish per batch.
+"""Requeue dead letters: one conditional claim, one in-flight note, one pipelined publish per batch.
+
+This is the only requeue: a bulk job's batch (`requeue_batch`) and an operator's single requeue
+(`requeue_one`, behind `dead_letters.dead_letter_requeue`) are the same steps, the single one a
+batch of one id, so both claim, note, publish and trace alike.
 
 1. Open one requeue span per candidate (a new trace each; not yet ended, so not yet sent).
 2. Claim with one conditional UPDATE (`id IN (...) AND state = 'dead'`) that also writes each
    row's requeue trace id and returns the rows it changed: two clients requeueing the same dead
    letter at once still republish it exactly once, as only one UPDATE can move a row out of
    "dead". Spans of rows not claimed are dropped unended: they are never exported.
-3. Still in the transaction, note the batch as in flight in Redis; after the commit, publish it
-   over one broker connection, end the spans, and clear the note.
+3. Still in the transaction, build each envelope (a single requeue's corrected payload replaces
+   the stored one here, size-checked and written with the claim), note the batch as in flight in
+   Redis; after the commit, publish it over one broker connection, end the spans, clear the note.
+
+The trace of a requeue: one span per message, `requeue <type>`, the root of a new trace linked to
+the trace the message died in, and also the send of the copy (PRODUCER), so the copy's `process`
+span hangs under it.
 
 If the process dies between the commit and the publish, the note stays: nothing is lost,
 `requeue_recover_unconfirmed` (run at the start of every bulk requeue job's slice) republishes
@@ -35,7 +44,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from flows.core import telemetry
 from flows.core.envelope import ATTEMPT, REQUEUE_OF, SERIES, Envelope
-from flows.core.errors import FlowsError
+from flows.core.errors import EnvelopeError, FlowsError
 from flows.core.registry import Handler, catalog
 from flows.models import DeadLetter
 from flows.produce.backpressure import backpressure
@@ -70,16 +79,22 @@ def requeue_batch(*, ids: list[int], actor: str) -> list[int]:
     sendable = _sendable(ids)
     if not sendable:
         return []
-    spans = _open_spans(sendable)
     with transaction.atomic():
-        claimed = _claim(
-            "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s",
-            [DeadLetter.State.REQUEUED, _db_time(timezone.now()), actor[:150]],
-            "state = %s",
-            [DeadLetter.State.DEAD],
-            spans,
-        )
-        return _send(claimed, actor=actor, handlers=sendable, spans=spans)
+        return _claim_and_send(sendable, actor=actor)
+
+
+def requeue_one(*, dead_letter_id: int, handler: Handler, actor: str, payload: dict[str, Any] | None = None) -> bool:
+    """The batch path with one id, for a caller that has found the dead letter's `handler` still
+    registered and its queue admitting (dead_letters.dead_letter_requeue, which says why not).
+
+    `payload`, validated by the caller, replaces the stored one: size-checked, and written with
+    the claim. Returns False, changing nothing, when the dead letter is no longer dead; raises
+    EnvelopeError, changing nothing, when its envelope cannot be sent (stored unreadable, or the
+    corrected payload over the size limit), where a batch would leave it dead and go on.
+    """
+    payloads = {dead_letter_id: payload} if payload is not None else {}
+    with transaction.atomic():
+        return _claim_and_send({dead_letter_id: handler}, actor=actor, payloads=payloads, strict=True) == [dead_letter_id]
 
 
 def requeue_recover_unconfirmed(*, older_than: float | None = None) -> int:
@@ -129,6 +144,19 @@ def _recover(note_id: bytes, series: dict[int, int]) -> int:
     return len(sent)
 
 
+def _claim_and_send(sendable: dict[int, Handler], *, actor: str, payloads: dict[int, dict[str, Any]] | None = None, strict: bool = False) -> list[int]:
+    """Claim those of `sendable` still dead and send them on commit (inside a transaction)."""
+    spans = _open_spans(sendable)
+    claimed = _claim(
+        "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s",
+        [DeadLetter.State.REQUEUED, _db_time(timezone.now()), actor[:150]],
+        "state = %s",
+        [DeadLetter.State.DEAD],
+        spans,
+    )
+    return _send(claimed, actor=actor, handlers=sendable, spans=spans, payloads=payloads, strict=strict)
+
+
 def _open_spans(sendable: dict[int, Handler]) -> dict[int, Span]:
     """A requeue span per candidate, started now so that the claim can write its trace id; it is
     named, described and linked once the claim has returned the row, and ended after the send."""
@@ -171,9 +199,11 @@ def _claim(assignments: str, assignment_params: list[Any], condition: str, condi
     return sorted((_Claimed(*row) for row in rows), key=lambda c: c.pk)
 
 
-def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], spans: dict[int, Span]) -> list[int]:
-    """Envelopes for the claimed rows and their spans finished now; an in-flight note in Redis
-    before the commit; the publish, the spans' end and the note's removal after it."""
+def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], spans: dict[int, Span], payloads: dict[int, dict[str, Any]] | None = None, strict: bool = False) -> list[int]:
+    """Envelopes for the claimed rows (with their corrected `payloads`, written to the rows now)
+    and their spans finished now; an in-flight note in Redis before the commit; the publish, the
+    spans' end and the note's removal after it. An envelope that cannot be sent is raised with
+    `strict`, else its row goes back to "dead"."""
     items: list[tuple[Handler, Envelope]] = []
     sent: list[Span] = []
     broken: list[int] = []
@@ -183,18 +213,15 @@ def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], 
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=trace.set_span_in_context(span))  # the copy carries its send span's context
         try:
-            stored = orjson.loads(row.envelope) if isinstance(row.envelope, (str, bytes)) else row.envelope
-            dead_headers = stored.get("headers") if isinstance(stored, dict) and isinstance(stored.get("headers"), dict) else {}
-            headers = {k: v for k, v in dead_headers.items() if k not in _CONTEXT_HEADERS}
-            headers.update(carrier, **{ATTEMPT: 1, REQUEUE_OF: row.pk, SERIES: row.series})
-            envelope = Envelope.from_dict({**stored, "headers": headers})
-        except (FlowsError, ValueError, TypeError):  # orjson's JSONDecodeError is a ValueError
+            envelope, dead_headers = _envelope_of(row, carrier, (payloads or {}).get(row.pk))
+        except EnvelopeError:
+            if strict:
+                raise  # the caller's transaction rolls the claim back
             broken.append(row.pk)
             continue
-        # One span per message: the root of a new trace, linked to the one the message died in,
-        # and the send of the copy (PRODUCER, so the flow graph counts it). The single requeue
-        # opens a root and a send span under it; in bulk one span does both, as spans are most of
-        # a bulk requeue's cost.
+        # One span per message, as spans are most of a bulk requeue's cost: the root of a new
+        # trace, linked to the one the message died in, and the send of the copy (PRODUCER, so
+        # the flow graph counts it).
         span.update_name(f"requeue {row.message_type}")
         attributes = telemetry.message_attributes(envelope, queue=handler.queue, operation="send")
         attributes.update({"flowscope.producer": producer, "flowscope.dead_letter_id": row.pk, "flowscope.actor": actor[:150]})
@@ -208,20 +235,42 @@ def _send(claimed: list[_Claimed], *, actor: str, handlers: dict[int, Handler], 
         # An envelope stored unreadable (a malformed delivery's) cannot be sent: back to "dead"
         # with the series it had; requeued_at and requeued_by keep this attempt, for the record.
         DeadLetter.objects.filter(pk__in=broken).update(state=DeadLetter.State.DEAD, series=F("series") - 1, requeue_trace_id="")
-    note = note_in_flight([(int(e.headers[REQUEUE_OF]), int(e.headers[SERIES])) for _, e in items]) if items else None
+    note = _note_in_flight([(int(e.headers[REQUEUE_OF]), int(e.headers[SERIES])) for _, e in items]) if items else None
     transaction.on_commit(lambda: _publish(items, sent, note))
     return [int(e.headers[REQUEUE_OF]) for _, e in items]
 
 
-def note_in_flight(rows: list[tuple[int, int]]) -> str:
+def _envelope_of(row: _Claimed, carrier: dict[str, str], payload: dict[str, Any] | None) -> tuple[Envelope, dict[str, Any]]:
+    """The envelope to send for a claimed row, and the headers it died with (for the link);
+    EnvelopeError (PayloadTooLarge among them) when there is none to send.
+
+    The stored envelope keeps the original headers; the copy gets the requeue span's context and
+    a fresh series of attempts. A corrected `payload` replaces the stored one in the row too.
+    """
+    # Valid JSON always (a JSON column): text from SQLite's RETURNING, parsed from PostgreSQL's.
+    stored = orjson.loads(row.envelope) if isinstance(row.envelope, (str, bytes)) else row.envelope
+    if not isinstance(stored, dict):
+        raise EnvelopeError(f"dead letter {row.pk}: its stored envelope is not a JSON object but a {type(stored).__name__}")
+    dead_headers = stored["headers"] if isinstance(stored.get("headers"), dict) else {}
+    if payload is not None:
+        stored = {**stored, "payload": payload}
+    headers = {k: v for k, v in dead_headers.items() if k not in _CONTEXT_HEADERS}
+    headers.update(carrier, **{ATTEMPT: 1, REQUEUE_OF: row.pk, SERIES: row.series})
+    envelope = Envelope.from_dict({**stored, "headers": headers})  # checks the size too
+    if payload is not None:
+        DeadLetter.objects.filter(pk=row.pk).update(envelope=stored)
+    return envelope, dead_headers
+
+
+def _note_in_flight(rows: list[tuple[int, int]]) -> str:
     """Note requeues (dead letter id, series) as claimed but not yet sent; call inside the
-    claiming transaction, and `clear_note` once they are published."""
+    claiming transaction, and `_clear_note` once they are published."""
     note = uuid.uuid4().hex
     get_redis().hset(INFLIGHT, note, orjson.dumps({"at": time.time(), "rows": rows}))
     return note
 
 
-def clear_note(note: str) -> None:
+def _clear_note(note: str) -> None:
     get_redis().hdel(INFLIGHT, note)
 
 
@@ -230,7 +279,7 @@ def _publish(items: list[tuple[Handler, Envelope]], spans: list[Span], note: str
     for span in spans:
         span.end()
     if note is not None:
-        clear_note(note)
+        _clear_note(note)
 
 
 def _trace_id(span: Span) -> str:
