@@ -4,7 +4,7 @@ cancel between batches, and recovery of requeues a dead process claimed but neve
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from flows import tasks
@@ -170,6 +170,28 @@ def test_a_single_requeue_that_cannot_go_says_why_and_changes_nothing(settings, 
     assert DeadLetter.objects.filter(pk=dead.pk).values().get() == before
     assert get_redis().hlen(INFLIGHT) == 0, "nothing noted as in flight"
     backpressure.forget()
+
+
+class Abandoned(Exception):
+    pass
+
+
+def test_a_requeue_publishes_when_its_transaction_commits_and_nothing_if_it_rolls_back():
+    kept, abandoned = make_dead("commit", 2, consumer="t_bulk")  # t.backlog.raise: no worker reads it
+    redis = get_redis()
+    with transaction.atomic():
+        assert deadletters.dead_letter_requeue(dead_letter_id=kept.pk, actor="alice")
+        assert redis.llen("t.backlog.raise") == 0, "not before the commit: the worker would find the row still dead"
+    assert redis.llen("t.backlog.raise") == 1 and redis.hlen(INFLIGHT) == 0
+
+    with pytest.raises(Abandoned), transaction.atomic():
+        assert deadletters.dead_letter_requeue(dead_letter_id=abandoned.pk, actor="alice")
+        raise Abandoned
+    assert redis.llen("t.backlog.raise") == 1, "a rolled-back requeue publishes nothing"
+    abandoned.refresh_from_db()
+    assert (abandoned.state, abandoned.series, abandoned.requeue_trace_id) == (DeadLetter.State.DEAD, 0, "")
+    assert redis.hlen(INFLIGHT) == 1, "its note was written inside the transaction"
+    assert requeue_recover_unconfirmed(older_than=0) == 0 and redis.hlen(INFLIGHT) == 0, "a note naming a row still dead is dropped"
 
 
 def died(items):
