@@ -13,7 +13,9 @@ from ninja import Router, Schema
 from ninja.errors import HttpError
 from pydantic import ConfigDict, Field
 
+from console.api.answers import DateTime
 from console.api.auth import need
+from console.api.errors import answers
 from console.api.schemas import RowId
 from console.audit import audit
 from console.models import ApiToken, Role
@@ -33,6 +35,27 @@ class PruneIn(Schema):
     days: float = Field(ge=0, le=3650, strict=True)  # strict: `false` would be 0 days, every span deleted
 
 
+class TokenOut(Schema):
+    id: int
+    name: str
+    role: str = Field(json_schema_extra={"enum": Role.values})
+    hint: str = Field(description="the token's first characters, to recognise it by")
+    created_by: str
+    created_at: DateTime
+    last_used_at: DateTime | None
+    revoked: bool
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the secret: in this answer only; afterwards only its hash exists")
+
+
+class Pruned(Schema):
+    spans: int
+    links: int
+    edge_stats: int
+
+
 def _token(t: ApiToken) -> dict[str, Any]:
     return {
         "id": t.pk,
@@ -46,13 +69,13 @@ def _token(t: ApiToken) -> dict[str, Any]:
     }
 
 
-@router.get("/tokens")
+@router.get("/tokens", response=answers(200, list[TokenOut]))
 def list_tokens(request: HttpRequest) -> list[dict[str, Any]]:
     need(request, Role.ADMIN)
     return [_token(t) for t in ApiToken.objects.order_by("-created_at")]
 
 
-@router.post("/tokens")
+@router.post("/tokens", response=answers(200, TokenCreated, 400, 413, 422))
 def create_token(request: HttpRequest, body: TokenIn) -> dict[str, Any]:
     """The token itself is in this answer only; afterwards only its hash exists."""
     principal = need(request, Role.ADMIN)
@@ -62,7 +85,7 @@ def create_token(request: HttpRequest, body: TokenIn) -> dict[str, Any]:
     return {**_token(token), "token": secret}
 
 
-@router.post("/tokens/{token_id}/revoke")
+@router.post("/tokens/{token_id}/revoke", response=answers(200, TokenOut, 404, 409, 422))
 def revoke_token(request: HttpRequest, token_id: RowId) -> dict[str, Any]:
     principal = need(request, Role.ADMIN)
     token = get_object_or_404(ApiToken, pk=token_id)
@@ -73,7 +96,7 @@ def revoke_token(request: HttpRequest, token_id: RowId) -> dict[str, Any]:
     return _token(ApiToken.objects.get(pk=token.pk))
 
 
-@router.post("/retention/prune")
+@router.post("/retention/prune", response=answers(200, Pruned, 400, 413, 422))
 def prune(request: HttpRequest, body: PruneIn) -> dict[str, int]:
     """Delete spans older than `days` now (the hourly task applies TRACING_RETENTION_DAYS)."""
     principal = need(request, Role.ADMIN)

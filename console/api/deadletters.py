@@ -10,7 +10,9 @@ from django.shortcuts import get_object_or_404
 from ninja import Query, Router
 from ninja.errors import HttpError
 
+from console.api.answers import DeadLetterDetail, DeadLetterGroup, DeadLetterPage, Discarded, EditRequeued, RequeueCount, Requeued, RequeueJobOut
 from console.api.auth import need
+from console.api.errors import answers
 from console.api.schemas import DiscardIn, EditRequeueIn, FilterQuery, RequeueJobIn, RowId
 from console.audit import audit
 from console.models import Role
@@ -24,7 +26,7 @@ from tracing.redaction import redact
 router = Router(tags=["dead letters"])
 
 
-@router.get("/deadletters")
+@router.get("/deadletters", response=answers(200, DeadLetterPage, 400, 422))
 def list_dead_letters(request: HttpRequest, filters: Query[FilterQuery], cursor: str = "", limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
     """Newest first. `next_cursor` fetches the following page (keyset: as fast on page 1,000 as on page 1).
 
@@ -35,14 +37,14 @@ def list_dead_letters(request: HttpRequest, filters: Query[FilterQuery], cursor:
     return {"items": [dead_letter_summary(d) for d in rows], "next_cursor": next_cursor}
 
 
-@router.get("/deadletters/groups")
+@router.get("/deadletters/groups", response=answers(200, list[DeadLetterGroup], 422))
 def list_groups(request: HttpRequest, filters: Query[FilterQuery], limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Dead letters grouped by cause (fingerprint): count, first and last seen, an example."""
     need(request, Role.VIEWER)
     return [{**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()} for g in dead_letter_groups(filters.to_filter(), limit=limit)]
 
 
-@router.get("/deadletters/{dead_letter_id}")
+@router.get("/deadletters/{dead_letter_id}", response=answers(200, DeadLetterDetail, 404, 422))
 def get_dead_letter(request: HttpRequest, dead_letter_id: RowId) -> dict[str, Any]:
     """Envelope (payload redacted), error, traceback, attempts, trace ids and saga step. 404 if unknown."""
     need(request, Role.VIEWER)
@@ -53,7 +55,7 @@ def _conflict(dead: DeadLetter) -> HttpError:
     return HttpError(409, f"dead letter {dead.pk} is {dead.state}, not dead: nothing done")
 
 
-@router.post("/deadletters/{dead_letter_id}/requeue")
+@router.post("/deadletters/{dead_letter_id}/requeue", response=answers(200, Requeued, 400, 404, 409, 413, 422, 503))
 def requeue(request: HttpRequest, dead_letter_id: RowId) -> dict[str, Any]:
     """Republish the original envelope as a fresh series of attempts. 200 {"requeued": true};
     403 below operator; 404 unknown; 409 when it is no longer dead (someone got there first)."""
@@ -66,7 +68,7 @@ def requeue(request: HttpRequest, dead_letter_id: RowId) -> dict[str, Any]:
     return {"requeued": True, "dead_letter": dead_letter_summary(DeadLetter.objects.get(pk=dead.pk))}
 
 
-@router.post("/deadletters/{dead_letter_id}/discard")
+@router.post("/deadletters/{dead_letter_id}/discard", response=answers(200, Discarded, 400, 404, 409, 413, 422))
 def discard(request: HttpRequest, dead_letter_id: RowId, body: DiscardIn) -> dict[str, Any]:
     """Give up on a dead letter, with a reason. 409 when it is no longer dead."""
     principal = need(request, Role.OPERATOR)
@@ -78,7 +80,7 @@ def discard(request: HttpRequest, dead_letter_id: RowId, body: DiscardIn) -> dic
     return {"discarded": True}
 
 
-@router.post("/deadletters/{dead_letter_id}/edit-requeue")
+@router.post("/deadletters/{dead_letter_id}/edit-requeue", response=answers(200, EditRequeued, 400, 404, 409, 413, 422, 503))
 def edit_and_requeue(request: HttpRequest, dead_letter_id: RowId, body: EditRequeueIn) -> dict[str, Any]:
     """Correct the payload (checked against the message type's schema: 400 naming the field
     otherwise) and requeue; the old and new payloads go to the audit log."""
@@ -93,7 +95,7 @@ def edit_and_requeue(request: HttpRequest, dead_letter_id: RowId, body: EditRequ
     return {"requeued": True, "payload": redact(after)}
 
 
-@router.post("/requeue-jobs")
+@router.post("/requeue-jobs", response=answers(200, RequeueJobOut | RequeueCount, 400, 409, 413, 422, 503))
 def start_requeue_job(request: HttpRequest, body: RequeueJobIn) -> dict[str, Any]:
     """Requeue a selection (`ids`) or everything matching a filter, at `rate_per_s`.
     With `dry_run` only counts: 200 {"count": n}. Otherwise 200 with the job (poll it, or
@@ -108,13 +110,13 @@ def start_requeue_job(request: HttpRequest, body: RequeueJobIn) -> dict[str, Any
     return job_summary(job)
 
 
-@router.get("/requeue-jobs/{job_id}")
+@router.get("/requeue-jobs/{job_id}", response=answers(200, RequeueJobOut, 404, 422))
 def get_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
     need(request, Role.VIEWER)
     return job_summary(get_object_or_404(RequeueJob, pk=job_id))
 
 
-@router.post("/requeue-jobs/{job_id}/cancel")
+@router.post("/requeue-jobs/{job_id}/cancel", response=answers(200, RequeueJobOut, 404, 409, 422))
 def cancel_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
     """Stop a running job after the message in hand. 409 when it is not running."""
     principal = need(request, Role.OPERATOR)

@@ -19,7 +19,7 @@ BodyRowId = Annotated[int, Field(ge=1, le=2**63 - 1, strict=True)]
 
 class DiscardIn(Schema):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is a 422 naming it, not silently ignored
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=2000, pattern=r"\S", description="for the audit trail: not blank")
 
 
 class EditRequeueIn(Schema):

@@ -7,7 +7,9 @@ from django.http import HttpRequest
 from ninja import Query, Router
 from ninja.errors import HttpError
 
+from console.api.answers import TraceFound, TraceOut
 from console.api.auth import need
+from console.api.errors import answers
 from console.models import Role
 from tracing.redaction import redact
 from tracing.selectors import trace_tree, traces_for
@@ -16,7 +18,7 @@ router = Router(tags=["traces"])
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-@router.get("/traces")
+@router.get("/traces", response=answers(200, list[TraceFound], 400, 422))
 def search_traces(request: HttpRequest, correlation_id: str = "", message_id: str = "", saga_id: str = "", limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Traces holding a span of this conversation, message or saga; 400 if none is named."""
     need(request, Role.VIEWER)
@@ -26,7 +28,7 @@ def search_traces(request: HttpRequest, correlation_id: str = "", message_id: st
     return [{**r, "first": r["first"].isoformat(), "last": r["last"].isoformat()} for r in rows]
 
 
-@router.get("/traces/{trace_id}")
+@router.get("/traces/{trace_id}", response=answers(200, TraceOut, 400, 404, 422))
 def get_trace(request: HttpRequest, trace_id: str, offset: int = Query(0, ge=0), limit: int = Query(2000, ge=1, le=20000)) -> dict[str, Any]:
     """The hop tree, depth first in start order, a window of it at a time (`offset`, `limit`),
     with links to and from other traces. 400 for a malformed id, 404 for an unknown one."""
