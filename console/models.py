@@ -7,15 +7,18 @@ import secrets
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class Role(models.TextChoices):
     VIEWER = "viewer"
     OPERATOR = "operator"
     ADMIN = "admin"
+    AGENT = "agent"  # a flowscope-agent's token: may send spans to /v1/traces, nothing else
 
 
-RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+# Rank 0: the agent role reaches none of the others, so every page and API operation refuses it.
+RANK = {Role.AGENT: 0, Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "fs_"
 
 
@@ -48,6 +51,19 @@ class ApiToken(models.Model):
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(name=name.strip()[:100], role=role, token_hash=hash_token(secret), hint=secret[:10], created_by=created_by[:150])
         return token, secret
+
+    @classmethod
+    def active(cls, secret: str) -> ApiToken | None:
+        """The unrevoked token with this secret, its last use noted (at most a write a minute)."""
+        if not secret.startswith(TOKEN_PREFIX):
+            return None
+        row = cls.objects.filter(token_hash=hash_token(secret), revoked_at__isnull=True).first()
+        if row is None:
+            return None
+        now = timezone.now()
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            cls.objects.filter(pk=row.pk).update(last_used_at=now)
+        return row
 
 
 class AuditEntry(models.Model):

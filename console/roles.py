@@ -7,6 +7,7 @@ import dataclasses
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from console.models import RANK, ApiToken, Role, UserRole
+from tracing.otlp import Bearer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,3 +43,11 @@ def principal_for_token(token: ApiToken) -> Principal:
 
 def set_role(user: AbstractBaseUser, role: str) -> None:
     UserRole.objects.update_or_create(user=user, defaults={"role": Role(role)})
+
+
+def otlp_bearer(secret: str) -> Bearer:
+    """The OTLP receiver's verifier (settings.TRACING_OTLP_AUTH): only agent tokens report."""
+    token = ApiToken.active(secret)
+    if token is None:
+        return Bearer.UNKNOWN
+    return Bearer.REPORTER if token.role == Role.AGENT else Bearer.NOT_A_REPORTER

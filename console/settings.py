@@ -197,7 +197,11 @@ TRACING_CAPTURE_PAYLOAD = envbool("TRACING_CAPTURE_PAYLOAD", False)
 TRACING_RETENTION_DAYS = envfloat("TRACING_RETENTION_DAYS", 7.0)
 TRACING_OTLP_MAX_BYTES = envint("TRACING_OTLP_MAX_BYTES", 2 * 1024 * 1024, minimum=1024)
 TRACING_COLLECTOR_THREADS = envlist("TRACING_COLLECTOR_THREADS", ["console.broadcast.start"])
-TRACING_OTLP_TOKEN = envstr("TRACING_OTLP_TOKEN", "")  # if set, POST /v1/traces needs "Authorization: Bearer <token>"
+TRACING_OTLP_TOKEN = envstr("TRACING_OTLP_TOKEN", "")  # if set, POST /v1/traces needs "Authorization: Bearer <token>" (or an agent token)
+# Without TRACING_OTLP_TOKEN, /v1/traces takes spans from anyone only when opened: by default with
+# DEBUG on, never in production unless set (check --deploy warns then). Agent tokens always work.
+TRACING_OTLP_OPEN = envbool("TRACING_OTLP_OPEN", DEBUG)
+TRACING_OTLP_AUTH = "console.roles.otlp_bearer"  # which API tokens may report: tracing asks, the console decides
 TRACING_EDGE_BUCKET_SECONDS = envint("TRACING_EDGE_BUCKET_SECONDS", 10, minimum=1)
 # Payload fields masked wherever a payload is shown or exported (e-mail addresses and card
 # numbers are masked anywhere, whatever the field).

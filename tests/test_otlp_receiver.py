@@ -1,4 +1,5 @@
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -6,10 +7,18 @@ import sys
 import textwrap
 
 import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.utils import timezone
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
 
+from console.models import ApiToken
+from console.roles import set_role
+from tests.people import token_for
+from tests.reliability.test_deploy_check import PRODUCTION
 from tests.support import REPO
-from tests.tracing_helpers import flush_here, wait_spans
+from tests.test_settings import manage
+from tests.tracing_helpers import flush_here, spans_where, wait_spans
 from tracing import sink
 from tracing.selectors import trace_tree
 
@@ -137,3 +146,90 @@ def test_a_configured_token_is_required(client, settings):
 
 def test_only_post_is_allowed(client):
     assert client.get("/v1/traces").status_code == 405
+
+
+# --- Who may report: agent tokens, the shared token, anyone only where explicitly opened ---
+
+
+@pytest.fixture
+def closed(settings):
+    """Production's default: no shared token, not opened (the suite opens it in tests/settings.py)."""
+    settings.TRACING_OTLP_OPEN = False
+    settings.TRACING_OTLP_TOKEN = ""
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def post_span(client, trace: str, **headers: str):
+    return client.post("/v1/traces", otlp_json(json_span(trace, "cd" * 8)), content_type="application/json", headers=headers)
+
+
+def test_in_production_spans_without_a_token_are_refused_and_an_agent_token_is_taken(client, closed, collector):
+    refused_trace, agent_trace = "a1" * 16, "a2" * 16
+    response = post_span(client, refused_trace)
+    assert response.status_code == 401 and "an API token of the agent role" in response.json()["message"]
+    assert post_span(client, agent_trace, **bearer(token_for("agent"))).status_code == 200
+    wait_spans(1, trace_id=agent_trace)  # stored after the refused one would have been
+    assert not spans_where(trace_id=refused_trace)
+
+
+@pytest.mark.parametrize("role", ["viewer", "operator", "admin"])
+def test_a_token_of_another_role_is_403_naming_the_agent_role(client, closed, role):
+    response = post_span(client, "a3" * 16, **bearer(token_for(role)))
+    assert response.status_code == 403 and "only agent tokens may" in response.json()["message"]
+
+
+def test_unknown_revoked_and_non_bearer_credentials_are_401(client, closed):
+    token, secret = ApiToken.issue(name="gone", role="agent", created_by="tests")
+    ApiToken.objects.filter(pk=token.pk).update(revoked_at=timezone.now())
+    for headers in (bearer(secret), bearer("fs_not-a-token"), bearer("x" * 40), {"Authorization": "Basic YWdlbnQ6YWdlbnQ="}, bearer("ünïcode")):
+        response = post_span(client, "a4" * 16, **headers)
+        assert response.status_code == 401, (headers, response.content)
+
+
+def test_the_shared_token_closes_the_receiver_even_where_it_is_opened(client, settings):
+    settings.TRACING_OTLP_OPEN, settings.TRACING_OTLP_TOKEN = True, "s3cret"
+    assert post_span(client, "a5" * 16).status_code == 401
+    assert post_span(client, "a5" * 16, **bearer("s3cret")).status_code == 200
+    assert post_span(client, "a5" * 16, **bearer(token_for("agent"))).status_code == 200  # agent tokens work beside it
+
+
+def test_a_malformed_report_with_an_agent_token_is_refused_whole_and_nothing_is_stored(client, closed, collector):
+    agent = bearer(token_for("agent"))
+    good = json_span("a6" * 16, "cd" * 8)
+    cut_short = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [good]}]}]}).encode()[:-4]
+    assert client.post("/v1/traces", cut_short, content_type="application/json", headers=agent).status_code == 400
+    wrong_shape = json.dumps({"resourceSpans": [{"scopeSpans": 5}], "extra": [good]}).encode()
+    assert client.post("/v1/traces", wrong_shape, content_type="application/json", headers=agent).status_code == 400
+    assert post_span(client, "a7" * 16, **agent).status_code == 200  # the control, sent after
+    wait_spans(1, trace_id="a7" * 16)
+    assert not spans_where(trace_id="a6" * 16)
+
+
+def test_an_agent_token_may_do_nothing_but_report(client):
+    agent = bearer(token_for("agent"))
+    for method, path in (("get", "/api/v1/deadletters"), ("get", "/api/v1/traces?message_id=x"), ("get", "/api/v1/admin/tokens"), ("post", "/api/v1/messages")):
+        response = getattr(client, method)(path, content_type="application/json", headers=agent, **({"data": {"type": "x", "payload": {}}} if method == "post" else {}))
+        assert response.status_code == 403 and "has the agent role" in response.json()["detail"], (path, response.content)
+    assert client.get("/metrics", headers=agent).status_code in (401, 403)
+    assert client.get("/api/v1/openapi.json", headers=agent).status_code in (401, 403)
+    page = client.get("/", headers=agent)  # pages are for people: a token is sent to sign in
+    assert page.status_code == 302 and "login/" in page["Location"]
+    user = User.objects.create_user("an-agent-person", password="a-long-test-password")
+    set_role(user, "agent")
+    client.force_login(user)
+    assert client.get("/").status_code == 403 and client.get("/deadletters/").status_code == 403
+
+
+def test_create_token_makes_agent_tokens():
+    out = io.StringIO()
+    call_command("create_token", "--name", "shop workers", "--role", "agent", stdout=out, stderr=io.StringIO())
+    token = ApiToken.objects.get(name="shop workers")
+    assert token.role == "agent" and out.getvalue().strip().startswith(token.hint)
+
+
+def test_check_deploy_warns_when_the_receiver_is_opened():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION, TRACING_OTLP_OPEN="1")
+    assert result.returncode != 0 and "console.W001" in result.stdout + result.stderr and "takes spans from anyone" in result.stdout + result.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import enum
 import json
 from typing import Any
 
@@ -21,6 +22,15 @@ from tracing.redaction import redact, redact_text
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+
+
+class Bearer(enum.Enum):
+    """What the verifier named by TRACING_OTLP_AUTH says of a bearer token, as the HTTP status
+    the receiver answers: the console owns tokens and roles, tracing only asks."""
+
+    REPORTER = 200  # a token that may send spans
+    UNKNOWN = 401  # no such token, or revoked
+    NOT_A_REPORTER = 403  # a real token whose role may not send spans
 
 
 class OtlpError(ValueError):

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hmac
 import json
 import zlib
+from collections.abc import Callable
 
 import redis
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from google.rpc.status_pb2 import Status
@@ -53,20 +56,50 @@ def _body(request: HttpRequest) -> bytes:
     return body
 
 
+@functools.cache
+def _verifier(path: str) -> Callable[[str], otlp.Bearer]:
+    return import_string(path)
+
+
+def _refusal(request: HttpRequest) -> tuple[int, str] | None:
+    """Why this caller may not send spans (status, reason), or None if it may.
+
+    The shared TRACING_OTLP_TOKEN and the API tokens the console's verifier accepts (the agent
+    role) both open the door. Without a shared token, TRACING_OTLP_OPEN (on with DEBUG, off in
+    production unless set) lets anyone in; a shared token always closes it to strangers.
+    """
+    header = request.headers.get("Authorization", "")
+    bearer = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+    shared = settings.TRACING_OTLP_TOKEN
+    if shared and bearer and hmac.compare_digest(bearer.encode(), shared.encode()):
+        return None
+    if not shared and settings.TRACING_OTLP_OPEN:
+        return None
+    if not bearer:
+        return 401, "a bearer token is needed: 'Authorization: Bearer <token>' with an API token of the agent role (manage.py create_token --role agent)"
+    verdict = _verifier(settings.TRACING_OTLP_AUTH)(bearer) if settings.TRACING_OTLP_AUTH else otlp.Bearer.UNKNOWN
+    if verdict is otlp.Bearer.REPORTER:
+        return None
+    if verdict is otlp.Bearer.NOT_A_REPORTER:
+        return 403, "this token's role may not send spans; only agent tokens may (manage.py create_token --role agent)"
+    return 401, "unknown or revoked bearer token"
+
+
 @csrf_exempt
 @require_POST
 def receive_traces(request: HttpRequest) -> HttpResponse:
     """POST /v1/traces: an OTLP ExportTraceServiceRequest, protobuf or JSON.
 
     200 with ExportTraceServiceResponse (partial_success names rejected spans); 400 unreadable;
-    401 without the token TRACING_OTLP_TOKEN asks for; 413 too large; 415 other content types;
+    401 without a token that may report (see _refusal), 403 with a token of a role that may not;
+    413 too large; 415 other content types;
     503 with Retry-After when the span sink is full or unreachable (the exporter retries).
     """
     content_type = request.content_type or ""
     reply_type = otlp.PROTOBUF if content_type == otlp.PROTOBUF else otlp.JSON
-    token = settings.TRACING_OTLP_TOKEN
-    if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
-        return _error(401, "missing or wrong bearer token", reply_type)
+    refusal = _refusal(request)
+    if refusal is not None:
+        return _error(*refusal, reply_type)
     if content_type not in (otlp.PROTOBUF, otlp.JSON):
         return _error(415, f"Content-Type must be {otlp.PROTOBUF} or {otlp.JSON}, got {content_type or 'none'!r}", reply_type)
     try:

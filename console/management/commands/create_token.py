@@ -14,7 +14,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", required=True, help="what the token is for")
-        parser.add_argument("--role", required=True, choices=Role.values)
+        parser.add_argument("--role", required=True, choices=Role.values, help="viewer, operator or admin for scripts; agent for a flowscope-agent, which may only send spans")
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
