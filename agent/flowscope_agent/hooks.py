@@ -1,0 +1,308 @@
+"""What the agent sees, through Celery's public signals only; connected in connect(), disconnected in disconnect().
+
+    send <task>      PRODUCER, one per publish (a retry's republish too), in the publisher's trace
+    process <task>   CONSUMER, one per execution, child of the send that carried it
+
+The W3C traceparent of the send span goes into the task message's headers on publish and comes
+out of the task's request on execution; the process span is the current span while the task
+runs, so a task sent from a task is a child of it: one trace from the first publish to the last
+task (a new trace per task is opentelemetry-python-contrib #609).
+
+Nothing here changes the app: no setting, route, serializer or task behaviour. The only write is
+two message headers (the trace context and the publish time, for queue wait), the same ones
+every OpenTelemetry propagator adds. A handler that fails logs and lets the task go on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from celery import current_app, signals
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from flowscope_agent.config import Config
+from flowscope_agent.export import Reporter
+
+log = logging.getLogger("flowscope_agent")
+PROPAGATOR = TraceContextTextMapPropagator()
+PUBLISHED = "flowscope_published"  # header: epoch seconds of the publish, for queue wait
+CONTEXT_HEADERS = ("traceparent", "tracestate")
+MAX_OPEN = 10_000  # spans open at once per process; past it the oldest is ended (a publish that raised)
+
+# Attribute keys (OpenTelemetry messaging conventions, flowscope.* for the rest).
+SYSTEM, DESTINATION, OPERATION, MESSAGE_ID, CONVERSATION = "messaging.system", "messaging.destination.name", "messaging.operation.type", "messaging.message.id", "messaging.message.conversation_id"
+CONSUMER_GROUP = "messaging.consumer.group.name"
+MESSAGE_TYPE, APP, PRODUCER, CONSUMER, WORKER = "flowscope.message_type", "flowscope.app", "flowscope.producer", "flowscope.consumer", "flowscope.worker"
+ATTEMPT, OUTCOME, FINAL, STATE = "flowscope.attempt", "flowscope.outcome", "flowscope.final_attempt", "flowscope.state"
+SCHEDULED, SCHEDULED_FOR, QUEUE_WAIT_MS = "flowscope.scheduled", "flowscope.scheduled_for", "flowscope.queue_wait_ms"
+
+
+def _quiet(handler: Callable[..., None]) -> Callable[..., None]:
+    """A signal handler that never raises into Celery: the app runs on whatever the agent does."""
+
+    @functools.wraps(handler)
+    def safe(*args: Any, **kwargs: Any) -> None:
+        try:
+            handler(*args, **kwargs)
+        except Exception:
+            log.exception("flowscope-agent: %s failed; the task is not affected", handler.__name__)
+
+    return safe
+
+
+def _get(carrier: Any, key: str) -> Any:
+    """A header from a task request (protocol 2 lifts headers onto it) or a headers dict."""
+    value = carrier.get(key) if isinstance(carrier, dict) else getattr(carrier, key, None)
+    if value is None:
+        headers = carrier.get("headers") if isinstance(carrier, dict) else getattr(carrier, "headers", None)
+        if isinstance(headers, dict):
+            value = headers.get(key)
+    return value
+
+
+def _context_of(carrier: Any) -> otel_context.Context:
+    found = {k: v for k in CONTEXT_HEADERS if isinstance(v := _get(carrier, k), str)}
+    return PROPAGATOR.extract(found)
+
+
+def _error_status(span: Span, exc: BaseException | str | None) -> None:
+    if isinstance(exc, BaseException):
+        span.add_event(
+            "exception",
+            {
+                "exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "exception.message": str(exc)[:2000],
+                "exception.stacktrace": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+            },
+        )
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:500]))
+    else:
+        span.set_status(Status(StatusCode.ERROR, str(exc or "failed")[:500]))
+
+
+class Agent:
+    """The handlers and the spans they hold open, per process."""
+
+    def __init__(self, config: Config, app: Any = None) -> None:
+        self.config = config
+        self.app = app
+        self.lock = threading.Lock()
+        self._reporter: Reporter | None = None
+        self.publishing: dict[str, Span] = {}
+        self.running: dict[str, tuple[Span, object]] = {}
+        self.handlers: list[tuple[Any, Callable[..., None]]] = [
+            (signals.before_task_publish, self.before_publish),
+            (signals.after_task_publish, self.after_publish),
+            (signals.task_prerun, self.prerun),
+            (signals.task_retry, self.retried),
+            (signals.task_failure, self.failed),
+            (signals.task_postrun, self.postrun),
+            (signals.task_revoked, self.revoked),
+            (signals.task_rejected, self.rejected),
+            (signals.task_unknown, self.unknown),
+            (signals.worker_process_init, self.process_init),
+            (signals.worker_process_shutdown, self.process_shutdown),
+            (signals.worker_shutdown, self.process_shutdown),
+        ]
+
+    # --- connecting ---
+
+    def connect(self) -> None:
+        for signal, handler in self.handlers:
+            signal.connect(handler, weak=False)
+
+    def disconnect(self) -> dict[str, int] | None:
+        for signal, handler in self.handlers:
+            signal.disconnect(handler)
+        return self.shutdown()
+
+    # --- this process's reporter ---
+
+    def app_name(self) -> str:
+        """FLOWSCOPE_APP, else the app's main name; fixed with this process's reporter."""
+        reporter = self._reporter
+        if reporter is not None and reporter.pid == os.getpid():
+            return reporter.app_name
+        return self.config.app_name or getattr(self.app or current_app, "main", None) or "celery"
+
+    def reporter(self) -> Reporter:
+        reporter = self._reporter
+        if reporter is None or reporter.pid != os.getpid():  # first use, or the first after a fork
+            with self.lock:
+                if self._reporter is None or self._reporter.pid != os.getpid():
+                    self._reporter = Reporter(self.config, self.app_name())
+                    self.publishing.clear()
+                    self.running.clear()
+                reporter = self._reporter
+        return reporter
+
+    def stats(self) -> dict[str, int]:
+        reporter = self._reporter
+        if reporter is None or reporter.pid != os.getpid():
+            return {"ended": 0, "exported": 0, "failed": 0, "dropped": 0, "held": 0}
+        return reporter.counts.as_dict()
+
+    def shutdown(self) -> dict[str, int] | None:
+        reporter, self._reporter = self._reporter, None
+        if reporter is None or reporter.pid != os.getpid():
+            return None
+        return reporter.shutdown()
+
+    @_quiet
+    def process_init(self, **_: Any) -> None:
+        self._reporter = None  # the parent's, if any, belongs to the parent
+        self.reporter()
+
+    @_quiet
+    def process_shutdown(self, **_: Any) -> None:
+        self.shutdown()
+
+    def _common(self, name: str, queue: str | None, task_id: str | None, operation: str) -> dict[str, Any]:
+        attributes: dict[str, Any] = {SYSTEM: "celery", OPERATION: operation, "messaging.operation.name": operation, MESSAGE_TYPE: name, APP: self.app_name()}
+        if queue:
+            attributes[DESTINATION] = queue
+        if task_id:
+            attributes[MESSAGE_ID] = task_id
+        return attributes
+
+    @staticmethod
+    def _hold(table: dict[str, Any], key: str, value: Any) -> None:
+        if len(table) >= MAX_OPEN:  # a publish that raised never reaches after_task_publish
+            stale = table.pop(next(iter(table)))
+            (stale[0] if isinstance(stale, tuple) else stale).end()
+        table[key] = value
+
+    # --- publishing ---
+
+    @_quiet
+    def before_publish(
+        self, sender: Any = None, body: Any = None, exchange: str | None = None, routing_key: str | None = None, headers: dict[str, Any] | None = None, declare: Any = None, **_: Any
+    ) -> None:
+        if headers is None:
+            return  # nowhere to carry the context: the start-up check says why
+        task_id = headers.get("id") or (body.get("id") if isinstance(body, dict) else None)
+        name = str(headers.get("task") or sender or "unknown")
+        queues = [q.name for q in declare or () if getattr(q, "name", None)]
+        attributes = self._common(name, queues[0] if queues else (routing_key or exchange), task_id, "send")
+        # Sent from a running task (its process span is current): the task is the producer.
+        parent_name = (getattr(trace.get_current_span(), "attributes", None) or {}).get(CONSUMER)
+        attributes[PRODUCER] = f"handler:{parent_name}" if parent_name else f"service:{self.app_name()}"
+        attributes[ATTEMPT] = int(headers.get("retries") or 0) + 1
+        if headers.get("root_id"):
+            attributes[CONVERSATION] = str(headers["root_id"])
+        if headers.get("eta"):
+            attributes[SCHEDULED], attributes[SCHEDULED_FOR] = True, str(headers["eta"])
+        span = self.reporter().tracer.start_span(f"send {name}", kind=SpanKind.PRODUCER, attributes=attributes)
+        PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
+        headers[PUBLISHED] = time.time()
+        if task_id:
+            self._hold(self.publishing, str(task_id), span)
+        else:
+            span.end()
+
+    @_quiet
+    def after_publish(self, sender: Any = None, body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+        task_id = (headers or {}).get("id") or (body.get("id") if isinstance(body, dict) else None)
+        span = self.publishing.pop(str(task_id), None)
+        if span is not None:
+            span.set_status(Status(StatusCode.OK))
+            span.end()
+
+    # --- executing ---
+
+    @_quiet
+    def prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        if task is None or task_id is None:
+            return
+        request = task.request
+        started = time.time()
+        delivery = getattr(request, "delivery_info", None) or {}
+        attributes = self._common(task.name, delivery.get("routing_key") or delivery.get("exchange"), task_id, "process")
+        attributes.update({CONSUMER_GROUP: task.name, CONSUMER: task.name, WORKER: str(getattr(request, "hostname", "") or ""), ATTEMPT: int(getattr(request, "retries", 0) or 0) + 1})
+        if getattr(request, "root_id", None):
+            attributes[CONVERSATION] = str(request.root_id)
+        eta = getattr(request, "eta", None)
+        if eta:
+            attributes[SCHEDULED], attributes[SCHEDULED_FOR] = True, eta.isoformat() if isinstance(eta, datetime) else str(eta)
+        published = _get(request, PUBLISHED)
+        if isinstance(published, (int, float)):
+            attributes[QUEUE_WAIT_MS] = round(max(0.0, started - published) * 1000, 3)
+        span = self.reporter().tracer.start_span(f"process {task.name}", context=_context_of(request), kind=SpanKind.CONSUMER, attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        self._hold(self.running, str(task_id), (span, token))
+
+    @_quiet
+    def retried(self, request: Any = None, reason: Any = None, **_: Any) -> None:
+        held = self.running.get(str(getattr(request, "id", "")))
+        if held is not None:
+            held[0].set_attribute(OUTCOME, "retried")
+            held[0].set_attribute(FINAL, False)
+            _error_status(held[0], getattr(reason, "exc", None) or reason)
+
+    @_quiet
+    def failed(self, task_id: str | None = None, exception: BaseException | None = None, **_: Any) -> None:
+        held = self.running.get(str(task_id))
+        if held is not None:
+            held[0].set_attribute(OUTCOME, "failed")
+            held[0].set_attribute(FINAL, True)
+            _error_status(held[0], exception)
+
+    @_quiet
+    def postrun(self, task_id: str | None = None, state: str | None = None, **_: Any) -> None:
+        held = self.running.pop(str(task_id), None)
+        if held is None:
+            return
+        span, token = held
+        if state:
+            span.set_attribute(STATE, state)
+        if state == "SUCCESS":
+            span.set_attribute(OUTCOME, "succeeded")
+            span.set_status(Status(StatusCode.OK))
+        elif state and not span.attributes.get(OUTCOME):  # type: ignore[attr-defined]
+            span.set_attribute(OUTCOME, state.lower())
+        try:
+            otel_context.detach(token)  # type: ignore[arg-type]
+        finally:
+            span.end()
+
+    # --- never ran ---
+
+    def _never_ran(self, name: str, task_id: str | None, carrier: Any, outcome: str, worker: str, reason: str) -> None:
+        attributes = self._common(name, None, task_id, "process")
+        attributes.update({CONSUMER: name, OUTCOME: outcome, WORKER: worker})
+        span = self.reporter().tracer.start_span(f"process {name}", context=_context_of(carrier), kind=SpanKind.CONSUMER, attributes=attributes)
+        span.set_status(Status(StatusCode.ERROR, reason[:500]))
+        span.end()
+
+    @_quiet
+    def revoked(self, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+        task_id = str(getattr(request, "id", "") or "")
+        held = self.running.get(task_id)
+        outcome = "expired" if expired else "revoked"
+        if held is not None:  # terminated while running: postrun ends it
+            held[0].set_attribute(OUTCOME, outcome)
+            held[0].set_status(Status(StatusCode.ERROR, outcome))
+            return
+        carrier = getattr(request, "request_dict", None) or {}
+        self._never_ran(str(getattr(request, "name", "unknown")), task_id or None, carrier, outcome, str(getattr(request, "hostname", "") or ""), f"{outcome} before it ran")
+
+    @_quiet
+    def rejected(self, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+        headers = getattr(message, "headers", None) or {}
+        self._never_ran(str(headers.get("task") or "unknown"), headers.get("id"), headers, "rejected", "", f"rejected: {exc}")
+
+    @_quiet
+    def unknown(self, message: Any = None, exc: BaseException | None = None, name: str | None = None, id: str | None = None, **_: Any) -> None:
+        headers = getattr(message, "headers", None) or {}
+        self._never_ran(str(name or "unknown"), id, headers, "unknown", "", f"no worker task named {name!r}")

@@ -1,0 +1,320 @@
+"""flowscope-agent attached to an app written only with Celery (tests/attached_app), from outside.
+
+A real worker started through `.venv/bin/flowscope-agent celery -A tests.attached_app worker` in
+a subprocess, a producer started through it too, the tests' own Redis as the broker, and the real
+console (pytest-django's live server, closed to anonymous spans, with an agent token) whose
+collector stores what arrives. Nothing here imports the agent into the test process: what it
+does, it does in the processes it was put in front of.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from django.conf import settings
+
+from console.models import ApiToken
+from tests.support import REPO
+from tests.support.waiting import wait_for
+from tests.tracing_helpers import spans_where, wait_spans
+from tooling.processes import LogLine, Supervisor
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+BIN = Path(sys.executable).parent
+AGENT = str(BIN / "flowscope-agent")
+PRODUCER, CONSUMER, ERROR = 3, 4, 2
+# The app's own environment: none of this project's settings, so Celery's Django fix-up stays off.
+FOREIGN = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES", "FLOWSCOPE_EXTRA_APPS", "OTEL_")
+SHUTDOWN_LINE = re.compile(r"flowscope-agent: pid \d+ reported (\d+) spans to \S+; (\d+) failed to send, (\d+) dropped")
+
+
+def broker_url() -> str:
+    """The tests' Redis, a database of its own: the attached app shares nothing with the engine's workers."""
+    return settings.REDIS_URL.rsplit("/", 1)[0] + "/7"
+
+
+def app_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+    return {**env, "ATTACHED_BROKER_URL": broker_url(), "PYTHONUNBUFFERED": "1", "FLOWSCOPE_EXPORT_DELAY_MS": "100", **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class AttachedWorker:
+    """`[flowscope-agent] celery -A tests.attached_app worker` on the app's queue, logging to a file."""
+
+    def __init__(self, *, agent: bool, concurrency: int = 2, **env: str) -> None:
+        self.node = f"attached-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        self.supervisor = Supervisor(log_dir=Path(tempfile.mkdtemp(prefix="flowscope-agent-")), cwd=REPO, env=app_env(**env))
+        celery = [str(BIN / "celery"), "-A", "tests.attached_app", "worker", "-l", "info", "-Q", "shop", "-c", str(concurrency), "-n", self.node, "--without-mingle", "--without-gossip"]
+        self.command = [AGENT, *celery] if agent else celery
+
+    def __enter__(self) -> AttachedWorker:
+        self.child = self.supervisor.start("worker", self.command, ready=LogLine(re.escape(" ready.")))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> str:
+        self.supervisor.stop()
+        return self.child.log_text()
+
+    def log(self) -> str:
+        return self.child.log_text()
+
+
+def produce(script: str, *, agent: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` (it imports the app and sends) as its own process, through the agent or not."""
+    command = [sys.executable, "-c", textwrap.dedent(script)]
+    result = subprocess.run([AGENT, *command] if agent else command, cwd=REPO, env=app_env(**env), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def shutdown_counts(log: str) -> tuple[int, int, int]:
+    """Spans exported, failed and dropped, summed over the processes that said so on their way out."""
+    lines = SHUTDOWN_LINE.findall(log)
+    assert lines, "no process of the agent reported its counts at exit:\n" + log[-3000:]
+    return tuple(sum(int(line[i]) for line in lines) for i in range(3))  # type: ignore[return-value]
+
+
+@pytest.fixture
+def reporting(live_server, collector, settings) -> Iterator[dict[str, str]]:
+    """Where an attached process reports: the live console, which takes spans only with a token."""
+    settings.TRACING_OTLP_OPEN = False
+    settings.TRACING_OTLP_TOKEN = ""
+    _, secret = ApiToken.issue(name="attached shop", role="agent", created_by="tests")
+    yield {"FLOWSCOPE_URL": live_server.url, "FLOWSCOPE_TOKEN": secret}
+
+
+@pytest.fixture(autouse=True)
+def empty_shop_queue() -> Iterator[None]:
+    client = redis.Redis.from_url(broker_url())
+    client.flushdb()
+    yield
+    client.flushdb()
+
+
+def by_name(spans: list) -> dict:
+    return {s.name: s for s in spans}
+
+
+def test_a_task_that_sends_a_task_is_one_trace_of_send_and_process_spans_in_the_console(reporting):
+    with AttachedWorker(agent=True, **reporting) as worker:
+        sent = produce(
+            """
+            from tests.attached_app import place_order
+            print(place_order.delay("A-1").id)
+            """,
+            **reporting,
+        )
+        order_id = sent.stdout.strip()
+        (first, *_) = wait_spans(1, message_id=order_id, what="the order's spans")
+        spans = wait_spans(4, trace_id=first.trace_id, what="send and process of both tasks, in the order's trace")
+    named = by_name(spans)
+    assert set(named) == {"send shop.place_order", "process shop.place_order", "send shop.charge_card", "process shop.charge_card"}, [s.name for s in spans]
+    send_order, run_order, send_charge, run_charge = (named[n] for n in ("send shop.place_order", "process shop.place_order", "send shop.charge_card", "process shop.charge_card"))
+    assert [s.kind for s in (send_order, run_order, send_charge, run_charge)] == [PRODUCER, CONSUMER, PRODUCER, CONSUMER]
+    # The chain of parents: producer -> its task -> the task it sent -> that task.
+    assert send_order.parent_span_id == ""
+    assert run_order.parent_span_id == send_order.span_id
+    assert send_charge.parent_span_id == run_order.span_id
+    assert run_charge.parent_span_id == send_charge.span_id
+    for span in spans:
+        a = span.attributes
+        assert (a["messaging.system"], a["messaging.destination.name"], a["flowscope.app"], span.service) == ("celery", "shop", "shop", "shop"), a
+        assert a["flowscope.message_type"] == span.name.split(" ", 1)[1] and a["flowscope.attempt"] == 1
+        assert a["messaging.message.conversation_id"] == order_id  # the root task's id ties the tree together
+    assert send_order.message_id == run_order.message_id == order_id
+    assert send_charge.message_id == run_charge.message_id != order_id
+    assert (send_order.attributes["messaging.operation.type"], send_order.attributes["flowscope.producer"]) == ("send", "service:shop")
+    assert send_charge.attributes["flowscope.producer"] == "handler:shop.place_order"
+    for run in (run_order, run_charge):
+        a = run.attributes
+        assert (a["messaging.operation.type"], a["flowscope.worker"], a["flowscope.outcome"], a["flowscope.state"], run.status_code) == ("process", worker.node, "succeeded", "SUCCESS", 1), a
+        assert 0 <= a["flowscope.queue_wait_ms"] < 60_000
+        assert "flowscope.scheduled" not in a
+
+
+def test_a_failing_task_has_error_status_and_a_countdown_is_noted_as_scheduled(reporting):
+    with AttachedWorker(agent=True, **reporting):
+        sent = produce(
+            """
+            from tests.attached_app import broken, charge_card
+            print(broken.delay("B-2").id)
+            print(charge_card.apply_async(("C-3",), countdown=1).id)
+            """,
+            **reporting,
+        )
+        broken_id, later_id = sent.stdout.split()
+        spans = wait_spans(2, message_id=broken_id, what="the failing task's send and process spans")
+        scheduled = wait_spans(2, message_id=later_id, what="the scheduled task's spans")
+    run = by_name(spans)["process shop.broken"]
+    assert (run.status_code, run.attributes["flowscope.outcome"], run.attributes["flowscope.final_attempt"]) == (ERROR, "failed", True)
+    assert "ValueError: card declined for B-2" in run.status_message
+    (event,) = [e for e in run.events if e["name"] == "exception"]
+    assert event["attributes"]["exception.type"] == "builtins.ValueError" and "card declined" in event["attributes"]["exception.stacktrace"]
+    send_later, run_later = by_name(scheduled)["send shop.charge_card"], by_name(scheduled)["process shop.charge_card"]
+    assert send_later.attributes["flowscope.scheduled"] is True and run_later.attributes["flowscope.scheduled"] is True
+    assert send_later.attributes["flowscope.scheduled_for"][:19] == run_later.attributes["flowscope.scheduled_for"][:19]  # the same ETA, to the second
+    assert run_later.attributes["flowscope.queue_wait_ms"] >= 900  # it waited for its countdown
+
+
+def run_ticks(worker: AttachedWorker, n: int) -> float:
+    """Publish n no-op tasks from here (plain Celery) and wait until the worker has run every one:
+    seconds from the first publish to the last task done."""
+    key = f"ticks:{uuid.uuid4().hex}"
+    counter = redis.Redis.from_url(broker_url())
+    publisher = Celery("publisher", broker=broker_url(), set_as_current=False)
+    started = time.monotonic()
+    with publisher.connection_for_write() as connection, publisher.producer_or_acquire() as _:
+        for _ in range(n):
+            publisher.send_task("shop.tick", args=(key,), queue="shop", connection=connection)
+    wait_for(lambda: int(counter.get(key) or 0) >= n, timeout=120, what=f"{n} tasks run by {worker.node}")
+    return time.monotonic() - started
+
+
+PUBLISH_LOOP = """
+    import time
+    from tests.attached_app import tick
+    started = time.perf_counter()
+    for _ in range({n}):
+        tick.delay("ticks:producer")
+    print(time.perf_counter() - started)
+"""
+
+
+def test_with_the_console_down_tasks_run_at_their_pace_and_the_agent_counts_what_it_could_not_send(capsys):
+    n = 300
+    nowhere = {"FLOWSCOPE_URL": f"http://127.0.0.1:{free_port()}", "FLOWSCOPE_TOKEN": "fs_nothing-listens", "FLOWSCOPE_EXPORT_TIMEOUT": "1", "FLOWSCOPE_MAX_QUEUE": "100"}
+    with AttachedWorker(agent=False) as plain:
+        plain_seconds = run_ticks(plain, n)
+    with AttachedWorker(agent=True, **nowhere) as attached:
+        attached_seconds = run_ticks(attached, n)
+        log = attached.stop()
+    exported, failed, dropped = shutdown_counts(log)
+    assert exported == 0 and failed + dropped > 0, (exported, failed, dropped)
+    assert "Traceback" not in log.split("ready.", 1)[1], log[-3000:]  # no task was hurt
+    # The publishing side: the same loop of n sends, without the agent and with it (console down).
+    plain_publish = float(produce(PUBLISH_LOOP.format(n=n), agent=False).stdout)
+    attached_publish = float(produce(PUBLISH_LOOP.format(n=n), **nowhere).stdout)
+    with capsys.disabled():
+        print(
+            f"\n{n} no-op tasks on 2 prefork processes, first publish to last done: plain Celery {plain_seconds:.2f}s "
+            f"({plain_seconds / n * 1000:.2f} ms a task), with the agent and the console down {attached_seconds:.2f}s "
+            f"({attached_seconds / n * 1000:.2f} ms a task); the worker's agent: {failed} spans failed to send, {dropped} dropped.\n"
+            f"{n} sends in a producer: plain {plain_publish * 1000 / n:.3f} ms a send, with the agent (console down) {attached_publish * 1000 / n:.3f} ms a send"
+        )
+
+
+def test_a_token_of_another_role_is_refused_and_the_agent_counts_the_refusal(reporting):
+    _, viewer = ApiToken.issue(name="not an agent", role="viewer", created_by="tests")
+    sent = produce(
+        """
+        from tests.attached_app import charge_card
+        print(charge_card.delay("D-4").id)
+        """,
+        **{**reporting, "FLOWSCOPE_TOKEN": viewer},
+    )
+    exported, failed, dropped = shutdown_counts(sent.stderr)
+    assert (exported, failed, dropped) == (0, 1, 0), sent.stderr
+    assert "403" in sent.stderr  # the exporter logs the console's answer
+    assert not spans_where(message_id=sent.stdout.strip())
+
+
+def test_the_agent_imports_and_starts_without_django_or_flowscope():
+    probe = (
+        "import sys; sys.modules['django'] = None; import flowscope_agent, flowscope_agent.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('console', 'flows', 'tracing', 'django')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd="/", env=app_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "['django']", result.stdout + result.stderr
+
+
+def test_the_command_line_says_what_is_wrong_and_starts_the_command_otherwise(tmp_path):
+    def agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([AGENT, *args], cwd=tmp_path, env=app_env(**env), capture_output=True, text=True, timeout=60)
+
+    assert agent().returncode == 2 and "usage: flowscope-agent COMMAND" in agent().stdout
+    missing = agent("no-such-command-here")
+    assert missing.returncode == 127 and "cannot run 'no-such-command-here'" in missing.stderr
+    bad_url = agent(sys.executable, "-c", "print('ran')", FLOWSCOPE_URL="ftp://console")
+    assert bad_url.returncode == 2 and "FLOWSCOPE_URL='ftp://console' is not an http(s) URL" in bad_url.stderr and "ran" not in bad_url.stdout
+    # The command runs in the agent's place, its exit status passed through, the agent attached in it.
+    ran = agent(sys.executable, "-c", "import sys, flowscope_agent; sys.exit(7 if flowscope_agent._agent is not None else 1)", FLOWSCOPE_URL="http://127.0.0.1:9")
+    assert ran.returncode == 7, ran.stderr
+    quiet = agent(sys.executable, "-c", "pass")  # no FLOWSCOPE_URL: the program runs, the agent says why nothing is sent
+    assert quiet.returncode == 0 and "FLOWSCOPE_URL is not set" in quiet.stderr
+
+
+def test_the_agent_warns_about_what_the_app_has_not_turned_on_and_changes_nothing():
+    script = """
+        from celery import Celery
+        import flowscope_agent
+
+        class OldStyle:  # pre-4.0 names, as many apps still have them
+            BROKER_URL = "memory://"
+            CELERY_ALWAYS_EAGER = True
+
+        def make():
+            app = Celery("old", set_as_current=False)
+            app.config_from_object(OldStyle)
+            return app
+
+        app, untouched = make(), make()
+        flowscope_agent.attach(app)  # before the app has read its configuration: checked once it has
+        assert app.conf.task_always_eager
+        assert dict(app.conf) == dict(untouched.conf), "the agent changed the app's configuration"
+        print("unchanged")
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=app_env(FLOWSCOPE_URL="http://127.0.0.1:9", FLOWSCOPE_TOKEN="fs_x"), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "unchanged" in result.stdout, result.stderr
+    assert "task_always_eager is on" in result.stderr and "FLOWSCOPE_URL is not set" not in result.stderr
+
+
+def test_detach_disconnects_every_signal_attach_connected_and_gives_the_counts():
+    script = """
+        from celery import Celery, signals
+        import flowscope_agent
+
+        def receivers():
+            return {name: len(getattr(signals, name).receivers or ()) for name in dir(signals) if hasattr(getattr(signals, name), "receivers")}
+
+        before = receivers()
+        app = Celery("detached", broker="memory://", set_as_current=False)
+        app.conf.task_always_eager = True
+
+        @app.task
+        def noop():
+            pass
+
+        flowscope_agent.attach(app, url="http://127.0.0.1:9", token="fs_x")
+        assert receivers() != before
+        noop.apply()
+        counts = flowscope_agent.detach()
+        assert receivers() == before, (before, receivers())
+        assert counts["ended"] == 1 and counts["exported"] == 0, counts
+        print("detached", counts)
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=app_env(FLOWSCOPE_EXPORT_TIMEOUT="0.5"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "detached" in result.stdout, result.stdout + result.stderr
