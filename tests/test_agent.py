@@ -25,6 +25,7 @@ import pytest
 import redis
 from celery import Celery
 from django.conf import settings
+from kombu import Connection, Exchange
 
 from console.models import ApiToken
 from tests.support import REPO
@@ -179,6 +180,55 @@ def test_a_failing_task_has_error_status_and_a_countdown_is_noted_as_scheduled(r
     assert run_later.attributes["flowscope.queue_wait_ms"] >= 900  # it waited for its countdown
 
 
+def test_a_retry_is_a_second_attempt_in_the_same_trace(reporting):
+    with AttachedWorker(agent=True, **reporting):
+        sent = produce(
+            """
+            import uuid
+            from tests.attached_app import flaky
+            print(flaky.delay(f"flaky:{uuid.uuid4().hex}").id)
+            """,
+            **reporting,
+        )
+        task_id = sent.stdout.strip()
+        spans = wait_spans(4, message_id=task_id, what="two sends and two attempts of the flaky task")
+    sends = sorted((s for s in spans if s.kind == PRODUCER), key=lambda s: s.attributes["flowscope.attempt"])
+    runs = sorted((s for s in spans if s.kind == CONSUMER), key=lambda s: s.attributes["flowscope.attempt"])
+    assert [s.attributes["flowscope.attempt"] for s in sends] == [1, 2] and [s.attributes["flowscope.attempt"] for s in runs] == [1, 2]
+    assert len({s.trace_id for s in spans}) == 1
+    # The retry is republished from inside the first attempt: attempt 1 -> its send -> attempt 2.
+    assert runs[0].parent_span_id == sends[0].span_id and sends[1].parent_span_id == runs[0].span_id and runs[1].parent_span_id == sends[1].span_id
+    first, second = runs[0].attributes, runs[1].attributes
+    assert (first["flowscope.outcome"], first["flowscope.final_attempt"], runs[0].status_code) == ("retried", False, ERROR)
+    assert "payment gateway timed out" in runs[0].status_message
+    assert (second["flowscope.outcome"], runs[1].status_code) == ("succeeded", 1)
+
+
+def test_messages_that_never_run_revoked_unknown_or_not_a_task_are_failed_attempts(reporting):
+    with AttachedWorker(agent=True, **reporting):
+        sent = produce(
+            """
+            from tests.attached_app import app, charge_card
+            print(charge_card.apply_async(("R-9",), countdown=2).id)
+            print(app.send_task("shop.nobody_has_this", args=(1,)).id)
+            """,
+            **reporting,
+        )
+        revoked_id, unknown_id = sent.stdout.split()
+        Celery("operator", broker=broker_url(), set_as_current=False).control.revoke(revoked_id)
+        with Connection(broker_url()) as connection:  # not a Celery message at all: the worker rejects it
+            connection.Producer().publish({"not": "a task"}, exchange=Exchange("shop", type="direct"), routing_key="shop", serializer="json")
+        revoked = by_name(wait_spans(2, message_id=revoked_id, what="the send and the revoked attempt"))
+        unknown = by_name(wait_spans(2, message_id=unknown_id, what="the send and the attempt no task could take"))
+        (rejected,) = wait_spans(1, name="process unknown", what="the rejected message's attempt")
+    assert (rejected.attributes["flowscope.outcome"], rejected.status_code, rejected.parent_span_id) == ("rejected", ERROR, "")
+    for named, task, outcome in ((revoked, "shop.charge_card", "revoked"), (unknown, "shop.nobody_has_this", "unknown")):
+        assert set(named) == {f"send {task}", f"process {task}"}, named
+        send, run = named[f"send {task}"], named[f"process {task}"]
+        assert run.parent_span_id == send.span_id and run.trace_id == send.trace_id
+        assert (run.attributes["flowscope.outcome"], run.status_code, run.kind) == (outcome, ERROR, CONSUMER)
+
+
 def run_ticks(worker: AttachedWorker, n: int) -> float:
     """Publish n no-op tasks from here (plain Celery) and wait until the worker has run every one:
     seconds from the first publish to the last task done."""
@@ -318,3 +368,28 @@ def test_detach_disconnects_every_signal_attach_connected_and_gives_the_counts()
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=app_env(FLOWSCOPE_EXPORT_TIMEOUT="0.5"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "detached" in result.stdout, result.stdout + result.stderr
+
+
+def test_an_agent_that_fails_inside_a_signal_leaves_the_task_alone():
+    script = """
+        from celery import Celery
+        import flowscope_agent
+
+        app = Celery("hurt", broker="memory://", set_as_current=False)
+
+        @app.task
+        def add(a, b):
+            return a + b
+
+        agent = flowscope_agent.attach(app, url="http://127.0.0.1:9", token="fs_x")
+
+        def broken():
+            raise RuntimeError("the agent's own bug")
+
+        agent.reporter = broken
+        assert add.apply((2, 3)).get() == 5
+        print("ran")
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=app_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "ran" in result.stdout, result.stdout + result.stderr
+    assert "flowscope-agent: prerun failed; the task is not affected" in result.stderr and "the agent's own bug" in result.stderr

@@ -286,7 +286,8 @@ class Agent:
         span.end()
 
     @_quiet
-    def revoked(self, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+    def revoked(self, sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any) -> None:
+        """`request` is the task's Context (headers lifted onto it), in the process that revoked it."""
         task_id = str(getattr(request, "id", "") or "")
         held = self.running.get(task_id)
         outcome = "expired" if expired else "revoked"
@@ -294,8 +295,8 @@ class Agent:
             held[0].set_attribute(OUTCOME, outcome)
             held[0].set_status(Status(StatusCode.ERROR, outcome))
             return
-        carrier = getattr(request, "request_dict", None) or {}
-        self._never_ran(str(getattr(request, "name", "unknown")), task_id or None, carrier, outcome, str(getattr(request, "hostname", "") or ""), f"{outcome} before it ran")
+        name = str(getattr(sender, "name", None) or getattr(request, "task", None) or "unknown")
+        self._never_ran(name, task_id or None, request, outcome, str(getattr(request, "hostname", "") or ""), f"{outcome} before it ran")
 
     @_quiet
     def rejected(self, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:

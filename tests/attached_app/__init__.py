@@ -49,13 +49,25 @@ def work(seconds: float) -> float:
     return time.perf_counter() - started
 
 
-_counter: redis.Redis | None = None  # made on first use in each pool process, never before the fork
+_redis: redis.Redis | None = None  # made on first use in each pool process, never before the fork
+
+
+def counter() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(OldStyleSettings.BROKER_URL)
+    return _redis
 
 
 @app.task(name="shop.tick")
 def tick(key: str) -> None:
     """A no-op that counts itself done, so a test sees how many ran and when the last did."""
-    global _counter
-    if _counter is None:
-        _counter = redis.Redis.from_url(OldStyleSettings.BROKER_URL)
-    _counter.incr(key)
+    counter().incr(key)
+
+
+@app.task(name="shop.flaky", bind=True, max_retries=3, default_retry_delay=0)
+def flaky(self, key: str) -> str:
+    """Fails its first attempt and asks Celery to retry it; the second succeeds."""
+    if counter().incr(key) == 1:
+        raise self.retry(exc=ConnectionError("payment gateway timed out"))
+    return "paid"
