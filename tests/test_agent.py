@@ -211,13 +211,14 @@ def test_messages_that_never_run_revoked_unknown_or_not_a_task_are_failed_attemp
         sent = produce(
             """
             from tests.attached_app import app, charge_card
-            print(charge_card.apply_async(("R-9",), countdown=2).id)
+            later = charge_card.apply_async(("R-9",), countdown=3)
+            app.control.revoke(later.id)  # at once: the worker holds it until its ETA, then drops it
+            print(later.id)
             print(app.send_task("shop.nobody_has_this", args=(1,)).id)
             """,
             **reporting,
         )
         revoked_id, unknown_id = sent.stdout.split()
-        Celery("operator", broker=broker_url(), set_as_current=False).control.revoke(revoked_id)
         with Connection(broker_url()) as connection:  # not a Celery message at all: the worker rejects it
             connection.Producer().publish({"not": "a task"}, exchange=Exchange("shop", type="direct"), routing_key="shop", serializer="json")
         revoked = by_name(wait_spans(2, message_id=revoked_id, what="the send and the revoked attempt"))
