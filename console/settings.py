@@ -155,6 +155,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": FLOWS_VISIBILITY_TIMEOUT,
     "unacked_restore_interval": FLOWS_RESTORE_INTERVAL_SECONDS,
     "unacked_restore_throttle": 1,
+    # A worker looks for those deliveries under a lock in Redis; killed while holding it, it
+    # stops every worker's restores until the lock expires (kombu's default: 300 s). Restores
+    # are safe to overlap (each is a WATCH transaction), so the lock need not outlive a scan.
+    "unacked_mutex_expire": 30,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
