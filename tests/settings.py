@@ -18,3 +18,7 @@ from console.settings import *  # noqa: E402,F403
 # opened (tests/test_otlp_receiver.py closes it again to test the refusal). A setting, not the
 # environment, so the deploy checks run in subprocesses see production's default.
 TRACING_OTLP_OPEN = True
+
+# A reliability check may start a worker on a broker transport with a fault hook in it
+# (tests/reliability/kill_on_take.py); every other process runs on the configured one.
+CELERY_BROKER_TRANSPORT = os.environ.get("FLOWS_TEST_BROKER_TRANSPORT") or CELERY_BROKER_TRANSPORT  # noqa: F405

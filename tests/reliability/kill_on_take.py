@@ -1,0 +1,73 @@
+"""Broker transports for the claim-window check (test_claim_window.py): each SIGKILLs its whole
+worker at the Nth message the worker takes, at the moment kombu records it as held.
+
+A worker runs on one of these when its environment names it in FLOWS_TEST_BROKER_TRANSPORT
+(tests/settings.py reads it) and sets FLOWS_TEST_KILL_AT_TAKE=N. Kombu calls QoS.append with a
+message the channel has just taken off its queue, before anything else sees it: on kombu's own
+transport the message is then in no list and no hash (BRPOP removed it; append would have
+recorded it), on Flowscope's it was recorded by the claim that took it. Before dying, the hook
+writes the message's delivery tag and payload key to KILLED_AT, so the check can look for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+
+from flows.consume import broker
+from tracing.redis import get_redis, key
+
+KILL_AT_ENV = "FLOWS_TEST_KILL_AT_TAKE"
+TRANSPORT_ENV = "FLOWS_TEST_BROKER_TRANSPORT"
+KILLED_AT = key("rel", "killed-at-take")
+
+_taken = 0
+
+
+def _payload_key(message: Any) -> str:
+    try:
+        return str(json.loads(message.body)[0][0]["payload"]["key"])
+    except (ValueError, LookupError, TypeError):
+        return ""
+
+
+class KillOnTake:
+    def append(self, message: Any, delivery_tag: str) -> None:
+        global _taken
+        _taken += 1
+        if str(_taken) == os.environ.get(KILL_AT_ENV):
+            get_redis().hset(KILLED_AT, mapping={"tag": delivery_tag, "key": _payload_key(message), "pid": os.getpid()})
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # the worker runs in a process group of its own
+        super().append(message, delivery_tag)  # type: ignore[misc]
+
+
+class KombuQoS(KillOnTake, kombu_redis.QoS):
+    pass
+
+
+class KombuChannel(kombu_redis.Channel):
+    QoS = KombuQoS
+
+
+class KombuTransport(kombu_redis.Transport):
+    """Kombu 5.7.0's own Redis transport: BRPOP, then QoS.append records the message."""
+
+    Channel = KombuChannel
+
+
+class FlowscopeQoS(KillOnTake, broker.Channel.QoS):
+    pass
+
+
+class FlowscopeChannel(broker.Channel):
+    QoS = FlowscopeQoS
+
+
+class FlowscopeTransport(broker.Transport):
+    """Flowscope's transport (flows.consume.broker), as configured for every worker."""
+
+    Channel = FlowscopeChannel
