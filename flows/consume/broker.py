@@ -29,7 +29,8 @@ it first.
 
 Kombu's private names used here (`_brpop_start`, `_brpop_read`, `_poll_error`, `_get`,
 `_in_poll`, `_brpop_sent_at`, `_queue_cycle`, `_q_for_pri`, `_flush_brpop_reauth`,
-`_maybe_update_queues_expire`, `QoS._remove_from_indices`) were checked against kombu 5.7.0,
+`_maybe_update_queues_expire`, `QoS._remove_from_indices`, `Transport._deliver`, and
+`virtual.QoS.append` called past redis.QoS.append) were checked against kombu 5.7.0,
 pinned in requirements.lock; a kombu upgrade must check them again (tests/test_broker_claim.py).
 """
 
