@@ -15,8 +15,8 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from flows.models import DeadLetter, InboxEntry, SagaInstance
 from tests.support import REPO
+from tests.support.stores import run_keys, run_rows
 from tests.support.waiting import wait_for
 from tests.support.workers import worker_database_url
 from tooling.bench import flower, live, memory, processes, spans
@@ -98,23 +98,13 @@ def test_the_tasks_flower_saw_are_summed_over_workers_and_task_names():
     assert flower.succeeded(metrics) == 12
 
 
-def user_rows() -> dict[str, int]:
-    return {model.__name__: model.objects.count() for model in (DeadLetter, Span, SagaInstance, InboxEntry)}
-
-
-def user_keys() -> dict[bytes, bytes | None]:
-    """Every key of the configured Redis database, with its value for the engine's own."""
-    r = get_redis()
-    return {name: r.dump(name) if name.startswith(b"flows:") else b"" for name in r.scan_iter(count=1000)}
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_bench_run_measures_on_a_database_and_redis_of_its_own_and_leaves_the_users_as_they_were(tmp_path):
     # What the span measurement clears after itself, were it to run on the user's stores: the
     # spans of its service, and its stream.
     Span.objects.create(trace_id="a" * 32, span_id="b" * 16, name="the user's span", service=spans.SERVICE, start_time=timezone.now(), duration_us=1)
     get_redis().set(spans.STREAM, "the user's")
-    rows, keys = user_rows(), user_keys()
+    rows, keys = run_rows(), run_keys()
     out = tmp_path / "bench.json"
     env = {**os.environ, "DATABASE_URL": worker_database_url(), "REDIS_URL": settings.REDIS_URL}
     done = subprocess.run([sys.executable, "manage.py", "bench", "--quick", "--only", "p2", "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
@@ -123,8 +113,8 @@ def test_a_bench_run_measures_on_a_database_and_redis_of_its_own_and_leaves_the_
     figures = json.loads(out.read_text())
     assert figures["p2_spans"] == 20_000 and figures["p2_spans_per_s"] > 0, "the run stored its spans"
     assert "p2_spans_per_s" in done.stdout
-    assert user_rows() == rows
-    assert user_keys() == keys
+    assert run_rows() == rows
+    assert run_keys() == keys
     machine = figures["machine"]
     assert machine["run_database"] != settings.DATABASES["default"]["NAME"] and not Path(machine["run_database"]).exists(), "its database is removed"
     assert machine["run_redis"] != settings.REDIS_URL and redis.Redis.from_url(machine["run_redis"]).dbsize() == 0, "its Redis database is empty again"

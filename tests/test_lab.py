@@ -21,9 +21,9 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from flows.models import DeadLetter, InboxEntry, SagaInstance
 from tests.people import client_for
 from tests.support import REPO
+from tests.support.stores import run_keys, run_rows
 from tests.support.waiting import wait_for
 from tests.support.workers import worker_database_url
 from tooling.lab import results
@@ -32,7 +32,6 @@ from tooling.lab.models import LabRun
 from tooling.lab.processes import LabProcessError, LabProcesses
 from tooling.lab.scenarios import SCENARIO_NAMES, STYLES
 from tooling.own_stores import INSIDE_ENV
-from tracing.models import Span
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -59,19 +58,9 @@ def lab_processes(lab_pid: int) -> dict[int, dict[str, str]]:
     return found
 
 
-def user_rows() -> dict[str, int]:
-    return {model.__name__: model.objects.count() for model in (DeadLetter, Span, SagaInstance, InboxEntry)}
-
-
-def user_keys() -> dict[bytes, bytes | None]:
-    """Every key of the configured Redis database, with its value for the engine's own."""
-    r = get_redis()
-    return {name: r.dump(name) if name.startswith(b"flows:") else b"" for name in r.scan_iter(count=1000)}
-
-
 def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accounted_for(tmp_path):
     out = tmp_path / "lab.json"
-    rows, keys = user_rows(), user_keys()
+    rows, keys = run_rows(), run_keys()
     lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--json", str(out)], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = lab.communicate(timeout=170)
@@ -110,8 +99,8 @@ def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accou
     stored = LabRun.latest_run()
     assert stored is not None and stored.quick and stored.scenarios == figures["scenarios"]
     assert "runs on a database of its own" in stderr
-    assert user_rows() == rows
-    assert user_keys() == keys
+    assert run_rows() == rows
+    assert run_keys() == keys
     assert lab_processes(lab.pid) == {}
 
 

@@ -158,8 +158,17 @@ def test_a_run_that_fails_is_told_and_its_stores_are_removed(other_databases):
     assert client(settings.REDIS_URL).get("flows:bench:count") is None, "nothing in the configured Redis"
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Ctrl-C as a Python process has it by default; an earlier test's server may have left
+    another handler in this process."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.worker
-def test_ctrl_c_stops_the_run_and_removes_its_stores(other_databases):
+def test_ctrl_c_stops_the_run_and_removes_its_stores(other_databases, python_ctrl_c):
     lines: list[str] = []
 
     def out(line: str) -> None:
