@@ -11,9 +11,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
+import psycopg
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 
 from tooling.database import database_of_its_own, own_database_name
 from tooling.devredis import answers
@@ -108,15 +110,32 @@ def test_with_no_free_database_the_run_gets_a_redis_server_of_its_own(other_data
     assert not answers(url, timeout=0.5), "the private server is stopped with the run"
 
 
-def test_a_sqlite_database_of_a_run_is_a_new_file_removed_even_when_the_run_fails(tmp_path):
+@pytest.mark.django_db(transaction=True)  # on PostgreSQL, CREATE DATABASE outside a transaction
+def test_a_database_of_a_run_is_new_and_removed_even_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError, match="the run failed"), database_of_its_own("bench", directory=tmp_path) as url:
-        path = Path(url.removeprefix("sqlite:///"))
-        assert path.parent == tmp_path.resolve() and not path.exists()
-        with sqlite3.connect(path) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE flows_deadletter (id INTEGER)")
+        if connection.vendor == "sqlite":
+            path = Path(url.removeprefix("sqlite:///"))
+            assert path.parent == tmp_path.resolve() and not path.exists()
+            with sqlite3.connect(path) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("CREATE TABLE flows_deadletter (id INTEGER)")
+        else:
+            name = urlsplit(url).path.lstrip("/")
+            assert name != settings.DATABASES["default"]["NAME"] and postgres_database_exists(name)
+            with psycopg.connect(url, autocommit=True) as db:
+                assert db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,), "new and empty"
+                db.execute("CREATE TABLE flows_deadletter (id INTEGER)")
         raise RuntimeError("the run failed")
-    assert list(tmp_path.iterdir()) == []
+    if connection.vendor == "sqlite":
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert not postgres_database_exists(name)
+
+
+def postgres_database_exists(name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        return cursor.fetchone() is not None
 
 
 CHILD = """
@@ -142,12 +161,16 @@ def seen(lines: list[str]) -> dict[str, str]:
 def assert_removed(told: dict[str, str]) -> None:
     assert told["REDIS_URL"] == told["CELERY_BROKER_URL"] != settings.REDIS_URL
     assert told["DATABASE_URL"] != f"sqlite:///{settings.DATABASES['default']['NAME']}"
-    assert not Path(told["DATABASE_URL"].removeprefix("sqlite:///")).parent.exists(), "the run's database and directory are gone"
+    if connection.vendor == "sqlite":
+        assert not Path(told["DATABASE_URL"].removeprefix("sqlite:///")).parent.exists(), "the run's database and directory are gone"
+    else:
+        assert not postgres_database_exists(urlsplit(told["DATABASE_URL"]).path.lstrip("/")), "the run's database is dropped"
     assert client(told["REDIS_URL"]).dbsize() == 0, "the run's Redis database is empty again"
     assert not psutil.pid_exists(int(told["pid"]))
 
 
 @pytest.mark.worker
+@pytest.mark.django_db(transaction=True)  # on PostgreSQL the run's database is created through this connection
 def test_a_run_that_fails_is_told_and_its_stores_are_removed(other_databases):
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="the test run exited with 3"):
@@ -168,6 +191,7 @@ def python_ctrl_c():
 
 
 @pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
 def test_ctrl_c_stops_the_run_and_removes_its_stores(other_databases, python_ctrl_c):
     lines: list[str] = []
 
