@@ -11,6 +11,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from console.env import envbool, envfloat, envint, envlist, envstr
+from flows.core.brokers import RABBITMQ, kind_of
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("FLOWSCOPE_VAR_DIR", str(BASE_DIR / "var")))
@@ -151,24 +152,38 @@ FLOWS_VISIBILITY_TIMEOUT = envint("FLOWS_VISIBILITY_TIMEOUT", 3600, minimum=10)
 # a killed worker's messages could wait 100 s beyond the timeout; the scan is one ZRANGE.
 FLOWS_RESTORE_INTERVAL_SECONDS = envint("FLOWS_RESTORE_INTERVAL_SECONDS", 10, minimum=1)
 CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": FLOWS_VISIBILITY_TIMEOUT,
-    "unacked_restore_interval": FLOWS_RESTORE_INTERVAL_SECONDS,
-    "unacked_restore_throttle": 1,
-    # A worker looks for those deliveries under a lock in Redis; killed while holding it, it
-    # stops every worker's restores until the lock expires (kombu's default: 300 s). Restores
-    # are safe to overlap (each is a WATCH transaction), so the lock need not outlive a scan.
-    "unacked_mutex_expire": 30,
-}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One message at a time per pool process: with late acknowledgement a prefetched message is
+# held, not worked on, and a slow handler would sit on others' work.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# Redis, with a queue item that is not a Celery message dead-lettered instead of ending the worker.
-CELERY_BROKER_TRANSPORT = "flows.consume.broker:Transport"
 # Reconnects where Celery 5.7.0 would exit (flows.consume.worker_consumer), and dead-letters the messages
 # Celery's consumer would drop: a task no worker has, a body that cannot be decoded.
 CELERY_WORKER_CONSUMER = "flows.consume.broker:Consumer"
+if kind_of(CELERY_BROKER_URL) == RABBITMQ:
+    # RabbitMQ: durable quorum queues unless asked for classic ones; every send confirmed by the
+    # broker; delays held by the broker, not a worker (flows.produce.rabbitmq), which needs the
+    # queues' own exchanges to be topic exchanges.
+    FLOWS_RABBITMQ_QUEUE_TYPE = envstr("FLOWS_RABBITMQ_QUEUE_TYPE", "quorum")
+    if FLOWS_RABBITMQ_QUEUE_TYPE not in ("quorum", "classic"):
+        raise ImproperlyConfigured(f"FLOWS_RABBITMQ_QUEUE_TYPE must be 'quorum' or 'classic', not {FLOWS_RABBITMQ_QUEUE_TYPE!r}")
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = FLOWS_RABBITMQ_QUEUE_TYPE
+    CELERY_TASK_CREATE_MISSING_QUEUE_EXCHANGE_TYPE = CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": FLOWS_VISIBILITY_TIMEOUT,
+        "unacked_restore_interval": FLOWS_RESTORE_INTERVAL_SECONDS,
+        "unacked_restore_throttle": 1,
+        # A worker looks for those deliveries under a lock in Redis; killed while holding it, it
+        # stops every worker's restores until the lock expires (kombu's default: 300 s). Restores
+        # are safe to overlap (each is a WATCH transaction), so the lock need not outlive a scan.
+        "unacked_mutex_expire": 30,
+    }
+    # Redis, a message taken and recorded as held in one step (issue 12), and a queue item
+    # that is not a Celery message dead-lettered instead of ending the worker.
+    CELERY_BROKER_TRANSPORT = "flows.consume.broker:Transport"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None

@@ -67,6 +67,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     )
     statuses = queue_statuses()
     metric("flowscope_queue_depth", "gauge", "Messages waiting per queue.", [({"queue": q.name}, q.depth) for q in statuses])
+    metric("flowscope_queue_consumers", "gauge", "Consumers attached per queue (RabbitMQ only).", [({"queue": q.name}, q.consumers) for q in statuses if q.consumers is not None])
     metric("flowscope_queue_throttled", "gauge", "1 while back-pressure throttles a queue.", [({"queue": q.name}, int(q.state == "throttled")) for q in statuses])
     sink = sink_status()
     metric("flowscope_span_ingest_pending", "gauge", "Spans waiting for the collector (ingest lag).", [({}, sink["pending"])])

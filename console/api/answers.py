@@ -222,6 +222,7 @@ class FlowGraph(Schema):
 class QueueOut(Schema):
     name: str
     depth: int
+    consumers: int | None = Field(description="consumers attached, as RabbitMQ reports them; null on Redis, which does not say")
     high: int | None
     low: int | None
     mode: str | None

@@ -264,6 +264,16 @@ class Consumer(ReconnectingConsumer):
         record_garbage(message.body, _queue(message), f"message names task {task!r}, which no worker has")
         super().on_unknown_task(body, message, exc)
 
+    def on_unknown_message(self, body: Any, message: KombuMessage) -> None:
+        # A message that is no Celery task at all (no task header): on Redis the channel
+        # catches such items first; on RabbitMQ they arrive here, and Celery would drop them.
+        record_garbage(message.body, _queue(message), "message is not a Celery task: it names no task")
+        super().on_unknown_message(body, message)
+
+    def on_invalid_task(self, body: Any, message: KombuMessage, exc: Exception) -> None:
+        record_garbage(message.body, _queue(message), f"message is not a valid Celery task: {exc}")
+        super().on_invalid_task(body, message, exc)
+
     def on_decode_error(self, message: KombuMessage, exc: Exception) -> None:
         record_garbage(message.body, _queue(message), f"message body cannot be decoded: {exc}")
         super().on_decode_error(message, exc)

@@ -1,12 +1,11 @@
-"""Retry policy: exponential backoff with jitter, bounded by the broker's visibility timeout."""
+"""Retry policy: exponential backoff with jitter, bounded by the longest delay the broker holds."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
 
-from django.conf import settings
-
+from flows.core.brokers import REDIS, broker_kind, max_delay
 from flows.core.errors import ConfigurationError
 
 
@@ -29,10 +28,7 @@ class Backoff:
         return base * (1 - self.jitter * random.random())
 
     def check_against_broker(self, where: str) -> None:
-        # Redis holds a delayed message as unacknowledged; past the visibility timeout it would
-        # be handed to a second worker, and the message would run twice.
-        limit = settings.FLOWS_VISIBILITY_TIMEOUT / 2
+        limit, reason = max_delay()
         if self.maximum > limit:
-            raise ConfigurationError(
-                f"{where}: backoff maximum {self.maximum:g}s exceeds half the broker visibility timeout ({settings.FLOWS_VISIBILITY_TIMEOUT}s); lower it or raise FLOWS_VISIBILITY_TIMEOUT"
-            )
+            hint = "lower it or raise FLOWS_VISIBILITY_TIMEOUT" if broker_kind() == REDIS else "lower it"
+            raise ConfigurationError(f"{where}: backoff maximum {self.maximum:g}s exceeds {reason}; {hint}")

@@ -1,7 +1,8 @@
 """Back-pressure: queue depth against watermarks, checked before every publish.
 
-Depth is read from the broker (the Redis lists that hold each queue) at most every
-FLOWS_BACKPRESSURE_REFRESH_SECONDS per queue and process, so a hot producer costs Redis one
+Depth is read from the broker (the Redis lists that hold each queue, or RabbitMQ's count of
+ready messages from a passive declare) at most every
+FLOWS_BACKPRESSURE_REFRESH_SECONDS per queue and process, so a hot producer costs the broker one
 round trip per refresh, not per message. A queue turns "throttled" at its high watermark and
 "open" again only at its low one (hysteresis), so producers do not flap around a single mark.
 """
@@ -9,13 +10,17 @@ round trip per refresh, not per message. A queue turns "throttled" at its high w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 
+import redis
 from django.conf import settings
 
+from flows.core.brokers import RABBITMQ, broker_kind
 from flows.core.errors import QueueFull
 from flows.core.registry import QueuePolicy, catalog
+from flows.produce import rabbitmq
 from tracing.redis import get_redis, key
 
 # kombu's Redis transport keeps priority levels 3, 6 and 9 in lists beside the queue's own.
@@ -24,11 +29,32 @@ STATE_KEY = key("backpressure", "state")
 ACTIVATIONS_KEY = key("backpressure", "activations")
 
 
+@functools.cache
+def _broker_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def get_redis_broker() -> redis.Redis:
+    """The Redis the broker's queues are in (often, not always, the engine's own)."""
+    return _broker_client(settings.CELERY_BROKER_URL)
+
+
 def queue_depth(queue: str) -> int:
-    pipe = get_redis().pipeline(transaction=False)
-    for suffix in _PRIORITY_SUFFIXES:
-        pipe.llen(queue + suffix)
-    return sum(pipe.execute())
+    return queue_gauges([queue])[queue][0]
+
+
+def queue_gauges(queues: list[str]) -> dict[str, tuple[int, int | None]]:
+    """(messages waiting, consumers) of each queue, as the broker tells: on RabbitMQ both, by a
+    passive declare; on Redis the lengths of the queue's lists, and consumers unknown (None)."""
+    if broker_kind() == RABBITMQ:
+        return dict(rabbitmq.queue_gauges(queues))
+    pipe = get_redis_broker().pipeline(transaction=False)
+    for queue in queues:
+        for suffix in _PRIORITY_SUFFIXES:
+            pipe.llen(queue + suffix)
+    lengths = pipe.execute()
+    step = len(_PRIORITY_SUFFIXES)
+    return {queue: (sum(lengths[i * step : (i + 1) * step]), None) for i, queue in enumerate(queues)}
 
 
 def policy_for(queue: str) -> QueuePolicy | None:
@@ -103,6 +129,7 @@ backpressure = BackPressure()
 class QueueStatus:
     name: str
     depth: int
+    consumers: int | None  # None where the broker does not say (Redis)
     high: int | None
     low: int | None
     mode: str | None
@@ -111,14 +138,16 @@ class QueueStatus:
 
 
 def queue_statuses() -> list[QueueStatus]:
-    """Depth, watermarks and back-pressure state of every queue a handler consumes."""
-    redis = get_redis()
-    states = {k.decode(): v.decode() for k, v in redis.hgetall(STATE_KEY).items()}
-    activations = {k.decode(): int(v) for k, v in redis.hgetall(ACTIVATIONS_KEY).items()}
+    """Depth, consumers, watermarks and back-pressure state of every queue a handler consumes."""
+    store = get_redis()
+    states = {k.decode(): v.decode() for k, v in store.hgetall(STATE_KEY).items()}
+    activations = {k.decode(): int(v) for k, v in store.hgetall(ACTIVATIONS_KEY).items()}
+    names = sorted(set(catalog.queue_names()) | set(catalog.queues))
+    gauges = queue_gauges(names)
     statuses = []
-    for name in sorted(set(catalog.queue_names()) | set(catalog.queues)):
+    for name in names:
         policy = policy_for(name)
-        depth = queue_depth(name)
+        depth, consumers = gauges[name]
         if policy is None:
             state = "unlimited"
         else:
@@ -129,6 +158,7 @@ def queue_statuses() -> list[QueueStatus]:
             QueueStatus(
                 name=name,
                 depth=depth,
+                consumers=consumers,
                 high=policy.high if policy else None,
                 low=policy.low if policy else None,
                 mode=policy.mode if policy else None,

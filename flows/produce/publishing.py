@@ -11,14 +11,15 @@ from typing import Any
 
 import orjson
 from celery import current_app
-from django.conf import settings
 from django.db import transaction
 
 from flows.core import telemetry
+from flows.core.brokers import RABBITMQ, broker_kind, max_delay
 from flows.core.envelope import PATTERN, Envelope
 from flows.core.errors import ConfigurationError
 from flows.core.message import current_message
 from flows.core.registry import Handler, catalog
+from flows.produce import rabbitmq
 from flows.produce.backpressure import backpressure
 
 # The worker's one delivery task (flows.consume.tasks), by name.
@@ -61,8 +62,10 @@ def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None 
     publishes nothing; back-pressure is applied now, so the producer feels it at once. With
     `trace`, the send is a span and the copy carries its context; without, the envelope's own.
     """
-    if countdown is not None and countdown > settings.FLOWS_VISIBILITY_TIMEOUT / 2:
-        raise ConfigurationError(f"a delay of {countdown:g}s exceeds half the broker visibility timeout ({settings.FLOWS_VISIBILITY_TIMEOUT}s): the broker would hand the message to a second worker")
+    if countdown is not None:
+        limit, reason = max_delay()
+        if countdown > limit:
+            raise ConfigurationError(f"a delay of {countdown:g}s exceeds {reason}: the broker cannot hold the message that long")
     if admit:
         backpressure.admit(handler.queue)
     if trace:
@@ -74,6 +77,9 @@ def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None 
 def send_to_broker(args: list[Any], *, queue: str, countdown: float | None = None) -> None:
     """Hand one delivery to the broker: the worker's delivery task, by name (the worker side
     defines it; the producer needs only its name and the broker)."""
+    if countdown and broker_kind() == RABBITMQ:
+        current_app.send_task(DELIVER_TASK, args=args, **rabbitmq.delayed_send_options(queue, countdown))
+        return
     current_app.send_task(DELIVER_TASK, args=args, queue=queue, countdown=countdown)
 
 
@@ -83,23 +89,29 @@ def publish_many(items: Sequence[tuple[Handler, Envelope]]) -> None:
     Not transactional: call it after the commit that decided it. On a Redis broker the task
     messages are written as kombu writes them, in one pipelined round trip: `apply_async` spent
     about 0.6 ms a message here, most of it in Celery's per-call routing and option lookups, and
-    kombu's producer still 45 us. On another broker, kombu's producer in one batch.
+    kombu's producer still 45 us. On RabbitMQ, on one channel whose confirms are awaited once,
+    for the whole batch (flows.produce.rabbitmq).
     """
     if not items:
         return
     app = current_app
+    if broker_kind() == RABBITMQ:
+        _publish_confirmed(app, items)
+        return
     with app.producer_or_acquire() as producer:
-        if producer.connection.transport.driver_type == "redis":
-            pipe = producer.channel.client.pipeline(transaction=False)
-            options = {"ignore_result": app.conf.task_ignore_result, "reply_to": app.thread_oid}
-            for handler, envelope in items:
-                pipe.lpush(handler.queue, redis_task_message(DELIVER_TASK, [envelope.to_dict(), handler.consumer], queue=handler.queue, **options))
-            pipe.execute()
-            return
-        with producer.batch(max_size=500):
-            for handler, envelope in items:
-                headers, properties, body, _ = app.amqp.create_task_message(str(uuid.uuid4()), DELIVER_TASK, [envelope.to_dict(), handler.consumer], {}, argsrepr=_ARGSREPR, kwargsrepr="{}")
-                producer.publish(body, exchange="", routing_key=handler.queue, headers=headers, serializer="json", retry=False, **properties)
+        pipe = producer.channel.client.pipeline(transaction=False)
+        options = {"ignore_result": app.conf.task_ignore_result, "reply_to": app.thread_oid}
+        for handler, envelope in items:
+            pipe.lpush(handler.queue, redis_task_message(DELIVER_TASK, [envelope.to_dict(), handler.consumer], queue=handler.queue, **options))
+        pipe.execute()
+
+
+def _publish_confirmed(app: Any, items: Sequence[tuple[Handler, Envelope]]) -> None:
+    messages = []
+    for handler, envelope in items:
+        headers, properties, body, _ = app.amqp.create_task_message(str(uuid.uuid4()), DELIVER_TASK, [envelope.to_dict(), handler.consumer], {}, argsrepr=_ARGSREPR, kwargsrepr="{}")
+        messages.append((handler.queue, body, headers, properties))
+    rabbitmq.publish_confirmed(messages)
 
 
 _ARGSREPR = "(envelope, consumer)"

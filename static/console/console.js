@@ -88,7 +88,7 @@ const Flowscope = (() => {
     chart("chart-rate", f.series.t, f.series.rate, "#2b6cb0");
     chart("chart-errors", f.series.t, f.series.error_rate, "#c62828");
     chart("chart-p95", f.series.t, f.series.p95_ms, "#6b46c1");
-    $("#queues").innerHTML = f.queues.map((q) => `<tr><td>${esc(q.name)}</td><td class="num">${q.depth}</td><td>${q.high == null ? "–" : q.low + " / " + q.high}</td><td><span class="state ${esc(q.state)}">${esc(q.state)}</span>${q.activations ? " <span class=muted>(" + q.activations + "×)</span>" : ""}</td></tr>`).join("");
+    $("#queues").innerHTML = f.queues.map((q) => `<tr><td>${esc(q.name)}</td><td class="num">${q.depth}</td><td class="num">${q.consumers == null ? "–" : q.consumers}</td><td>${q.high == null ? "–" : q.low + " / " + q.high}</td><td><span class="state ${esc(q.state)}">${esc(q.state)}</span>${q.activations ? " <span class=muted>(" + q.activations + "×)</span>" : ""}</td></tr>`).join("");
     $("#groups").innerHTML = f.dead_letters.groups.map((g) => `<tr><td><a href="/deadletters/?state=dead&fingerprint=${esc(g.fingerprint)}">${esc(g.error_type)}</a><br><span class="muted">${esc(g.consumer)}</span></td><td class="num">${g.count}</td><td>${esc(g.last_seen.slice(11, 19))}</td></tr>`).join("") || `<tr><td colspan=3 class=muted>none</td></tr>`;
     $("#sagas").innerHTML = Object.entries(f.sagas).map(([s, n]) => `<li><a href="/sagas/?state=${esc(s)}">${esc(s)}</a>: ${n}</li>`).join("") || "<li class=muted>none</li>";
     $("#workers").innerHTML = f.workers.map((w) => `<li>${esc(w.worker)}</li>`).join("") || "<li class=muted>none online</li>";
