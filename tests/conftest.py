@@ -1,6 +1,7 @@
-"""Test set-up: a private Redis for the run, real Celery workers on the test database.
+"""Test set-up: a private Redis for the run, real Celery workers on the test database, on Redis
+or (BROKER=rabbitmq) on a RabbitMQ vhost of the run's own.
 
-Nothing here reads state a previous run left behind: Redis is new for every run, the test
+Nothing here reads state a previous run left behind: Redis and the vhost are new for every run, the test
 database is created by pytest-django, and each test starts with the engine's keys cleared.
 Only fixtures and hooks live here; the helpers tests share are in tests/support/.
 """
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from tests.support.brokers import purge
 from tests.support.workers import NOT_FOR_SESSION_WORKER, ManagedProcess, Worker, session_queues
 
 # A test that uses one of these fixtures starts real processes (or a browser, or a server
@@ -32,11 +34,22 @@ def pytest_configure(config: pytest.Config) -> None:
     server = RedisServer().start()
     config._flowscope_redis = server  # type: ignore[attr-defined]
     os.environ["REDIS_URL"] = server.url
-    settings.REDIS_URL = settings.CELERY_BROKER_URL = server.url
+    settings.REDIS_URL = server.url
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [server.url]
     from console.celery import app
+    from flows.core.brokers import RABBITMQ, broker_kind
 
-    app.conf.broker_url = server.url
+    if broker_kind() == RABBITMQ:
+        # A vhost of the run's own on the machine's RabbitMQ (started if none answers); the
+        # workers the tests start inherit its URL.
+        from tooling.rabbitmq import Vhost
+
+        vhost = Vhost(settings.CELERY_BROKER_URL, prefix="flowscope_test").create()
+        config._flowscope_vhost = vhost  # type: ignore[attr-defined]
+        broker_url = vhost.url
+    else:
+        broker_url = server.url
+    os.environ["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL = app.conf.broker_url = broker_url
 
     import tests.flows_under_test  # noqa: F401 - declares the test catalog
     from flows.patterns import check_catalog
@@ -45,6 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    vhost = getattr(config, "_flowscope_vhost", None)
+    if vhost is not None:
+        vhost.delete()
     server = getattr(config, "_flowscope_redis", None)
     if server is not None:
         server.stop()
@@ -70,8 +86,7 @@ def clean_engine_keys() -> Iterator[None]:
     for name in redis.scan_iter(match="flows:*", count=1000):
         if not name.startswith(b"flows:spans"):  # the span sink belongs to the running collector
             redis.delete(name)
-    for queue in NOT_FOR_SESSION_WORKER:
-        redis.delete(queue)
+    purge(*NOT_FOR_SESSION_WORKER)
     yield
 
 

@@ -12,6 +12,13 @@ os.environ.setdefault("CSRF_COOKIE_SECURE", "0")
 os.environ.setdefault("FLOWSCOPE_EXTRA_APPS", "tooling,tooling.lab,examples.demo")
 os.environ.setdefault("FLOWS_MODULES", "examples.demo.catalog")
 
+# BROKER=rabbitmq runs the suite on the machine's RabbitMQ, in a vhost of the run's own
+# (tests/conftest.py makes it); the broker's kind is settled when the settings load.
+if os.environ.get("BROKER", "redis") == "rabbitmq":
+    os.environ.setdefault("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+elif os.environ.get("BROKER", "redis") != "redis":
+    raise RuntimeError(f"BROKER must be redis or rabbitmq, not {os.environ['BROKER']!r}")
+
 from console.settings import *  # noqa: E402,F403
 
 # The suite posts foreign spans to /v1/traces without a token; production refuses that unless
@@ -21,4 +28,5 @@ TRACING_OTLP_OPEN = True
 
 # A reliability check may start a worker on a broker transport with a fault hook in it
 # (tests/reliability/kill_on_take.py); every other process runs on the configured one.
-CELERY_BROKER_TRANSPORT = os.environ.get("FLOWS_TEST_BROKER_TRANSPORT") or CELERY_BROKER_TRANSPORT  # noqa: F405
+if os.environ.get("FLOWS_TEST_BROKER_TRANSPORT"):
+    CELERY_BROKER_TRANSPORT = os.environ["FLOWS_TEST_BROKER_TRANSPORT"]
