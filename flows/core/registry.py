@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from flows.core.brokers import RABBITMQ, broker_kind
 from flows.core.errors import ConfigurationError, UnknownMessageType
 from flows.core.retry import Backoff
 from flows.core.schemas import MessageType, Upcaster
@@ -128,6 +129,15 @@ class Catalog:
                 raise ConfigurationError(f"handler {handler.consumer!r} reads v{handler.version} of {mtype.name!r}, which has versions {mtype.versions}")
         for saga in self.sagas.values():
             saga.check(self)
+        if broker_kind() == RABBITMQ:
+            # A delayed message comes back from RabbitMQ's delay levels through a topic binding
+            # "#.<queue>", which a queue named "<anything>.<queue>" matches as well: it would get
+            # a copy of every delayed message meant for the shorter name.
+            names = set(self.queue_names())
+            for name in sorted(names):
+                shadowed = sorted(other for other in names if other.endswith("." + name))
+                if shadowed:
+                    raise ConfigurationError(f"queue {shadowed[0]!r} ends with '.{name}', another queue's name: on RabbitMQ it would receive copies of {name!r}'s delayed messages; rename one")
 
     def snapshot(self) -> dict[str, Any]:
         """Everything declared, for tests that add their own declarations and then restore."""
