@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from celery import current_app
 from django.db import connection
 from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -11,6 +12,7 @@ from console.api.auth import principal_of
 from console.models import Role
 from flows.consume.idempotency import duplicate_counts
 from flows.consume.stats import processed_totals, workers_online
+from flows.core.brokers import RABBITMQ, broker_kind
 from flows.models import DeadLetter, SagaInstance
 from flows.produce.backpressure import queue_statuses
 from tracing.redis import get_redis
@@ -25,6 +27,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["redis"] = "ok"
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
         checks["redis"] = f"error: {exc}"
+    if broker_kind() == RABBITMQ:  # on Redis the check above is the broker's too
+        try:
+            with current_app.connection_for_write() as broker:
+                broker.ensure_connection(max_retries=1, timeout=2)
+            checks["broker"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["broker"] = f"error: {exc}"
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")

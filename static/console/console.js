@@ -106,6 +106,12 @@ const Flowscope = (() => {
     byColumn.forEach((ids, c) => ids.sort().forEach((id, i) => { pos[id] = [c, -(i + 0.5) / Math.max(ids.length, 1)]; }));
     return pos;
   }
+  // A queue node says what waits in it and who consumes it (consumers: RabbitMQ only).
+  function queueLabel(n, queues) {
+    const q = n.kind === "queue" && (queues || []).find((q) => "queue:" + q.name === n.id);
+    if (!q) return n.label;
+    return `${n.label}<br>${q.depth} waiting${q.consumers == null ? "" : " · " + q.consumers + " consumer" + (q.consumers === 1 ? "" : "s")}`;
+  }
   function health(e) { return e.error_rate > 0.1 || e.dead > 0 ? "#c62828" : e.error_rate > 0.01 ? "#d69e2e" : "#1a7f37"; }
   function renderGraph(f) {
     const graph = f.graph, pos = layout(graph), traces = [];
@@ -120,7 +126,7 @@ const Flowscope = (() => {
         hoverinfo: "text", hovertext: ["", label, ""], customdata: [null, { edge: e }, null], showlegend: false });
     });
     traces.push({ x: graph.nodes.map((n) => pos[n.id][0]), y: graph.nodes.map((n) => pos[n.id][1]), mode: "markers+text", type: "scatter",
-      text: graph.nodes.map((n) => n.label), textposition: "top center", hoverinfo: "text", customdata: graph.nodes.map((n) => ({ node: n })),
+      text: graph.nodes.map((n) => queueLabel(n, f.queues)), textposition: "top center", hoverinfo: "text", customdata: graph.nodes.map((n) => ({ node: n })),
       marker: { size: 18, color: graph.nodes.map((n) => ({ service: "#2b6cb0", queue: "#805ad5", handler: "#2f855a" }[n.kind] || "#718096")) }, showlegend: false });
     const node = $("#flow-graph");
     Plotly.react(node, traces, { xaxis: { visible: false, range: [-0.3, 2.3] }, yaxis: { visible: false, range: [-1.05, 0.12] }, margin: { l: 10, r: 10, t: 10, b: 10 }, hovermode: "closest",
