@@ -51,6 +51,7 @@ class DeadLetter(models.Model):
     saga_step = models.PositiveIntegerField(null=True, blank=True)
     trace_id = models.CharField(max_length=32, blank=True, help_text="the trace the message died in")
     requeue_trace_id = models.CharField(max_length=32, blank=True, help_text="the trace of its latest requeue")
+    app = models.CharField(max_length=100, blank=True, default="", help_text="the attached Celery app it died in; empty for Flowscope's own flows")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["consumer", "message_id"], name="deadletter_once_per_consumer")]
@@ -69,6 +70,27 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_type} {self.message_id} at {self.consumer} ({self.state})"
+
+
+class AttachedRequeue(models.Model):
+    """A requeue order for an attached app: the call its agent sends on the app's own broker.
+
+    Written in the transaction that claims the dead letter, so a claim never commits without its
+    order; an agent leases pending orders (`lease`, `leased_until`) and acknowledges each once
+    sent (`sent_at`). A lease that runs out unacknowledged offers the order again."""
+
+    dead_letter = models.ForeignKey(DeadLetter, on_delete=models.CASCADE, related_name="attached_requeues")
+    app = models.CharField(max_length=100)
+    series = models.PositiveIntegerField()
+    call = models.JSONField(help_text="task, args, kwargs, routing and the requeue's trace context")
+    created_at = models.DateTimeField(auto_now_add=True)
+    lease = models.CharField(max_length=32, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["dead_letter", "series"], name="attachedrequeue_once_per_series")]
+        indexes = [models.Index(fields=["app", "sent_at", "id"], name="attachedrequeue_pending")]
 
 
 class InboxEntry(models.Model):
