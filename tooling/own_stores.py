@@ -1,6 +1,6 @@
-"""A database and a Redis of a run's own for `manage.py bench` and `manage.py lab`, and the run
-itself in a child process on them: the bench and the lab never read or write a user's dead
-letters, spans, sagas, queues or `flows:*` keys.
+"""A database and a Redis of a run's own for `manage.py bench` and `manage.py lab` (and on
+RabbitMQ a vhost of its own), and the run itself in a child process on them: the bench and the
+lab never read or write a user's dead letters, spans, sagas, queues or `flows:*` keys.
 
 Why a child process: everything that talks to Redis or the database in a process (the Celery
 app's broker pool, tracing's client, the channel layer, Django's connection) takes its address
@@ -13,11 +13,13 @@ Order of steps (run_on_own_stores):
    logical database of the configured server found empty and claimed with a key; if none is
    free (a Redis with one database), a private redis-server in the run's temporary directory.
    The run stays on the configured kinds of broker and database, so its figures are theirs.
+   On RabbitMQ (tooling.brokers.chosen_url) a vhost of the run's own on that broker, which
+   carries the run's queues; Redis still holds its counts, spans and engine keys.
 2. The same command in a child process, with INSIDE_ENV set: it migrates its database and runs.
 3. Ctrl-C or SIGTERM here: the child is sent SIGINT once (it stops the processes it started)
    and waited for; a second Ctrl-C does not cut the clean-up short.
 4. However the run ended: the Redis database flushed (only while our claim is in it), the
-   database dropped, the temporary directory removed.
+   vhost deleted, the database dropped, the temporary directory removed.
 """
 
 from __future__ import annotations
@@ -29,15 +31,18 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from django.conf import settings
 
+from flows.core.brokers import RABBITMQ, kind_of
+from tooling.brokers import chosen_url
 from tooling.database import database_of_its_own
 from tooling.devredis import RedisServer
+from tooling.rabbitmq import Vhost
 from tracing.redis import key
 
 INSIDE_ENV = "FLOWSCOPE_OWN_STORES"  # set for the run itself: the pid of the command that made its stores
@@ -135,9 +140,19 @@ def run_on_own_stores(command: str, args: list[str], *, kind: str, out: Callable
     try:
         with tempfile.TemporaryDirectory(prefix=f"flowscope-{kind}-") as tmp:
             directory = Path(tmp)
-            with database_of_its_own(kind, directory=directory) as database_url, redis_of_its_own(settings.REDIS_URL, directory=directory) as redis_url:
-                note(f"the {kind} runs on a database of its own ({shown(database_url)}) and Redis {shown(redis_url)}; both removed after it")
-                env = {**os.environ, INSIDE_ENV: str(os.getpid()), "DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url}
+            with ExitStack() as stores:
+                database_url = stores.enter_context(database_of_its_own(kind, directory=directory))
+                redis_url = stores.enter_context(redis_of_its_own(settings.REDIS_URL, directory=directory))
+                where = f"a database of its own ({shown(database_url)}) and Redis {shown(redis_url)}"
+                broker_url = chosen_url()
+                if kind_of(broker_url) == RABBITMQ:
+                    vhost = stores.enter_context(Vhost(broker_url, prefix=f"flowscope_{kind}"))
+                    where += f", its broker RabbitMQ vhost {vhost.name} at {shown(broker_url)}"
+                    broker_url = vhost.url
+                else:
+                    broker_url, where = redis_url, where + ", its broker that Redis database"
+                note(f"the {kind} runs on {where}; all removed after it")
+                env = {**os.environ, INSIDE_ENV: str(os.getpid()), "DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url}
                 child = subprocess.Popen(
                     [sys.executable, "manage.py", command, *args],
                     cwd=settings.BASE_DIR,

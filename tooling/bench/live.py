@@ -23,6 +23,7 @@ from django.db.models import Q
 
 import flows
 from tooling.bench import counting, processes, sender, throughput
+from tooling.brokers import purge
 from tooling.devredis import free_port
 from tracing.models import EdgeStat, Span
 from tracing.redis import get_redis
@@ -74,7 +75,8 @@ def _wait_done(count: int, worker: Any, progress: ProgressFn, timeout: float = 6
 def _clean(marker: str) -> None:
     EdgeStat.objects.filter(Q(source=EDGE[0]) | Q(target=EDGE[0])).delete()
     Span.objects.filter(correlation_id=marker)._raw_delete(Span.objects.db)
-    get_redis().delete(QUEUE, counting.ends_key("live"))
+    purge(QUEUE)
+    get_redis().delete(counting.ends_key("live"))
 
 
 def live_latency(seconds: float, rate: float, *, concurrency: int, log_dir: Path, progress: ProgressFn, senders: int = 2) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from typing import Any
 from django.db.models import Q
 
 from tooling.bench import counting, live, processes, sender, throughput
+from tooling.brokers import purge
 from tooling.devredis import free_port
 from tracing.models import EdgeStat, Span
-from tracing.redis import get_redis
 from tracing.sink import sink_status
 
 ProgressFn = Callable[[str], None]
@@ -35,7 +35,7 @@ installed, NOT_INSTALLED = live.installed, live.NOT_INSTALLED  # the same websoc
 def _clean(marker: str) -> None:
     EdgeStat.objects.filter(Q(source=EDGE[0]) | Q(target=EDGE[0])).delete()
     Span.objects.filter(correlation_id=marker)._raw_delete(Span.objects.db)
-    get_redis().delete(QUEUE)
+    purge(QUEUE)
     counting.reset("memory")
 
 

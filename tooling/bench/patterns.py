@@ -18,7 +18,7 @@ from flows.operate.requeue_jobs import requeue_job_run_slice, requeue_job_start
 from flows.operate.selectors import DeadLetterFilter
 from tooling.bench import counting, throughput
 from tooling.bench.rows import dead_letter_row, insert_dead_letters
-from tracing.redis import get_redis
+from tooling.brokers import purge
 
 ProgressFn = Callable[[str], None]
 
@@ -138,7 +138,7 @@ def requeue_rates(n: int, rated: int, rate: float, progress: ProgressFn) -> dict
     finally:
         DeadLetter.objects.filter(message_type="bench.requeue")._raw_delete(DeadLetter.objects.db)
         RequeueJob.objects.filter(created_by="bench").delete()
-        get_redis().delete("bench.requeue")
+        purge("bench.requeue")
     achieved = done_rated / elapsed_rated
     return {
         "p6_requeue_per_s": round(done / elapsed, 1),

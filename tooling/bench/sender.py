@@ -2,7 +2,7 @@
 
 One Python process sends a few hundred traced messages a second on a busy two-core machine;
 the benchmark starts several of these to reach its rate. With QUEUE and BACKLOG it also waits
-while that queue holds more than BACKLOG messages (a long run keeps Redis small). Prints the
+while that queue holds more than BACKLOG messages (a long run keeps the broker small). Prints the
 rate it achieved.
 """
 
@@ -27,8 +27,8 @@ def pace(message_type: str, n: int, rate: float, marker: str, *, queue: str = ""
     import flows
     from flows.core import telemetry
     from flows.core.registry import catalog
+    from flows.produce.backpressure import queue_depth
     from flows.produce.publishing import build_envelope, publish_many
-    from tracing.redis import get_redis
 
     (handler,) = catalog.handlers_for(message_type)
     started = time.monotonic()
@@ -42,7 +42,7 @@ def pace(message_type: str, n: int, rate: float, marker: str, *, queue: str = ""
         while sent < due:
             flows.send(message_type, {"n": sent}, correlation_id=marker)
             sent += 1
-        while queue and get_redis().llen(queue) > backlog:
+        while queue and queue_depth(queue) > backlog:
             time.sleep(0.02)
         time.sleep(0.002)
     return n / (time.monotonic() - started)

@@ -1,7 +1,8 @@
 """Drain rate of a real worker: bare Celery no-op tasks against Flowscope hops.
 
-Both sides: the same broker, a worker with the same pool and concurrency, the same Redis call
-per message to count it. The queues are filled first; the rate is taken between the first and
+Both sides: the same broker (Redis or RabbitMQ, the same queue type and exchange), a worker with
+the same pool, concurrency, prefetch and late acknowledgement, the same Redis call per message
+to count it. The queues are filled first; the rate is taken between the first and
 the last completion, so worker start-up and filling are outside the measurement.
 """
 
@@ -15,11 +16,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 
 import flows
+from flows.core.brokers import RABBITMQ, broker_kind
 from tooling.bench import counting
-from tracing.redis import get_redis
+from tooling.brokers import purge
 
 ProgressFn = Callable[[str], None]
 
@@ -74,7 +77,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600, events: bool = False) -> float:
     counting.reset(run)
-    get_redis().delete(*queues)
+    purge(*queues)
     progress(f"{run}: filling {', '.join(queues)}")
     fill()
     worker = start_worker(queues, concurrency=concurrency, log_dir=log_dir, events=events)
@@ -110,3 +113,14 @@ def flowscope_rate(n: int, *, concurrency: int, log_dir: Path, progress: Progres
             flows.send("bench.ping", {"n": i})
 
     return drain("flows", ["bench.flows"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress)
+
+
+def bare_setup(concurrency: int) -> str:
+    """What the bare side runs on, in words: the same as the Flowscope side, from the settings."""
+    conf = current_app.conf
+    prefetch = f"prefetch {conf.worker_prefetch_multiplier} per pool process ({concurrency} processes)"
+    acks = "late acks" if counting.bare_noop.acks_late else "early acks"
+    if broker_kind() == RABBITMQ:
+        confirms = "publisher confirms" if conf.broker_transport_options.get("confirm_publish") else "no publisher confirms"
+        return f"RabbitMQ {conf.task_create_missing_queue_type} queue, {conf.task_create_missing_queue_exchange_type} exchange, {prefetch}, {acks}, {confirms}"
+    return f"Redis list ({conf.broker_transport or 'kombu redis'} transport), {prefetch}, {acks}"

@@ -1,8 +1,10 @@
 """`manage.py bench`: Flowscope's cost against plain Celery, and how fast its collector stores.
 
 It measures on the configured kinds of broker and database, on a database and a Redis
-database of its own (tooling.own_stores): this command makes them, runs the measurements in a
-child process on them, and removes them after, so a user's tables and keys are never touched.
+database of its own, and on RabbitMQ a vhost of its own (tooling.own_stores): this command makes
+them, runs the measurements in a child process on them, and removes them after, so a user's
+tables, keys and queues are never touched. The broker is the engine's choice (CELERY_BROKER_URL),
+or BROKER=rabbitmq / BROKER=redis (tooling.brokers); the figures say which.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
+from flows.core.brokers import broker_kind
 from flows.patterns import check_catalog
 from tooling.bench import flower, live, memory, pages, patterns, spans, throughput
+from tooling.brokers import BrokerNotReady, ready_url, server_version
 from tooling.own_stores import inside, run_on_own_stores, shown
 from tracing.redis import get_redis
 
@@ -35,7 +39,7 @@ MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7")
 
 
 class Command(BaseCommand):
-    help = "Measure Flowscope against bare Celery on this machine's broker and database (in a database and Redis database of the bench's own); print a table, optionally --json PATH."
+    help = "Measure Flowscope against bare Celery on this machine's broker and database (in a database, Redis database and RabbitMQ vhost of the bench's own; BROKER=rabbitmq for RabbitMQ); print a table, optionally --json PATH."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--quick", action="store_true", help="small runs, under two minutes")
@@ -68,7 +72,11 @@ class Command(BaseCommand):
         try:
             get_redis().ping()
         except redis_py.RedisError as exc:
-            raise CommandError(f"Redis at {shown(settings.REDIS_URL)} did not answer ({exc}); the bench needs it as the broker") from exc
+            raise CommandError(f"Redis at {shown(settings.REDIS_URL)} did not answer ({exc}); the bench needs it for its counts and spans (and as the broker on Redis)") from exc
+        try:
+            ready_url()
+        except BrokerNotReady as exc:
+            raise CommandError(str(exc)) from None
         args = ["--concurrency", str(options["concurrency"])]
         args += ["--quick"] if options["quick"] else []
         args += ["--only", options["only"]] if options["only"] else []
@@ -85,7 +93,8 @@ class Command(BaseCommand):
         quick = options["quick"]
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        figures: dict[str, Any] = {"quick": quick, "machine": self._machine()}
+        figures: dict[str, Any] = {"broker": broker_kind(), "quick": quick, "machine": self._machine()}
+        self.stdout.write(f"measuring on {figures['broker']} ({figures['machine']['broker']})")
         started = time.monotonic()
 
         if not only or "p1" in only:
@@ -147,6 +156,7 @@ class Command(BaseCommand):
             idempotent = patterns.idempotent_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
             bare_after = throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
             figures: dict[str, Any] = {
+                "bare_celery_setup": throughput.bare_setup(concurrency),
                 "p1_messages": n,
                 "p1_rounds": rounds,
                 "bare_celery_per_s": round(statistics.median(bare), 1),
@@ -204,9 +214,11 @@ class Command(BaseCommand):
             "python": platform.python_version(),
             "django": django.get_version(),
             "redis": redis_version,
+            "broker": server_version(),
             "database": f"{connection.vendor} {connection.Database.sqlite_version if connection.vendor == 'sqlite' else connection.pg_version}",
             # Where the run wrote: its own database and Redis, removed after it (tooling.own_stores).
             "run_database": str(connection.settings_dict["NAME"]),
             "run_redis": shown(settings.REDIS_URL),
+            "run_broker": shown(settings.CELERY_BROKER_URL),
             "commit": commit or "unknown",
         }
