@@ -6,14 +6,10 @@ import pytest
 import flows
 from flows.core.errors import QueueFull
 from flows.produce.backpressure import BackPressure, backpressure, queue_depth, queue_statuses
+from tests.support.brokers import fill, take
 from tests.support.waiting import wait_for
-from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def fill(queue: str, n: int) -> None:
-    get_redis().rpush(queue, *[b"{}"] * n)
 
 
 def test_below_the_high_watermark_producers_are_admitted_and_messages_queue_up():
@@ -29,17 +25,16 @@ def test_at_the_high_watermark_a_raise_mode_producer_is_refused_with_a_clear_err
     assert queue_depth("t.backlog.raise") == 5, "the refused message was not sent"
 
 
-def test_a_throttled_queue_reopens_only_at_its_low_watermark():
+def test_a_throttled_queue_reopens_only_at_its_low_watermark(settings):
+    settings.FLOWS_BACKPRESSURE_REFRESH_SECONDS = 0  # every check reads the broker
     gate = BackPressure()
     fill("t.backlog.raise", 5)
     with pytest.raises(QueueFull):
         gate.admit("t.backlog.raise")
-    get_redis().ltrim("t.backlog.raise", 0, 2)  # depth 3: below high, above low
-    time.sleep(0.3)  # past the depth cache
+    take("t.backlog.raise", 2)  # depth 3: below high, above low
     with pytest.raises(QueueFull):
         gate.admit("t.backlog.raise")
-    get_redis().ltrim("t.backlog.raise", 0, 1)  # depth 2 = low
-    time.sleep(0.3)
+    take("t.backlog.raise", 1)  # depth 2 = low
     gate.admit("t.backlog.raise")
 
 
@@ -49,7 +44,7 @@ def test_a_block_mode_producer_waits_until_the_queue_drains_to_its_low_watermark
 
     def drain() -> None:
         time.sleep(0.4)
-        get_redis().ltrim("t.backlog.block", 0, 1)
+        take("t.backlog.block", 4)
 
     threading.Thread(target=drain).start()
     started = time.monotonic()

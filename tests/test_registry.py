@@ -5,6 +5,7 @@ from flows.core.errors import ConfigurationError
 from flows.core.registry import catalog
 from flows.core.retry import Backoff
 from flows.patterns import check_catalog
+from tests.support.brokers import redis_only
 
 
 @pytest.fixture
@@ -23,6 +24,7 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped():
     assert Backoff(initial=1, jitter=0).delay(3) == 4
 
 
+@redis_only  # RabbitMQ's limit: tests/test_rabbitmq.py
 def test_a_backoff_longer_than_half_the_visibility_timeout_is_refused(scratch_catalog, settings):
     settings.FLOWS_VISIBILITY_TIMEOUT = 100
     flows.message_type("x.slow", pattern="fire_and_forget")
@@ -30,6 +32,7 @@ def test_a_backoff_longer_than_half_the_visibility_timeout_is_refused(scratch_ca
         flows.handler("x.slow", backoff=Backoff(maximum=60))(lambda m: None)
 
 
+@redis_only  # RabbitMQ's limit: tests/test_rabbitmq.py
 def test_a_publish_delay_longer_than_half_the_visibility_timeout_is_refused(settings):
     from flows.produce.publishing import build_envelope, publish_to
 

@@ -18,6 +18,7 @@ from flows.operate.requeue_jobs import batch_size, requeue_job_cancel, requeue_j
 from flows.produce.backpressure import backpressure
 from flows.produce.publishing import build_envelope
 from tests.flows_under_test import recorded
+from tests.support.brokers import fill, peeking, purge, rabbitmq_only, redis_only, waiting
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
@@ -143,7 +144,7 @@ def spoil(dead: DeadLetter, how: str) -> None:
         DeadLetter.objects.filter(pk=dead.pk).update(envelope="not even a dict")
     elif how == "full queue":
         DeadLetter.objects.filter(pk=dead.pk).update(consumer="t_bulk")  # t.backlog.raise: refused at 5
-        get_redis().rpush("t.backlog.raise", *[b"{}"] * 5)
+        fill("t.backlog.raise", 5)
 
 
 @pytest.mark.parametrize(
@@ -181,13 +182,13 @@ def test_a_requeue_publishes_when_its_transaction_commits_and_nothing_if_it_roll
     redis = get_redis()
     with transaction.atomic():
         assert deadletters.dead_letter_requeue(dead_letter_id=kept.pk, actor="alice")
-        assert redis.llen("t.backlog.raise") == 0, "not before the commit: the worker would find the row still dead"
-    assert redis.llen("t.backlog.raise") == 1 and redis.hlen(INFLIGHT) == 0
+        assert waiting("t.backlog.raise") == 0, "not before the commit: the worker would find the row still dead"
+    assert waiting("t.backlog.raise") == 1 and redis.hlen(INFLIGHT) == 0
 
     with pytest.raises(Abandoned), transaction.atomic():
         assert deadletters.dead_letter_requeue(dead_letter_id=abandoned.pk, actor="alice")
         raise Abandoned
-    assert redis.llen("t.backlog.raise") == 1, "a rolled-back requeue publishes nothing"
+    assert waiting("t.backlog.raise") == 1, "a rolled-back requeue publishes nothing"
     abandoned.refresh_from_db()
     assert (abandoned.state, abandoned.series, abandoned.requeue_trace_id) == (DeadLetter.State.DEAD, 0, "")
     assert redis.hlen(INFLIGHT) == 1, "its note was written inside the transaction"
@@ -305,6 +306,7 @@ def test_a_job_cancelled_while_a_batch_is_in_hand_stops_after_that_batch(worker)
     assert DeadLetter.objects.filter(state=DeadLetter.State.DEAD, pk__in=[d.pk for d in dead]).count() == 15
 
 
+@redis_only
 def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
     import base64
     import dataclasses
@@ -334,3 +336,32 @@ def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
     for part in ("headers", "properties"):
         assert {k: v for k, v in ours[part].items() if k not in per_message} == {k: v for k, v in theirs[part].items() if k not in per_message}
     assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+
+
+@rabbitmq_only
+def test_the_confirmed_batch_publish_writes_the_message_apply_async_would_write():
+    import dataclasses
+
+    from flows.core.registry import catalog
+    from flows.produce.publishing import publish_many
+
+    queue = "t.publish-check"  # no worker reads it
+    handler = dataclasses.replace(catalog.handler("t_command"), queue=queue)
+    envelope = build_envelope("test.command", {"key": "same-either-way"})
+    try:
+        tasks.deliver.apply_async(args=[envelope.to_dict(), handler.consumer], queue=queue)
+        publish_many([(handler, envelope)])
+        with peeking(queue) as messages:
+            theirs, ours = messages  # a queue is first in, first out
+            assert ours.decode() == theirs.decode()
+            assert (ours.content_type, ours.content_encoding) == (theirs.content_type, theirs.content_encoding)
+            per_message = {"id", "root_id", "origin", "argsrepr", "kwargsrepr", "correlation_id", "delivery_tag"}
+            assert {k: v for k, v in ours.headers.items() if k not in per_message} == {k: v for k, v in theirs.headers.items() if k not in per_message}
+            # application_headers are the headers, compared above; a priority of 0 is no priority
+            # on a queue without x-max-priority, and kombu's producer writes it where apply_async does not.
+            skip = per_message | {"application_headers", "priority"}
+            assert {k: v for k, v in ours.properties.items() if k not in skip} == {k: v for k, v in theirs.properties.items() if k not in skip}
+            assert ours.properties["delivery_mode"] == 2, "persistent, as every task message"
+            assert ours.headers["id"] == ours.headers["root_id"] == ours.properties["correlation_id"]
+    finally:
+        purge(queue)

@@ -109,7 +109,11 @@ def publish_many(items: Sequence[tuple[Handler, Envelope]]) -> None:
 def _publish_confirmed(app: Any, items: Sequence[tuple[Handler, Envelope]]) -> None:
     messages = []
     for handler, envelope in items:
-        headers, properties, body, _ = app.amqp.create_task_message(str(uuid.uuid4()), DELIVER_TASK, [envelope.to_dict(), handler.consumer], {}, argsrepr=_ARGSREPR, kwargsrepr="{}")
+        # ignore_result and reply_to as apply_async sets them (create_task_message defaults to
+        # False and none): the batch's messages are the ones apply_async would write.
+        headers, properties, body, _ = app.amqp.create_task_message(
+            str(uuid.uuid4()), DELIVER_TASK, [envelope.to_dict(), handler.consumer], {}, argsrepr=_ARGSREPR, kwargsrepr="{}", ignore_result=app.conf.task_ignore_result, reply_to=app.thread_oid
+        )
         messages.append((handler.queue, body, headers, properties))
     rabbitmq.publish_confirmed(messages)
 
