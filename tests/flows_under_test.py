@@ -94,6 +94,16 @@ def t_credit(message: flows.Message) -> None:
         raise RuntimeError("failed after writing its effect")
 
 
+# -- a retry that waits long enough to be seen waiting, in the broker (tests/test_rabbitmq.py) --
+flows.message_type("test.later", pattern="fire_and_forget", schemas={1: Job})
+LATER = flows.Backoff(initial=8, factor=1, maximum=8, jitter=0)
+
+
+@flows.handler("test.later", consumer="t_later", queue="t.later", max_attempts=2, backoff=LATER)
+def t_later(message: flows.Message) -> None:
+    _run_job("t_later", message)
+
+
 # -- schema evolution: v1 {name}, v2 {first, last}, v3 known to the registry but not this consumer --
 class PersonV1(BaseModel):
     name: str

@@ -6,7 +6,7 @@ import pytest
 import flows
 from flows.core.errors import QueueFull
 from flows.produce.backpressure import BackPressure, backpressure, queue_depth, queue_statuses
-from tests.support.brokers import fill, take
+from tests.support.brokers import fill, on_rabbitmq, take
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -90,3 +90,15 @@ def test_a_backed_up_queue_drains_once_a_worker_consumes_it(start_worker):
     wait_for(lambda: queue_depth("t.backlog.raise") == 0, what="the backlog to drain")
     backpressure.forget()
     flows.send("test.bulk", {"n": 100})
+
+
+def test_queue_statuses_count_what_waits_and_on_rabbitmq_who_consumes(worker):
+    fill("t.backlog.raise", 3)
+    statuses = {s.name: s for s in queue_statuses()}
+    assert statuses["t.backlog.raise"].depth == 3 and statuses["t.commands"].depth == 0
+    if on_rabbitmq():
+        # The session worker consumes t.commands (one consumer a node), nobody t.backlog.raise.
+        assert (statuses["t.commands"].consumers, statuses["t.backlog.raise"].consumers) == (1, 0)
+        assert statuses["t.later"].consumers == 1
+    else:
+        assert {s.consumers for s in statuses.values()} == {None}, "Redis does not say who consumes"

@@ -6,6 +6,7 @@ from flows.models import DeadLetter
 from flows.operate import dead_letters as deadletters
 from flows.tasks import deliver
 from tests.flows_under_test import fix, recorded
+from tests.support.brokers import on_rabbitmq, push_raw, waiting
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
@@ -111,3 +112,19 @@ def test_a_malformed_delivery_becomes_a_poison_dead_letter_with_its_reason(worke
 
     dead = wait_for(lambda: DeadLetter.objects.filter(error_message__contains=reason).first(), what=f"a dead letter saying {reason!r}")
     assert dead.poison and dead.attempts == 1
+
+
+def test_an_item_that_is_no_celery_message_is_a_poison_dead_letter_and_the_worker_goes_on(worker):
+    # On Redis the channel reads the list item before Celery does; on RabbitMQ it arrives as an
+    # AMQP message without a task header, and Celery's consumer hands it to on_unknown_message.
+    reason = "message is not a Celery task: it names no task" if on_rabbitmq() else "queue item is not JSON"
+    push_raw("t.commands", b"\x00 not a celery message")
+
+    dead = wait_for(lambda: DeadLetter.objects.filter(queue="t.commands", poison=True, consumer="").first(), what="the item's dead letter")
+    assert reason in dead.error_message and "not a celery message" in dead.envelope["unparsed"]
+    assert (dead.attempts, dead.state) == (1, DeadLetter.State.DEAD)
+    envelope = flows.send("test.command", {"key": "after-the-poison"})
+    wait_for(lambda: any(entry.startswith("after-the-poison|") for entry in recorded("t_command")), what="the next message to run")
+    assert waiting("t.commands") == 0, "the poison is not back in the queue"
+    assert DeadLetter.objects.filter(queue="t.commands", poison=True).count() == 1
+    assert dead_letter_of(envelope) is None

@@ -94,3 +94,12 @@ def test_a_saga_step_retrying_longer_than_the_stall_time_is_refused(scratch_cata
         check_catalog()
     with pytest.raises(ConfigurationError, match="needs at least one step"):
         flows.saga("x.empty", [])
+
+
+@redis_only  # RabbitMQ refuses such names: tests/test_rabbitmq.py
+def test_on_redis_a_queue_name_may_end_with_another_queues_name(scratch_catalog):
+    flows.message_type("x.event", pattern="fan_out")
+    flows.handler("x.event", consumer="x_short", queue="x.zq")(lambda m: None)
+    flows.handler("x.event", consumer="x_long", queue="billing.x.zq")(lambda m: None)
+    check_catalog()
+    assert {"x.zq", "billing.x.zq"} <= set(catalog.queue_names())

@@ -137,7 +137,9 @@ class Catalog:
             for name in sorted(names):
                 shadowed = sorted(other for other in names if other.endswith("." + name))
                 if shadowed:
-                    raise ConfigurationError(f"queue {shadowed[0]!r} ends with '.{name}', another queue's name: on RabbitMQ it would receive copies of {name!r}'s delayed messages; rename one")
+                    raise ConfigurationError(
+                        f"queue {shadowed[0]!r} ends with '.{name}', another queue's name: on RabbitMQ it would receive copies of the delayed messages meant for {name!r}; rename one"
+                    )
 
     def snapshot(self) -> dict[str, Any]:
         """Everything declared, for tests that add their own declarations and then restore."""

@@ -31,4 +31,5 @@ class Backoff:
         limit, reason = max_delay()
         if self.maximum > limit:
             hint = "lower it or raise FLOWS_VISIBILITY_TIMEOUT" if broker_kind() == REDIS else "lower it"
-            raise ConfigurationError(f"{where}: backoff maximum {self.maximum:g}s exceeds {reason}; {hint}")
+            # .15g: a delay near RabbitMQ's limit (2**28 s) reads in whole seconds, not as 2.68435e+08
+            raise ConfigurationError(f"{where}: backoff maximum {self.maximum:.15g}s exceeds {reason}; {hint}")

@@ -65,7 +65,8 @@ def publish_to(handler: Handler, envelope: Envelope, *, countdown: float | None 
     if countdown is not None:
         limit, reason = max_delay()
         if countdown > limit:
-            raise ConfigurationError(f"a delay of {countdown:g}s exceeds {reason}: the broker cannot hold the message that long")
+            # .15g: a delay near RabbitMQ's limit (2**28 s) reads in whole seconds, not as 2.68435e+08
+            raise ConfigurationError(f"a delay of {countdown:.15g}s exceeds {reason}: the broker cannot hold the message that long")
     if admit:
         backpressure.admit(handler.queue)
     if trace:
