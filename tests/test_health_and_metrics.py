@@ -2,14 +2,31 @@ import pytest
 from django.test import Client
 
 from tests.people import client_for, token_for
+from tests.support.brokers import on_rabbitmq, rabbitmq_only
 
 pytestmark = pytest.mark.django_db
 
 
-def test_health_reports_redis_and_the_database(client):
+def test_health_reports_redis_the_broker_and_the_database(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"redis": "ok", "database": "ok"}}
+    # On Redis the engine's Redis check is the broker's too; RabbitMQ is checked on its own.
+    broker = {"broker": "ok"} if on_rabbitmq() else {}
+    assert response.json() == {"status": "ok", "checks": {"redis": "ok", **broker, "database": "ok"}}
+
+
+@rabbitmq_only
+def test_health_is_503_when_rabbitmq_does_not_answer(client, monkeypatch):
+    from celery import current_app
+
+    from tooling.devredis import free_port
+
+    monkeypatch.setattr(current_app.conf, "broker_write_url", f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded" and (body["checks"]["redis"], body["checks"]["database"]) == ("ok", "ok")
+    assert body["checks"]["broker"].startswith("error: ")
 
 
 def test_health_is_503_naming_the_part_that_is_down(client, settings):
