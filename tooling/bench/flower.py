@@ -45,8 +45,8 @@ def flower_ratio(n: int, rounds: int, *, concurrency: int, log_dir: Path, progre
         bare, watched = [], []
         for i in range(rounds):
             progress(f"flower: round {i + 1} of {rounds}")
-            bare.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress))
-            watched.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress, events=True))
+            bare.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress).rate)
+            watched.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress, events=True).rate)
         # Flower may still be reading the last events: its memory is taken once it has them all.
         deadline, seen = time.monotonic() + 30, 0
         while (seen := tasks_seen(port)) < n * rounds and time.monotonic() < deadline:

@@ -37,8 +37,8 @@ def fanout_rates(events: int, *, concurrency: int, log_dir: Path, progress: Prog
         for i in range(events):
             flows.send("bench.event", {"n": i})
 
-    bare = throughput.drain("bare3", bare_queues, 3 * events, fill_bare, concurrency=concurrency, log_dir=log_dir, progress=progress)
-    fan = throughput.drain("fanout", flow_queues, 3 * events, fill_flows, concurrency=concurrency, log_dir=log_dir, progress=progress)
+    bare = throughput.drain("bare3", bare_queues, 3 * events, fill_bare, concurrency=concurrency, log_dir=log_dir, progress=progress).rate
+    fan = throughput.drain("fanout", flow_queues, 3 * events, fill_flows, concurrency=concurrency, log_dir=log_dir, progress=progress).rate
     return bare, fan
 
 
@@ -47,7 +47,7 @@ def idempotent_rate(n: int, *, concurrency: int, log_dir: Path, progress: Progre
         for i in range(n):
             flows.send("bench.credit", {"n": i})
 
-    return throughput.drain("idempotent", ["bench.idem"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress)
+    return throughput.drain("idempotent", ["bench.idem"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress).rate
 
 
 def request_reply(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, callers: int = 8) -> dict[str, float]:

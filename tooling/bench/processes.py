@@ -16,7 +16,7 @@ from tooling.processes import START_TIMEOUT, Check, Child, http_answers, spawn, 
 from tooling.processes import stop as stop_children
 
 MIB = 1024 * 1024
-__all__ = ["MIB", "rss_mib", "start", "start_collector", "start_daphne", "stop", "wait_http"]
+__all__ = ["MIB", "cpu_seconds", "rss_mib", "start", "start_collector", "start_daphne", "stop", "wait_http"]
 
 # The processes started here, by pid: a failure message quotes the log of the one that failed.
 _started: dict[int, Child] = {}
@@ -74,3 +74,20 @@ def rss_mib(pid: int, *, children: bool = True) -> float:
         except psutil.NoSuchProcess:  # a pool child replaced meanwhile
             pass
     return total / MIB
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process and its descendants (a prefork pool's children) have used."""
+    try:
+        main = psutil.Process(pid)
+        family = [main, *main.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in family:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:  # a pool child replaced meanwhile
+            pass
+    return total

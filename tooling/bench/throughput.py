@@ -1,5 +1,9 @@
 """Drain rate of a real worker: bare Celery no-op tasks against Flowscope hops.
 
+Beside the rate, the worker's CPU time a message (its main process and pool children, threads
+included): on a machine shared with other load, the wall clock measures that load too, and the
+CPU a message costs moves much less with it.
+
 Both sides: the same broker (Redis or RabbitMQ, the same queue type and exchange), a worker with
 the same pool, concurrency, prefetch and late acknowledgement, the same Redis call per message
 to count it. The queues are filled first; the rate is taken between the first and
@@ -15,16 +19,22 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from celery import current_app
 from django.conf import settings
 
 import flows
 from flows.core.brokers import RABBITMQ, broker_kind
-from tooling.bench import counting
+from tooling.bench import counting, processes
 from tooling.brokers import purge
 
 ProgressFn = Callable[[str], None]
+
+
+class Drained(NamedTuple):
+    rate: float  # messages a second between the first completion and the last
+    cpu_ms: float  # the worker's CPU milliseconds a message over the same stretch
 
 
 def start_worker(queues: list[str], *, concurrency: int, log_dir: Path, events: bool = False) -> subprocess.Popen[bytes]:
@@ -75,7 +85,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600, events: bool = False) -> float:
+def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600, events: bool = False) -> Drained:
     counting.reset(run)
     purge(*queues)
     progress(f"{run}: filling {', '.join(queues)}")
@@ -83,10 +93,14 @@ def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], 
     worker = start_worker(queues, concurrency=concurrency, log_dir=log_dir, events=events)
     try:
         deadline = time.monotonic() + timeout
+        cpu_from: tuple[int, float] | None = None  # (done, CPU seconds) when the first completion is seen
         while True:
             done, first, last = counting.progress(run)
             progress(f"{run}: {done}/{expected} done")
+            if cpu_from is None and done:
+                cpu_from = done, processes.cpu_seconds(worker.pid)
             if done >= expected:
+                cpu_to = processes.cpu_seconds(worker.pid)
                 break
             if worker.poll() is not None:
                 raise RuntimeError(f"the {run} worker exited with {worker.returncode}; see {log_dir}")
@@ -95,10 +109,12 @@ def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], 
             time.sleep(0.25)
     finally:
         stop(worker)
-    return (expected - 1) / max(last - first, 1e-9)
+    assert cpu_from is not None
+    counted = max(expected - cpu_from[0], 1)
+    return Drained((expected - 1) / max(last - first, 1e-9), (cpu_to - cpu_from[1]) / counted * 1000)
 
 
-def bare_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, events: bool = False) -> float:
+def bare_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, events: bool = False) -> Drained:
     def fill() -> None:
         with counting.bare_noop.app.producer_or_acquire() as producer:
             for _ in range(n):
@@ -107,7 +123,7 @@ def bare_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn, 
     return drain("bare", ["bench.bare"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress, events=events)
 
 
-def flowscope_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> float:
+def flowscope_rate(n: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> Drained:
     def fill() -> None:
         for i in range(n):
             flows.send("bench.ping", {"n": i})

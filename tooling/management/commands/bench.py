@@ -151,18 +151,24 @@ class Command(BaseCommand):
             for _ in range(rounds):
                 bare.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
                 traced.append(throughput.flowscope_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
-            ratios = [x / y for x, y in zip(traced, bare)]
+            ratios = [x.rate / y.rate for x, y in zip(traced, bare)]
+            cpu_ratios = [y.cpu_ms / x.cpu_ms for x, y in zip(traced, bare)]
             bare3, fanned = patterns.fanout_rates(n // 3, concurrency=concurrency, log_dir=log_dir, progress=report)
             idempotent = patterns.idempotent_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
-            bare_after = throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report)
+            bare_after = throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report).rate
             figures: dict[str, Any] = {
                 "bare_celery_setup": throughput.bare_setup(concurrency),
                 "p1_messages": n,
                 "p1_rounds": rounds,
-                "bare_celery_per_s": round(statistics.median(bare), 1),
-                "flowscope_fire_and_forget_per_s": round(statistics.median(traced), 1),
+                "bare_celery_per_s": round(statistics.median(d.rate for d in bare), 1),
+                "flowscope_fire_and_forget_per_s": round(statistics.median(d.rate for d in traced), 1),
                 "p1_fire_and_forget_ratio": round(statistics.median(ratios), 3),
                 "p1_round_ratios": [round(r, 3) for r in ratios],
+                # The same comparison in the worker's CPU a message (bare / Flowscope): what the
+                # engine costs, moved less by other load on the machine than the rates are.
+                "bare_celery_cpu_ms": round(statistics.median(d.cpu_ms for d in bare), 3),
+                "flowscope_fire_and_forget_cpu_ms": round(statistics.median(d.cpu_ms for d in traced), 3),
+                "p1_fire_and_forget_cpu_ratio": round(statistics.median(cpu_ratios), 3),
                 "bare_3_queues_per_s": round(bare3, 1),
                 "flowscope_fanout_deliveries_per_s": round(fanned, 1),
                 "p1_fanout_ratio": round(fanned / bare3, 3),
