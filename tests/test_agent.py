@@ -30,6 +30,7 @@ from kombu import Connection, Exchange
 
 from console.models import ApiToken
 from tests.support import REPO
+from tests.support.brokers import on_rabbitmq, purge
 from tests.support.waiting import wait_for
 from tests.tracing_helpers import spans_where, wait_spans
 from tooling.processes import LogLine, Supervisor
@@ -45,14 +46,19 @@ RUNTIME = re.compile(r"Task shop\.tick\[[^\]]+\] succeeded in ([0-9.e-]+)s")
 SHUTDOWN_LINE = re.compile(r"flowscope-agent: pid \d+ reported (\d+) spans to \S+; (\d+) failed to send, (\d+) dropped")
 
 
-def broker_url() -> str:
+def redis_url() -> str:
     """The tests' Redis, a database of its own: the attached app shares nothing with the engine's workers."""
     return settings.REDIS_URL.rsplit("/", 1)[0] + "/7"
 
 
+def broker_url() -> str:
+    """The attached app's broker follows the run's: that Redis database, or the run's RabbitMQ vhost."""
+    return settings.CELERY_BROKER_URL if on_rabbitmq() else redis_url()
+
+
 def app_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
-    return {**env, "ATTACHED_BROKER_URL": broker_url(), "PYTHONUNBUFFERED": "1", "FLOWSCOPE_EXPORT_DELAY_MS": "100", **extra}
+    return {**env, "ATTACHED_BROKER_URL": broker_url(), "ATTACHED_REDIS_URL": redis_url(), "PYTHONUNBUFFERED": "1", "FLOWSCOPE_EXPORT_DELAY_MS": "100", **extra}
 
 
 def free_port() -> int:
@@ -111,10 +117,14 @@ def reporting(live_server, collector, settings) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(autouse=True)
 def empty_shop_queue() -> Iterator[None]:
-    client = redis.Redis.from_url(broker_url())
-    client.flushdb()
+    client = redis.Redis.from_url(redis_url())
+    client.flushdb()  # on Redis the app's queue is in it
+    if on_rabbitmq():
+        purge("shop")
     yield
     client.flushdb()
+    if on_rabbitmq():
+        purge("shop")
 
 
 def by_name(spans: list) -> dict:
@@ -236,7 +246,7 @@ def run_ticks(worker: AttachedWorker, n: int) -> float:
     """Publish n no-op tasks from here (plain Celery) and wait until the worker has run every one:
     seconds from the first publish to the last task done."""
     key = f"ticks:{uuid.uuid4().hex}"
-    counter = redis.Redis.from_url(broker_url())
+    counter = redis.Redis.from_url(redis_url())
     publisher = Celery("publisher", broker=broker_url(), set_as_current=False)
     started = time.monotonic()
     with publisher.connection_for_write() as connection, publisher.producer_or_acquire() as _:

@@ -7,6 +7,7 @@ FLOWSCOPE_MAX_QUEUE       spans held per process while the console is slow or aw
                           past it new spans are dropped and counted, a task never waits
 FLOWSCOPE_EXPORT_DELAY_MS how long spans gather before a batch is sent (500)
 FLOWSCOPE_EXPORT_TIMEOUT  seconds one batch may take, retries included (5)
+FLOWSCOPE_REQUEUE_POLL_S  how often a worker asks the console for requeue orders (1)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Config:
     max_queue: int
     export_delay_ms: int
     export_timeout: float
+    requeue_poll_s: float = 1.0
 
     @property
     def endpoint(self) -> str:
@@ -63,4 +65,5 @@ def read(env: Mapping[str, str] | None = None, **given: str | None) -> Config:
         max_queue=int(_number(env, "FLOWSCOPE_MAX_QUEUE", 2048, minimum=1)),
         export_delay_ms=int(_number(env, "FLOWSCOPE_EXPORT_DELAY_MS", 500, minimum=1)),
         export_timeout=_number(env, "FLOWSCOPE_EXPORT_TIMEOUT", 5, minimum=0.1),
+        requeue_poll_s=_number(env, "FLOWSCOPE_REQUEUE_POLL_S", 1, minimum=0.05),
     )

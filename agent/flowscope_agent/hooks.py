@@ -32,7 +32,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from flowscope_agent.config import Config
+from flowscope_agent.deadletters import REQUEUE_OF, Outbox, call_of, frames_of, requeue_of
 from flowscope_agent.export import Reporter
+from flowscope_agent.requeues import Poller
 
 log = logging.getLogger("flowscope_agent")
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -99,6 +101,8 @@ class Agent:
         self.app = app
         self.lock = threading.Lock()
         self._reporter: Reporter | None = None
+        self._outbox: Outbox | None = None
+        self.poller: tuple[int, Poller] | None = None
         self.publishing: dict[str, Span] = {}
         self.running: dict[str, tuple[Span, object]] = {}
         self.handlers: list[tuple[Any, Callable[..., None]]] = [
@@ -107,6 +111,9 @@ class Agent:
             (signals.task_prerun, self.prerun),
             (signals.task_retry, self.retried),
             (signals.task_failure, self.failed),
+            (signals.task_failure, self.dead),
+            (signals.task_success, self.succeeded),
+            (signals.worker_ready, self.worker_ready),
             (signals.task_postrun, self.postrun),
             (signals.task_revoked, self.revoked),
             (signals.task_rejected, self.rejected),
@@ -153,7 +160,23 @@ class Agent:
             return {"ended": 0, "exported": 0, "failed": 0, "dropped": 0, "held": 0}
         return reporter.counts.as_dict()
 
+    def outbox(self) -> Outbox:
+        """This process's dead-letter reports (made on first use, and anew after a fork)."""
+        outbox = self._outbox
+        if outbox is None or outbox.pid != os.getpid():
+            with self.lock:
+                if self._outbox is None or self._outbox.pid != os.getpid():
+                    self._outbox = Outbox(self.config, self.app_name())
+                outbox = self._outbox
+        return outbox
+
     def shutdown(self) -> dict[str, int] | None:
+        poller, self.poller = self.poller, None
+        if poller is not None and poller[0] == os.getpid():
+            poller[1].stop()
+        outbox, self._outbox = self._outbox, None
+        if outbox is not None and outbox.pid == os.getpid():
+            outbox.close()
         reporter, self._reporter = self._reporter, None
         if reporter is None or reporter.pid != os.getpid():
             return None
@@ -257,6 +280,77 @@ class Agent:
             held[0].set_attribute(OUTCOME, "failed")
             held[0].set_attribute(FINAL, True)
             _error_status(held[0], exception)
+
+    @_quiet
+    def dead(self, sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, args: Any = None, kwargs: Any = None, einfo: Any = None, **signal: Any) -> None:
+        """task_failure: the task failed for good (a retry still pending is task_retry): report the exact call."""
+        if sender is None or exception is None:
+            return
+        request = getattr(sender, "request", None)
+        # In the pool process the failing request is current; a hard time limit is seen by the
+        # main process, which has only the call: no delivery info, attempts or trace there.
+        own = request is not None and getattr(request, "id", None) == task_id
+        held = self.running.get(str(task_id))
+        traceparent = ""
+        if held is not None:
+            context = held[0].get_span_context()
+            traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        tb = signal.get("traceback") or exception.__traceback__
+        text = "".join(traceback.format_exception(type(exception), exception, tb)) if tb is not None else str(getattr(einfo, "traceback", "") or "")
+        report = {
+            "task": str(sender.name),
+            "task_id": str(task_id),
+            **call_of(args, kwargs),
+            "routing": self._routing(sender, (getattr(request, "delivery_info", None) or {}) if own else {}),
+            "error_type": f"{type(exception).__module__}.{type(exception).__qualname__}"[:300],
+            "error_message": str(exception)[:20_000],
+            "traceback": text[-100_000:],
+            "frames": frames_of(tb),
+            "attempts": int(getattr(request, "retries", 0) or 0) + 1 if own else 1,
+            "traceparent": traceparent,
+            "root_id": str(getattr(request, "root_id", "") or "") if own else "",
+            "parent_id": str(getattr(request, "parent_id", "") or "") if own else "",
+            "worker": str(getattr(request, "hostname", "") or "") if own else "",
+        }
+        again = requeue_of(_get(request, REQUEUE_OF)) if own else None
+        if again:
+            report["requeue_of"] = again
+        self.outbox().put("dead", report)
+
+    @staticmethod
+    def _routing(task: Any, delivery: dict[str, Any]) -> dict[str, Any]:
+        """How the message arrived, and the app's queue bound that way: what a requeue sends it by."""
+        exchange, routing_key = str(delivery.get("exchange") or ""), str(delivery.get("routing_key") or "")
+        queues = task.app.amqp.queues
+        # Celery sends to a direct queue of the same name through the default exchange (""),
+        # which routes by queue name.
+        queue = routing_key if not exchange and routing_key in queues else ""
+        if not queue and (exchange or routing_key):
+            for candidate in queues.values():
+                if candidate.routing_key == routing_key and (getattr(candidate.exchange, "name", "") or "") == exchange:
+                    queue = candidate.name
+                    break
+        routing: dict[str, Any] = {"queue": queue, "exchange": exchange, "routing_key": routing_key}
+        if isinstance(delivery.get("priority"), int):
+            routing["priority"] = delivery["priority"]
+        return routing
+
+    @_quiet
+    def succeeded(self, sender: Any = None, **_: Any) -> None:
+        """task_success of a requeued copy: its dead letter is resolved."""
+        request = getattr(sender, "request", None)
+        again = requeue_of(_get(request, REQUEUE_OF)) if request is not None else None
+        if again:
+            self.outbox().put("resolved", {"task_id": str(request.id), "requeue_of": again})
+
+    @_quiet
+    def worker_ready(self, sender: Any = None, **_: Any) -> None:
+        """Only a worker's main process sees this: the one process of the worker that takes requeue orders."""
+        if not self.config.url or self.poller is not None:
+            return
+        poller = Poller(self.config, getattr(sender, "app", None) or self.app or current_app, self.app_name())
+        self.poller = (os.getpid(), poller)
+        poller.start()
 
     @_quiet
     def postrun(self, task_id: str | None = None, state: str | None = None, **_: Any) -> None:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from flows.core.errors import EnvelopeError, FlowsError, InvalidArgument
 from flows.core.registry import catalog
 from flows.models import DeadLetter
+from flows.operate.attached import requeue_attached_one
 from flows.operate.requeue import requeue_one
 from flows.produce.backpressure import backpressure
 
@@ -31,10 +32,12 @@ def dead_letter_requeue(*, dead_letter_id: int, actor: str, payload: dict[str, A
     """
     if payload is not None and not isinstance(payload, dict):
         raise EnvelopeError("the payload must be a JSON object")
-    row = DeadLetter.objects.filter(pk=dead_letter_id, state=DeadLetter.State.DEAD).values_list("consumer", "message_type", "schema_version").first()
+    row = DeadLetter.objects.filter(pk=dead_letter_id, state=DeadLetter.State.DEAD).values_list("consumer", "message_type", "schema_version", "app").first()
     if row is None:
         return False
-    consumer, message_type, schema_version = row
+    consumer, message_type, schema_version, app = row
+    if app:  # an attached Celery app's task: its agent sends it (payload: corrected args, kwargs)
+        return requeue_attached_one(dead_letter_id=dead_letter_id, actor=actor, payload=payload)
     if payload is not None:
         payload = catalog.message_type(message_type).validate(schema_version, payload)
     handler = catalog.handlers.get(consumer)

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from flows.core.errors import FlowsError, InvalidArgument
 from flows.models import DeadLetter, RequeueJob
+from flows.operate.attached import requeue_attached
 from flows.operate.pacing import TokenBucket
 from flows.operate.requeue import requeue_batch, requeue_recover_unconfirmed
 from flows.operate.selectors import DeadLetterFilter
@@ -123,7 +124,7 @@ def requeue_job_run_slice(job_id: int, *, slice_seconds: float = SLICE_SECONDS, 
             return False
         if bucket is not None:
             bucket.take(len(batch))
-        requeued = requeue_batch(ids=batch, actor=actor)
+        requeued = requeue_batch(ids=batch, actor=actor) + requeue_attached(ids=batch, actor=actor)  # each takes its own kind
         job.cursor_id = batch[-1]
         if not _record_progress(job, done=len(requeued), skipped=len(batch) - len(requeued)):
             return False  # cancelled meanwhile: stop after the batch in hand

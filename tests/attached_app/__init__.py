@@ -1,9 +1,11 @@
 """A Celery app written with nothing but Celery, as teams already have them: what the agent attaches to.
 
 No `flows`, no Django, no Flowscope import: `flowscope-agent celery -A tests.attached_app worker`
-is the only thing that connects it. ATTACHED_BROKER_URL points it at the tests' own Redis.
+is the only thing that connects it. ATTACHED_BROKER_URL points it at the tests' broker (Redis or
+the run's RabbitMQ vhost), ATTACHED_REDIS_URL at a Redis where its tasks leave what they saw.
 """
 
+import json
 import os
 import time
 
@@ -55,7 +57,7 @@ _redis: redis.Redis | None = None  # made on first use in each pool process, nev
 def counter() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(OldStyleSettings.BROKER_URL)
+        _redis = redis.Redis.from_url(os.environ.get("ATTACHED_REDIS_URL") or OldStyleSettings.BROKER_URL)
     return _redis
 
 
@@ -71,3 +73,28 @@ def flaky(self, key: str) -> str:
     if counter().incr(key) == 1:
         raise self.retry(exc=ConnectionError("payment gateway timed out"))
     return "paid"
+
+
+@app.task(name="shop.ship")
+def ship(order_id: str, *, carrier: str = "post") -> str:
+    """Fails for a carrier that does not exist, with no retry: a dead letter at its first attempt.
+    What it was called with is left in Redis, for a test to see what a requeue delivered."""
+    counter().rpush(f"shipped:{order_id}", json.dumps({"args": [order_id], "kwargs": {"carrier": carrier}}))
+    if carrier == "nowhere":
+        raise LookupError(f"no carrier named {carrier!r} for {order_id}")
+    return carrier
+
+
+@app.task(name="shop.settle")
+def settle(key: str, amount: int) -> int:
+    """Fails the first time (the ledger is locked), succeeds when run again: a requeue heals it."""
+    if counter().incr(key) == 1:
+        raise RuntimeError(f"ledger locked while settling {amount}")
+    return amount
+
+
+@app.task(name="shop.refund", bind=True, max_retries=1, default_retry_delay=0)
+def refund(self, order_id: str) -> None:
+    """Always fails and asks for a retry: after its one retry, max_retries is exceeded and it dies."""
+    counter().incr(f"refund:{order_id}")
+    raise self.retry(exc=TimeoutError(f"bank did not answer for {order_id}"))
