@@ -41,6 +41,7 @@ from flows.models import DeadLetter, RequeueJob, SagaInstance, SagaStep
 from flows.operate.selectors import BadCursor
 from flows.produce.backpressure import backpressure
 from tests.people import client_for, token_for
+from tests.support.brokers import rabbitmq_only
 from tracing.models import Span
 from tracing.redis import get_redis
 
@@ -320,6 +321,28 @@ def test_an_unreachable_redis_is_503_with_retry_after_and_no_host_in_the_body(mo
     assert "10.0.0.3" not in response.content.decode() and "unreachable" in response.json()["detail"]
     (record,) = [r for r in caplog.records if r.name == "console.api"]
     assert record.levelno == logging.WARNING and "ConnectionError" in record.getMessage() and "GET /api/v1/queues" in record.getMessage()
+
+
+@rabbitmq_only
+def test_an_unreachable_rabbitmq_is_503_with_retry_after(caplog):
+    from celery import Celery
+
+    from console.celery import app as engine
+    from tooling.devredis import free_port
+
+    unreachable = Celery("unreachable", set_as_current=False)
+    # The write URL, as the producers' pool connects with it (CELERY_BROKER_URL, in the
+    # environment, would win over a broker given here).
+    unreachable.conf.broker_write_url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    unreachable.set_current()
+    try:
+        with caplog.at_level(logging.WARNING, logger="console.api"):
+            response = client_for("viewer").get("/api/v1/queues")
+    finally:
+        engine.set_current()
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    (record,) = [r for r in caplog.records if r.name == "console.api"]
+    assert record.levelno == logging.WARNING and "OperationalError" in record.getMessage()
 
 
 CONFORMANCE_EXAMPLES = 6  # per operation: generated, valid by the document

@@ -129,6 +129,9 @@ def queue_gauges(names: Iterable[str]) -> dict[str, tuple[int, int]]:
     declared yet."""
     gauges: dict[str, tuple[int, int]] = {}
     with current_app.pool.acquire(block=True) as connection:
+        # Unreachable, kombu's OperationalError (the console's 503); a bare channel() would let
+        # the socket's ConnectionRefusedError through, a 500 for a broker that is down.
+        connection.ensure_connection(max_retries=0)
         channel = connection.channel()
         try:
             for name in names:
