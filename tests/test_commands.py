@@ -1,4 +1,7 @@
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -8,7 +11,11 @@ from examples.demo import faults
 from flows.core.registry import catalog
 from flows.models import DeadLetter, SagaInstance
 from tests.flows_under_test import fix
+from tests.support import REPO
+from tests.support.brokers import on_rabbitmq, waiting
 from tests.support.waiting import wait_for
+from tooling.devredis import free_port
+from tooling.rabbitmq import with_vhost
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -89,10 +96,24 @@ def test_loadgen_drives_every_demo_flow(worker):
 
 
 def demo_load_worked_off() -> bool:
-    redis = get_redis()
     demo_queues = {h.queue for h in catalog.handlers.values() if h.fn.__module__.startswith("examples.demo")}
-    idle = all(redis.llen(queue) == 0 for queue in demo_queues) and redis.hlen("unacked") == 0
+    # On Redis a message a worker holds is in the "unacked" hash; on RabbitMQ it is not ready,
+    # and a delayed retry waits in the delay levels: the sagas still running cover both.
+    held = 0 if on_rabbitmq() else get_redis().hlen("unacked")
+    idle = all(waiting(queue) == 0 for queue in demo_queues) and held == 0
     return idle and not SagaInstance.objects.filter(state__in=["running", "compensating"]).exists()
+
+
+def test_loadgen_counts_sends_the_broker_refuses_and_keeps_going(tmp_path):
+    # A broker that answers and refuses (RabbitMQ: a vhost that is not there; py-amqp's
+    # NotAllowed), or none at all (Redis: a port nothing listens on).
+    settings_url = os.environ["CELERY_BROKER_URL"]
+    refusing = with_vhost(settings_url, "flowscope_no_such_vhost") if on_rabbitmq() else f"redis://127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "CELERY_BROKER_URL": refusing, "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.sqlite3'}"}
+    done = subprocess.run([sys.executable, "manage.py", "loadgen", "--rate", "10", "--duration", "1", "--mix", "audit=1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loadgen done: sent 0 " in done.stdout and "failed to send " in done.stdout, done.stdout
+    assert "sending audit failed" in done.stderr
 
 
 def test_sweep_sagas_reports_what_it_resumed():

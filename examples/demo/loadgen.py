@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import amqp.exceptions
+import kombu.exceptions
 import redis
 
 import flows
@@ -20,6 +22,10 @@ from flows.patterns.request_reply import PendingReply
 log = logging.getLogger(__name__)
 FLOWS = ("order", "payment", "credit", "invoice", "audit")
 DEFAULT_MIX = {"order": 35, "payment": 25, "credit": 10, "invoice": 20, "audit": 10}
+# What a send or a wait for a reply raises when Redis or the broker fails: Redis's errors, and on
+# RabbitMQ kombu's (OperationalError once its retries are spent) and py-amqp's (a channel or
+# connection closed by the broker); OSError for a socket that fails below them.
+TRANSPORT_ERRORS = (redis.RedisError, kombu.exceptions.KombuError, amqp.exceptions.AMQPError, OSError)
 
 
 def parse_mix(text: str) -> dict[str, int]:
@@ -92,7 +98,7 @@ class LoadGenerator:
             self.count(f"sent.{flow}")
         except QueueFull:
             self.count(f"refused.{flow}")
-        except (redis.RedisError, OSError, ValueError) as exc:
+        except (*TRANSPORT_ERRORS, ValueError) as exc:
             # A load generator keeps going through a broker hiccup; it counts and says so.
             self.count(f"errors.{flow}")
             log.warning("sending %s failed: %s", flow, exc)
@@ -105,6 +111,6 @@ class LoadGenerator:
             self.count("replies.timeout")
         except RequestFailed:
             self.count("replies.failed")
-        except redis.RedisError as exc:
+        except TRANSPORT_ERRORS as exc:
             self.count("replies.error")
             log.warning("awaiting a credit check failed: %s", exc)
