@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import time
@@ -98,11 +99,13 @@ def test_a_process_that_ignores_term_is_killed_after_the_deadline_and_reported(t
 
 def test_stopping_a_group_stops_the_grandchild_its_leader_left_behind(tmp_path):
     """A worker's pool child, say: the leader ends on TERM, the grandchild ignores it."""
-    grandchild = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    # Ready once the grandchild ignores TERM (it shares the leader's log): a TERM that reached
+    # it while Python was still starting would end it, and the group, before the deadline.
+    grandchild = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ignoring TERM', flush=True); time.sleep(60)"
     script = f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {grandchild!r}]); print('grandchild', p.pid, flush=True); time.sleep(60)"
     supervisor = Supervisor(log_dir=tmp_path)
-    child = supervisor.start("parent", [PY, "-c", script], ready=LogLine(r"grandchild \d+"))
-    grandchild_pid = int(child.log_text().split()[1])
+    child = supervisor.start("parent", [PY, "-c", script], ready=LogLine("ignoring TERM"))
+    grandchild_pid = int(re.search(r"grandchild (\d+)", child.log_text()).group(1))
     assert alive(grandchild_pid) and os.getpgid(grandchild_pid) == child.pid
     report = supervisor.stop(timeout=1.5)
     assert report.killed == ["parent"], "the leader ended on TERM, but its group lived past the deadline"
