@@ -1,5 +1,8 @@
 """Checks 2 and 8: Redis (append-only, fsync always, on a port of its own) killed and restarted
-under load. Workers, the collector and browsers reconnect; no acknowledged message is lost."""
+under load. Workers, the collector and browsers reconnect; no acknowledged message is lost.
+
+Check 2 here is Redis as the broker; on RabbitMQ, test_rabbitmq_restart.py restarts the broker.
+Check 8 runs on either: Redis carries the live pages' channel layer whatever the broker."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from tests.browser.conftest import browser, page, sign_in  # noqa: F401 - fixtur
 from tests.people import person
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import WORKER_ENV, sized
+from tests.support.brokers import redis_only
 from tests.support.waiting import wait_for
 from tests.support.workers import ManagedProcess, Worker
 from tooling.devredis import RedisServer, answers, free_port
@@ -81,6 +85,7 @@ def stack(django_db_setup: Any) -> Iterator[Stack]:
     running.stop()
 
 
+@redis_only
 def test_after_a_redis_restart_under_load_no_acknowledged_message_is_lost_and_consuming_resumes(stack, figure):
     seconds = sized(20, 10)
     out = Path(tempfile.mkdtemp(prefix="flowscope-publisher-")) / "acknowledged"
