@@ -9,6 +9,7 @@ from console.models import AuditEntry
 from flows.models import DeadLetter, RequeueJob
 from tests.flows_under_test import fix, recorded
 from tests.people import client_for, token_for
+from tests.support.brokers import on_rabbitmq
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -183,4 +184,6 @@ def test_sagas_traces_graph_and_queues_read(worker, collector):
     assert viewer.get("/api/v1/traces").status_code == 400
     assert viewer.get(f"/api/v1/traces?saga_id={saga.pk}").json()[0]["trace_id"] == trace_id
     assert "edges" in viewer.get("/api/v1/graph?minutes=5").json()
-    assert {"name", "depth", "state"} <= set(viewer.get("/api/v1/queues").json()[0])
+    queues = {q["name"]: q for q in viewer.get("/api/v1/queues").json()}
+    assert {"name", "depth", "consumers", "state"} <= set(queues["t.commands"])
+    assert queues["t.commands"]["consumers"] == (1 if on_rabbitmq() else None), "the session worker, as RabbitMQ counts it; Redis does not say"

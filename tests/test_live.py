@@ -12,6 +12,7 @@ from console import broadcast, live
 from console.asgi import application
 from console.consumers import LiveConsumer
 from tests.people import person
+from tests.support.brokers import on_rabbitmq
 from tracing import sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,6 +73,10 @@ def test_a_signed_in_browser_gets_a_whole_snapshot_on_connect_and_on_refresh():
         first = await communicator.receive_json_from(timeout=10)
         assert first["type"] == "snapshot"
         assert {"series", "now", "queues", "dead_letters", "sagas", "workers", "graph", "jobs", "sink"} <= set(first["frame"])
+        # Consumers as RabbitMQ counts them; None on Redis, which does not say.
+        consumers = {q["name"]: q["consumers"] for q in first["frame"]["queues"]}
+        assert all(isinstance(n, int) for n in consumers.values()) if on_rabbitmq() else set(consumers.values()) == {None}
+        assert "t.commands" in consumers
         await communicator.send_json_to({"type": "refresh"})
         assert (await communicator.receive_json_from(timeout=10))["type"] == "snapshot"
         await communicator.send_json_to({"type": "delete everything"})

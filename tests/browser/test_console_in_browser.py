@@ -10,6 +10,7 @@ from flows.models import DeadLetter, SagaInstance
 from tests.browser.conftest import screenshot, sign_in
 from tests.flows_under_test import fix
 from tests.people import person
+from tests.support.brokers import on_rabbitmq
 from tests.support.waiting import wait_for
 from tests.tracing_helpers import wait_spans
 
@@ -33,10 +34,16 @@ def test_the_overview_goes_live_and_changes_while_load_runs(page, web, worker, c
         flows.send("test.command", {"key": f"load-{i}"})
     page.wait_for_function("parseFloat(document.querySelector('#now-rate').textContent) > 0", timeout=30_000)
     page.wait_for_selector("#chart-rate .main-svg")
+    # Consumers come from RabbitMQ (the session worker: one on t.commands); Redis does not say.
+    consumers = "1" if on_rabbitmq() else "–"
+    row = page.locator("#queues tr", has=page.locator("td", has_text=re.compile(r"^t\.commands$")))
+    assert row.locator("td").all_inner_texts()[:3:2] == ["t.commands", consumers]
     screenshot(page, "overview")
     page.goto(f"{web}/graph/")
     page.wait_for_selector("#flow-graph .main-svg")
     page.wait_for_function("document.querySelectorAll('#flow-graph .scatterlayer .trace').length > 1", timeout=30_000)
+    said = "consumer" if on_rabbitmq() else "waiting"
+    page.wait_for_function(f"document.querySelector('#flow-graph').textContent.includes({said!r})", timeout=30_000)
     screenshot(page, "flow-graph")
     page.goto(f"{web}/audit/")
     screenshot(page, "audit")
