@@ -1,5 +1,6 @@
-"""manage.py bench: its choices, a bench extra missing, the memory it reads, and a run on a
-database and a Redis of its own that leaves the user's as they were."""
+"""manage.py bench: its choices, a bench extra missing, the memory and CPU it reads, a drain on
+the run's broker, and a run on a database, a Redis (and on RabbitMQ a vhost) of its own that
+leaves the user's as they were."""
 
 import io
 import json
@@ -16,11 +17,13 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from tests.support import REPO
+from tests.support.brokers import on_rabbitmq, waiting
 from tests.support.stores import run_keys, run_rows
 from tests.support.waiting import wait_for
 from tests.support.workers import worker_database_url
-from tooling.bench import flower, live, memory, processes, spans
+from tooling.bench import counting, flower, live, memory, processes, spans, throughput
 from tooling.own_stores import INSIDE_ENV
+from tooling.rabbitmq import vhost_names
 from tracing.models import Span
 from tracing.redis import get_redis
 
@@ -51,6 +54,20 @@ def test_an_unreachable_redis_is_named_before_anything_starts(settings):
     assert "secret" not in str(refused.value)
 
 
+def test_an_unreachable_rabbitmq_is_named_before_anything_starts(settings, tmp_path):
+    settings.CELERY_BROKER_URL = "amqp://guest:secret@nowhere.invalid:5672//"  # not local: nothing is started
+    with pytest.raises(CommandError, match=r"^no RabbitMQ answers at amqp://nowhere.invalid:5672//; start one") as refused:
+        call_command("bench", only="p2", json_path=str(tmp_path / "bench.json"))
+    assert "secret" not in str(refused.value)
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_a_broker_the_bench_does_not_know_is_refused(monkeypatch):
+    monkeypatch.setenv("BROKER", "kafka")
+    with pytest.raises(CommandError, match="BROKER must be redis or rabbitmq, not 'kafka'"):
+        call_command("bench", only="p2")
+
+
 def test_a_missing_bench_extra_skips_only_its_own_figures(monkeypatch, tmp_path):
     # The measurements themselves, in this process on the test database, as the bench's child
     # process runs them on its own: the skipped extras are patched out here.
@@ -77,6 +94,38 @@ def test_resident_memory_counts_a_process_with_its_children():
             child.kill()
         parent.kill()
         parent.wait()
+
+
+def test_cpu_time_counts_a_process_with_its_children():
+    burn = "import time; t = time.process_time(); x = 0\nwhile time.process_time() - t < 0.6: x += 1\ntime.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"])
+    try:
+        wait_for(lambda: processes.cpu_seconds(parent.pid) >= 0.6, timeout=60, what="the child to burn its 0.6 CPU seconds")
+        own = psutil.Process(parent.pid).cpu_times()
+        assert own.user + own.system < 0.6, "the parent alone has not burnt it: its child has"
+    finally:
+        for child in psutil.Process(parent.pid).children(recursive=True):
+            child.kill()
+        parent.kill()
+        parent.wait()
+    assert processes.cpu_seconds(parent.pid) == 0.0, "a process gone has used nothing"
+
+
+@pytest.mark.worker
+def test_a_bare_drain_on_the_runs_broker_counts_every_message_and_the_workers_cpu(monkeypatch, tmp_path):
+    # The p1 measurement's bare side on whichever broker the run is on: filled, drained by a
+    # worker of its own, timed between the first and the last completion.
+    monkeypatch.setenv("DATABASE_URL", worker_database_url())
+    drained = throughput.bare_rate(300, concurrency=1, log_dir=tmp_path, progress=lambda text: None)
+    assert counting.progress("bare")[0] == 300
+    assert drained.rate > 0 and drained.cpu_ms > 0
+    assert waiting("bench.bare") == 0
+    setup = throughput.bare_setup(1)
+    if on_rabbitmq():
+        assert setup == f"RabbitMQ {settings.FLOWS_RABBITMQ_QUEUE_TYPE} queue, topic exchange, prefetch 1 per pool process (1 processes), late acks, publisher confirms"
+    else:
+        assert setup == "Redis list (flows.consume.broker:Transport transport), prefetch 1 per pool process (1 processes), late acks"
+    counting.reset("bare")
 
 
 def test_the_memory_of_a_process_gone_is_nothing():
@@ -107,15 +156,23 @@ def test_a_bench_run_measures_on_a_database_and_redis_of_its_own_and_leaves_the_
     rows, keys = run_rows(), run_keys()
     out = tmp_path / "bench.json"
     env = {**os.environ, "DATABASE_URL": worker_database_url(), "REDIS_URL": settings.REDIS_URL}
-    done = subprocess.run([sys.executable, "manage.py", "bench", "--quick", "--only", "p2", "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=170)
+    done = subprocess.run([sys.executable, "manage.py", "bench", "--quick", "--only", "p2,p6", "--json", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
 
     figures = json.loads(out.read_text())
     assert figures["p2_spans"] == 20_000 and figures["p2_spans_per_s"] > 0, "the run stored its spans"
+    assert figures["p6_requeue_per_s"] > 0, "the run requeued on its broker"
     assert "p2_spans_per_s" in done.stdout
+    kind = "rabbitmq" if on_rabbitmq() else "redis"
+    assert figures["broker"] == kind and f"measuring on {kind} (" in done.stdout
+    assert waiting("bench.requeue") == 0, "nothing of the bench's in the user's broker"
     assert run_rows() == rows
     assert run_keys() == keys
     machine = figures["machine"]
     assert machine["run_database"] != settings.DATABASES["default"]["NAME"] and not Path(machine["run_database"]).exists(), "its database is removed"
     assert machine["run_redis"] != settings.REDIS_URL and redis.Redis.from_url(machine["run_redis"]).dbsize() == 0, "its Redis database is empty again"
     assert "runs on a database of its own" in done.stderr
+    if on_rabbitmq():  # its queues were in a vhost of its own, deleted after it
+        vhost = machine["run_broker"].rsplit("/", 1)[1]
+        assert machine["run_broker"] != settings.CELERY_BROKER_URL and vhost.startswith("flowscope_bench_")
+        assert vhost not in vhost_names()

@@ -37,6 +37,7 @@ COLUMNS = (
     "requeued_by",
     "discarded_by",
     "discard_reason",
+    "app",
 )
 
 
@@ -71,6 +72,7 @@ def dead_letter_row(
         "",
         "",
         "",
+        "",  # app: Flowscope's own flows (the field's default lives in Django, not in the table)
     )
 
 
