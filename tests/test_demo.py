@@ -15,6 +15,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from tests.support import REPO
+from tests.support.brokers import on_rabbitmq
 from tests.support.waiting import wait_for
 from tooling.devredis import free_port
 
@@ -70,6 +71,8 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
             text = log.read_text()
             assert "login: admin / demo-password-123" in text
             assert "(started for the demo)" in text
+            # The broker the run is on: the tests' RabbitMQ vhost, handed down as CELERY_BROKER_URL.
+            assert ("broker: rabbitmq at amqp://" if on_rabbitmq() else "broker: redis at redis://") in text, text
             assert len(processes_with(var_dir)) >= 6, "web, four workers, the load generator and redis"
             time.sleep(15)  # let the flows run
             demo.send_signal(signal.SIGINT)
@@ -103,6 +106,25 @@ def test_a_port_another_program_holds_is_refused_before_anything_starts(settings
     # No Redis started, no process logged, nothing migrated or changed.
     assert list(tmp_path.iterdir()) == []
     assert nowhere == settings.REDIS_URL  # untouched: no Redis was looked for
+
+
+def test_no_rabbitmq_answering_is_one_line_on_screen_and_nothing_starts(tmp_path):
+    env = {**demo_env(str(tmp_path)), "CELERY_BROKER_URL": "amqp://guest:secret@nowhere.invalid:5672//"}
+    done = subprocess.run([sys.executable, "manage.py", "demo", "--port", str(free_port())], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "CommandError: no RabbitMQ answers at amqp://nowhere.invalid:5672//; start one (Debian: apt install rabbitmq-server) or set CELERY_BROKER_URL to one that answers"
+    ], done.stderr
+    assert "redis:" not in done.stdout, "no Redis looked for or started"
+    assert not (tmp_path / "redis").exists() and not (tmp_path / "log").exists()
+
+
+def test_a_broker_name_the_demo_does_not_know_is_refused(settings, tmp_path, monkeypatch):
+    settings.VAR_DIR = tmp_path
+    monkeypatch.setenv("BROKER", "kafka")
+    with pytest.raises(CommandError, match="BROKER must be redis or rabbitmq, not 'kafka'"):
+        call_command("demo", "--port", str(free_port()))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_port_that_is_no_tcp_port_is_refused(settings, tmp_path):

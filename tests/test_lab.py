@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from django.utils import timezone
 
 from tests.people import client_for
 from tests.support import REPO
+from tests.support.brokers import on_rabbitmq
 from tests.support.stores import run_keys, run_rows
 from tests.support.waiting import wait_for
 from tests.support.workers import worker_database_url
@@ -32,6 +34,7 @@ from tooling.lab.models import LabRun
 from tooling.lab.processes import LabProcessError, LabProcesses
 from tooling.lab.scenarios import SCENARIO_NAMES, STYLES
 from tooling.own_stores import INSIDE_ENV
+from tooling.rabbitmq import vhost_names
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,6 +95,7 @@ def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accou
     assert outage["sync"]["caller_failures"] > 0 and outage["sync"]["failed"] > 0
     assert any("billing" in kind for kind in outage["sync"]["caller_errors"])
     assert figures["machine"]["commit"] and figures["machine"]["cores"] >= 1
+    assert figures["machine"]["broker"] == ("rabbitmq" if on_rabbitmq() else "redis")
 
     assert "scenario" in stdout and "outage" in stdout and "async" in stdout
     # The one row the lab leaves in the user's database, for the Lab page; its dead letters,
@@ -99,6 +103,10 @@ def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accou
     stored = LabRun.latest_run()
     assert stored is not None and stored.quick and stored.scenarios == figures["scenarios"]
     assert "runs on a database of its own" in stderr
+    if on_rabbitmq():  # its queues were in a vhost of its own, deleted with them
+        vhost = re.search(r"its broker RabbitMQ vhost (\S+) at", stderr)
+        assert vhost is not None, stderr[:2000]
+        assert vhost[1] not in vhost_names()
     assert run_rows() == rows
     assert run_keys() == keys
     assert lab_processes(lab.pid) == {}
@@ -117,6 +125,9 @@ def test_ctrl_c_during_the_load_stops_every_process_the_lab_started_removes_its_
         assert len(started) == 9  # four services, four workers, the collector
         own = next(iter(started.values()))
         assert own["REDIS_URL"] != settings.REDIS_URL and own["DATABASE_URL"] != worker_database_url()
+        assert own["CELERY_BROKER_URL"] != settings.CELERY_BROKER_URL
+        own_vhost = own["CELERY_BROKER_URL"].rsplit("/", 1)[1] if on_rabbitmq() else ""
+        assert not on_rabbitmq() or own_vhost in vhost_names()
         assert not get_redis().keys("flows:lab:*"), "nothing of the lab's in the user's Redis"
         lab.send_signal(signal.SIGINT)
         _, stderr = lab.communicate(timeout=120)
@@ -128,6 +139,7 @@ def test_ctrl_c_during_the_load_stops_every_process_the_lab_started_removes_its_
     wait_for(lambda: lab_processes(lab.pid) == {}, timeout=10, what="no lab process left")
     assert redis.Redis.from_url(own["REDIS_URL"]).dbsize() == 0, "the lab's Redis database is empty again"
     assert not Path(own["DATABASE_URL"].removeprefix("sqlite:///")).exists(), "the lab's database is removed"
+    assert not own_vhost or own_vhost not in vhost_names(), "the lab's vhost is deleted"
     assert LabRun.objects.count() == 0
 
 

@@ -57,11 +57,17 @@ def ensure_running(url: str = DEFAULT_URL, *, wait: float = 60.0) -> None:
     raise RabbitMQUnavailable(f"started rabbitmq-server, but nothing answered at {_safe(url)} within {wait:g}s (see /var/log/rabbitmq)")
 
 
-def _ctl(*args: str) -> None:
+def _ctl(*args: str) -> str:
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     done = subprocess.run([ctl, *args], capture_output=True, text=True, timeout=CTL_TIMEOUT_SECONDS, check=False)
     if done.returncode != 0:
         raise RabbitMQUnavailable(f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[:500]}")
+    return done.stdout
+
+
+def vhost_names() -> set[str]:
+    """The vhosts of the local node (a run's own is checked gone after it with this)."""
+    return {line.strip() for line in _ctl("list_vhosts", "--silent", "name").splitlines() if line.strip()}
 
 
 class Vhost:

@@ -1,4 +1,9 @@
-"""`make demo`: Redis, database, admin user, web server, workers and load, in one command."""
+"""`make demo`: Redis, database, admin user, web server, workers and load, in one command.
+
+The broker is Redis unless CELERY_BROKER_URL is an AMQP URL or BROKER=rabbitmq asks for
+RabbitMQ (tooling.brokers): then a RabbitMQ that answers (the local one started if none does),
+its URL handed to every process the demo starts. The demo's queues live in the URL's vhost.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,13 @@ from django.db.models import Count
 
 from examples.demo import faults
 from flows.consume.stats import processed_totals
+from flows.core.brokers import RABBITMQ, kind_of
 from flows.models import DeadLetter, SagaInstance
+from tooling.brokers import BrokerNotReady, chosen_url, ready_url
 from tooling.devredis import ensure_redis
+from tooling.own_stores import shown
 from tooling.processes import Check, FailedToStart, LogLine, Supervisor, http_answers, port_taken
+from tooling.rabbitmq import answers
 from tracing.models import Span
 from tracing.sink import sink_status
 
@@ -53,10 +62,16 @@ class Command(BaseCommand):
         if port_taken(HOST, port):
             other = next((p for p in range(port + 1, min(port + 100, 65536)) if not port_taken(HOST, p)), 8001)
             raise CommandError(f"port {port} on {HOST} is taken by another program (another demo?); pick another: PORT={other} make demo (or manage.py demo --port {other})")
+        broker_url = self._broker()  # before anything starts: no RabbitMQ is a one-line error
         var = settings.VAR_DIR
-        redis_url, redis_server = ensure_redis(settings.REDIS_URL, directory=var / "redis")
+        configured_redis = settings.REDIS_URL
+        redis_url, redis_server = ensure_redis(configured_redis, directory=var / "redis")
         settings.REDIS_URL = redis_url  # this process talks to it too (faults, summary)
         self.stdout.write(f"redis: {redis_url}" + (" (started for the demo)" if redis_server else " (already running)"))
+        if broker_url == configured_redis:
+            broker_url = redis_url  # the broker is that Redis, wherever the demo found or started it
+        if kind_of(broker_url) != RABBITMQ:
+            self.stdout.write(f"broker: redis at {shown(broker_url)}")
         supervisor: Supervisor | None = None
         signal.signal(signal.SIGTERM, _interrupt)  # while starting, stopped as by Ctrl-C: the finally block stops what started
         try:
@@ -67,7 +82,7 @@ class Command(BaseCommand):
                 faults.set_fault(consumer, fault)
             before = Counter(processed_totals())
 
-            env = {**os.environ, "REDIS_URL": redis_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
             url = f"http://{HOST}:{port}/"
             supervisor = Supervisor(env=env, log_dir=var / "log", cwd=settings.BASE_DIR)
             supervisor.start("web", [*MANAGE, "runserver", "--noreload", f"{HOST}:{port}"])
@@ -100,6 +115,20 @@ class Command(BaseCommand):
             finally:
                 if redis_server is not None:
                     redis_server.stop()
+
+    def _broker(self) -> str:
+        """The broker's URL, RabbitMQ started if it is the local one and down; CommandError when
+        none answers. Says which broker the demo runs on."""
+        try:
+            url = chosen_url()
+            if kind_of(url) != RABBITMQ:
+                return url
+            was_up = answers(url)
+            ready_url()
+        except BrokerNotReady as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"broker: rabbitmq at {shown(url)}" + (" (already running)" if was_up else " (started for the demo; left running)"))
+        return url
 
     def _admin(self) -> tuple[str, str]:
         username = os.environ.get("FLOWSCOPE_ADMIN_USER", "admin")

@@ -1,7 +1,8 @@
 """`manage.py lab`: the same order workload as a synchronous chain and through Flowscope, under
 four scenarios; a table on stdout, the figures as JSON and as the console's Lab page.
 
-The run itself is a child process on a database and a Redis database of the lab's own
+The run itself is a child process on a database and a Redis database of the lab's own, and on
+RabbitMQ (CELERY_BROKER_URL an AMQP URL, or BROKER=rabbitmq) a vhost of its own
 (tooling.own_stores), removed after it: its dead letters, spans, sagas and queues never reach
 the user's. The one thing written where the user's data is, on purpose, is the LabRun row with
 the figures, which the console's Lab page shows.
@@ -29,6 +30,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils import timezone
 
+from flows.core.brokers import broker_kind
+from tooling.brokers import BrokerNotReady, ready_url
 from tooling.lab import scenarios
 from tooling.lab.models import LabRun
 from tooling.own_stores import inside, run_on_own_stores, shown
@@ -60,7 +63,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         only = self._scenarios(options["only"])
         json_path = self._json_path(options["json_path"])
-        self._check_redis()
+        self._check_stores()
         if inside():
             self._run(only, quick=options["quick"], json_path=json_path)
             return
@@ -105,6 +108,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGTERM, previous)
         seconds = round(time.monotonic() - started, 1)
         figures = {"quick": quick, "seconds": seconds, "started_at": started_at.isoformat(), "setup": self._setup(size), "machine": self._machine(), "scenarios": results}
+        self.stdout.write(f"broker: {figures['machine']['broker']}")
         self._table(results)
         if json_path:
             json_path.write_text(json.dumps(figures, indent=2) + "\n")
@@ -118,11 +122,15 @@ class Command(BaseCommand):
         return chosen or list(scenarios.SCENARIO_NAMES)
 
     @staticmethod
-    def _check_redis() -> None:
+    def _check_stores() -> None:
         try:
             get_redis().ping()
         except redis_py.RedisError as exc:
-            raise CommandError(f"Redis at {shown(settings.REDIS_URL)} did not answer ({exc}); the lab needs it as the broker and for its counts") from exc
+            raise CommandError(f"Redis at {shown(settings.REDIS_URL)} did not answer ({exc}); the lab needs it for its counts (and as the broker on Redis)") from exc
+        try:
+            ready_url()
+        except BrokerNotReady as exc:
+            raise CommandError(str(exc)) from None
 
     @staticmethod
     def _json_path(text: str) -> Path | None:
@@ -178,6 +186,7 @@ class Command(BaseCommand):
             "python": platform.python_version(),
             "django": django.get_version(),
             "database": connection.vendor,
+            "broker": broker_kind(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "commit": commit or "unknown",
         }
