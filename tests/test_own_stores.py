@@ -1,6 +1,6 @@
 """The bench's and the lab's own stores: a Redis database claimed empty and emptied after, a
-database made and removed, and the run in a child process on them, removed after it however it
-ends (done, failed, interrupted)."""
+database made and removed, on RabbitMQ a vhost made and deleted, and the run in a child process
+on them, removed after it however it ends (done, failed, interrupted)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from tests.support.brokers import on_rabbitmq
 from tooling.database import database_of_its_own, own_database_name
 from tooling.devredis import answers
 from tooling.own_stores import CLAIM, INSIDE_ENV, claim_empty_database, redis_of_its_own, run_on_own_stores, shown, with_database_number
+from tooling.rabbitmq import vhost_names
 
 DATABASES = 16  # a redis-server's default
 
@@ -159,7 +161,14 @@ def seen(lines: list[str]) -> dict[str, str]:
 
 
 def assert_removed(told: dict[str, str]) -> None:
-    assert told["REDIS_URL"] == told["CELERY_BROKER_URL"] != settings.REDIS_URL
+    assert told["REDIS_URL"] != settings.REDIS_URL
+    if on_rabbitmq():
+        # The broker the settings name, in a vhost of the run's own, deleted after it.
+        base, vhost = told["CELERY_BROKER_URL"].rsplit("/", 1)
+        assert base == settings.CELERY_BROKER_URL.rsplit("/", 1)[0] and vhost != settings.CELERY_BROKER_URL.rsplit("/", 1)[1]
+        assert vhost.startswith("flowscope_test_") and vhost not in vhost_names(), "the run's vhost is deleted"
+    else:
+        assert told["CELERY_BROKER_URL"] == told["REDIS_URL"], "the broker is the run's own Redis database"
     assert told["DATABASE_URL"] != f"sqlite:///{settings.DATABASES['default']['NAME']}"
     if connection.vendor == "sqlite":
         assert not Path(told["DATABASE_URL"].removeprefix("sqlite:///")).parent.exists(), "the run's database and directory are gone"
