@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import tests.reliability.catalog  # noqa: F401 - the checks' handlers, in this process too
+from flows.core.brokers import broker_kind
+from tests.reliability import held
 from tests.support.workers import Worker
 
 SIZE = os.environ.get("RELIABILITY_SIZE", "full")
@@ -40,7 +42,8 @@ def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _FIGURES:
         return
-    terminalreporter.section(f"reliability figures (size: {SIZE})")
+    # The broker named in the heading, so runs on Redis and on RabbitMQ can be set side by side.
+    terminalreporter.section(f"reliability figures (broker: {broker_kind()}, size: {SIZE})")
     for nodeid, text in _FIGURES:
         terminalreporter.write_line(f"{nodeid.split('::', 1)[-1]}: {text}")
 
@@ -49,8 +52,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 # Only its own catalog: the others declare backoffs (up to 60 s) longer than this timeout allows.
 RELIABILITY_MODULES = "tests.reliability.catalog"
-# Deliveries a killed worker held come back after this many seconds (the minimum allowed); a
-# production broker keeps the default hour. Restores are looked for every second.
+# On Redis, deliveries a killed worker held come back after this many seconds (the minimum
+# allowed); a production broker keeps the default hour. Restores are looked for every second.
+# RabbitMQ gives them back as soon as the worker's connection drops, and ignores these.
 VISIBILITY_SECONDS = 10
 WORKER_ENV = {"FLOWS_MODULES": RELIABILITY_MODULES, "FLOWS_VISIBILITY_TIMEOUT": str(VISIBILITY_SECONDS), "FLOWS_RESTORE_INTERVAL_SECONDS": "1"}
 
@@ -74,9 +78,4 @@ def chaos_worker(django_db_setup: object) -> Iterator[Callable[..., Worker]]:
 def empty_reliability_queues() -> None:
     """Each check starts with its queues empty and nothing a killed worker left unacknowledged,
     so one check's leftovers never reach the next check's workers."""
-    from tracing.redis import get_redis
-
-    redis = get_redis()
-    for name in redis.scan_iter(match="r.*", count=1000):
-        redis.delete(name)
-    redis.delete("unacked", "unacked_index")
+    held.empty_reliability_queues()

@@ -29,7 +29,7 @@ from flows.models import DeadLetter, RequeueJob
 from flows.produce.backpressure import backpressure
 from tests.people import client_for, token_for
 from tests.reliability.doors import SAFE, api_operations, call, console_routes
-from tracing.redis import get_redis
+from tests.support.brokers import purge
 
 pytestmark = pytest.mark.django_db(transaction=True)
 QUEUE = "t.backlog.raise"
@@ -179,7 +179,7 @@ class World:
 def forget_published() -> None:
     """Messages and jobs the checks published stay out of the next test's way, and the queue's
     watermark (five) out of this one's."""
-    get_redis().delete(QUEUE, "flows.control")
+    purge(QUEUE, "flows.control")
     backpressure.forget()
 
 

@@ -7,6 +7,9 @@ there, so the message dies with the worker: in no list, no hash, restored by nob
 transport took it with a claim that recorded it in the same step, so it waits in `unacked` and a
 survivor runs it after the visibility timeout. Kombu's case is the control: it shows the hook
 lands in the window, so Flowscope's zero means something.
+
+Redis only: RabbitMQ holds a delivery for the worker from the moment it leaves the queue, and
+takes it back when the worker's connection drops; test_worker_killed.py shows it there.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from examples.demo.models import LedgerEntry
 from flows.models import DeadLetter
 from tests.reliability.conftest import VISIBILITY_SECONDS
 from tests.reliability.kill_on_take import KILL_AT_ENV, KILLED_AT, TRANSPORT_ENV
+from tests.support.brokers import redis_only
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), redis_only]
 
 KILL_AT = 5
 SENT = 20

@@ -11,6 +11,7 @@ from flows.models import DeadLetter
 from tests.people import token_for
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import sized
+from tests.reliability.held import settled
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis, key
 
@@ -51,7 +52,7 @@ def test_a_dead_letter_requeued_by_two_clients_at_once_is_republished_exactly_on
     for dead in DeadLetter.objects.filter(consumer="r_fixable").order_by("pk"):
         outcomes.append(sorted(requeue_at_once(dead.pk, tokens)))
     wait_for(lambda: DeadLetter.objects.filter(consumer="r_fixable", state="resolved").count() == n, timeout=60, what="every requeue to succeed")
-    wait_for(lambda: get_redis().llen("r.fixable") == 0 and get_redis().zcard("unacked_index") == 0, what="nothing left in flight")
+    wait_for(lambda: settled("r.fixable"), what="nothing left in flight")
 
     ran = runs("r_fixable")
     figure(f"{n} dead letters x 2 simultaneous requeues: {sum(o == [200, 409] for o in outcomes)} answered one 200 and one 409; {len(ran)} runs after the fix, {len(ran) - len(set(ran))} duplicated")

@@ -7,8 +7,8 @@ import flows
 from flows.models import DeadLetter
 from tests.reliability.catalog import POISON_ATTEMPTS, runs
 from tests.reliability.conftest import sized
+from tests.reliability.held import settled
 from tests.support.waiting import wait_for
-from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,7 +24,7 @@ def test_a_poison_message_is_dead_lettered_after_exactly_its_attempts_and_never_
     # worker could still hold and wait for it, so the queue has been worked through once more.
     flows.send("rel.note", {"key": "marker"})
     wait_for(lambda: "marker" in runs("r_note"), what="the marker behind the poison messages")
-    wait_for(lambda: get_redis().llen("r.poison") == 0 and get_redis().zcard("unacked_index") == 0, what="nothing left in flight")
+    wait_for(lambda: settled("r.poison"), what="nothing left in flight")
 
     attempts: dict[str, list[int]] = {}
     for line in runs("r_poison"):

@@ -7,8 +7,8 @@ import flows
 from flows.models import SagaInstance
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import sized
+from tests.reliability.held import settled
 from tests.support.waiting import wait_for
-from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +31,7 @@ def test_messages_and_sagas_started_in_a_rolled_back_transaction_are_never_deliv
         with transaction.atomic():
             flows.send("rel.note", {"key": f"committed-{i}"})
     wait_for(lambda: sum(r.startswith("committed-") for r in runs("r_note")) == n, what="the committed messages")
-    wait_for(lambda: get_redis().llen("r.notes") + get_redis().llen("r.trips") == 0, what="empty queues")
+    wait_for(lambda: settled("r.notes", "r.trips"), what="empty queues, nothing held")
 
     ran = runs("r_note")
     delivered = [r for r in ran if r.startswith("rolled-back-")]
