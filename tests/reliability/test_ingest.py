@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from celery import current_app
 from celery.signals import before_task_publish
 from django.test import Client
+from kombu import Producer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from console.models import AuditEntry
@@ -28,6 +30,8 @@ from flows.models import DeadLetter
 from flows.tasks import deliver
 from tests.flows_under_test import recorded
 from tests.people import token_for
+from tests.reliability.held import settled
+from tests.support.brokers import rabbitmq_only, redis_only
 from tests.support.waiting import wait_for
 from tracing.models import Span
 
@@ -239,6 +243,7 @@ GARBAGE[3] = (GARBAGE[3][0], celery_message("no.such.task", json.dumps([[], {}, 
 GARBAGE[4] = (GARBAGE[4][0], celery_message("flows.deliver", b"not json"), GARBAGE[4][2])
 
 
+@redis_only
 def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_worker_lives_on(figure, worker):
     from tracing.redis import get_redis
 
@@ -255,4 +260,61 @@ def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_work
     assert worker.process.poll() is None and "Unrecoverable error" not in worker.log_text()
     figure(
         f"{len(GARBAGE)} items pushed on a queue that no worker can run (not JSON, not a message, unknown task, undecodable body): {len(GARBAGE)} dead letters with the reason, the worker alive and consuming"
+    )
+
+
+# Messages a foreign AMQP client might publish to a queue: (what, body, content type, headers,
+# a word of the body to find its dead letter by, words its reason must contain).
+AMQP_GARBAGE: list[tuple[str, bytes, str, dict[str, Any], str, str]] = [
+    ("bytes that are not JSON", b"garbage-1 \xff not json", "application/json", {}, "garbage-1", "message body cannot be decoded"),
+    ("a body of a type no worker accepts", b"garbage-2 pickled", "application/x-python-serialize", {}, "garbage-2", "message body cannot be decoded"),
+    ("JSON that is not an object", b'["garbage-3", 2, 3]', "application/json", {}, "garbage-3", "message is not a Celery task: it names no task"),
+    (
+        "an object that is no message",
+        json.dumps({"type": "test.command", "payload": {"key": "garbage-4"}}).encode(),
+        "application/json",
+        {},
+        "garbage-4",
+        "message is not a Celery task: it names no task",
+    ),
+    (
+        "a message for a task no worker has",
+        json.dumps([["garbage-5"], {}, {}]).encode(),
+        "application/json",
+        {"task": "no.such.task", "id": str(uuid.uuid4())},
+        "garbage-5",
+        "names task 'no.such.task', which no worker has",
+    ),
+    ("a message whose body is not JSON", b"garbage-6 not json", "application/json", {"task": "flows.deliver", "id": str(uuid.uuid4())}, "garbage-6", "cannot be decoded"),
+]
+
+
+@rabbitmq_only
+def test_amqp_messages_on_a_queue_that_are_not_celery_tasks_become_dead_letters_and_the_worker_lives_on(figure, worker):
+    before = DeadLetter.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    with current_app.connection_for_write() as connection:
+        producer = Producer(connection.default_channel)
+        for _, body, content_type, headers, _, _ in AMQP_GARBAGE:
+            # The default exchange routes by queue name: straight to the worker's queue, past Celery.
+            producer.publish(body, exchange="", routing_key="t.commands", content_type=content_type, content_encoding="binary", headers=headers, retry=False)
+    deliver.apply_async(args=[envelope(payload={"key": "after-garbage"}), "t_command"], queue="t.commands")
+    wait_for(lambda: any(e.startswith("after-garbage|") for e in recorded("t_command")), what="the worker to handle the message after the garbage")
+    new = wait_for(lambda: (rows := list(DeadLetter.objects.filter(id__gt=before))) and len(rows) >= len(AMQP_GARBAGE) and rows, what="a dead letter per message")
+    found = {what: [d for d in new if marker in str(d.envelope.get("unparsed"))] for what, _, _, _, marker, _ in AMQP_GARBAGE}
+    wrong = {
+        what: [(d.error_message[:120], d.queue) for d in found[what]]
+        for what, *_, words in AMQP_GARBAGE
+        if len(found[what]) != 1 or words not in found[what][0].error_message or found[what][0].queue != "t.commands"
+    }
+    # None goes back to the queue to come round again: the queue empties and stays one dead letter each.
+    wait_for(lambda: settled("t.commands"), what="t.commands to be empty with nothing held")
+    new = list(DeadLetter.objects.filter(id__gt=before))
+    assert not wrong and len(new) == len(AMQP_GARBAGE), f"not one dead letter on t.commands with the reason: {wrong}\nall: {[d.error_message for d in new]}"
+    assert all(d.poison and d.attempts == 1 for d in new)
+    handled = [e.split("|")[0] for e in recorded("t_command")]
+    assert not [k for k in handled if k.startswith("garbage")], f"the handler ran for a foreign message: {handled}"
+    assert worker.process.poll() is None and "Unrecoverable error" not in worker.log_text()
+    figure(
+        f"{len(AMQP_GARBAGE)} AMQP messages published straight to a queue that no worker can run (not JSON, a refused content type, no task, unknown task, undecodable body): "
+        f"{len(new)} dead letters with the reason, the worker alive and consuming"
     )
