@@ -16,8 +16,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def make_dead(key: str, *, bug: str = "api-bug", message_type: str = "test.command") -> DeadLetter:
-    envelope = flows.send(message_type, {"key": key, "bug": bug})
-    return wait_for(lambda: DeadLetter.objects.filter(message_id=envelope.message_id).first(), what="a dead letter")
+    (dead,) = make_many_dead([key], bug=bug, message_type=message_type)
+    return dead
+
+
+def make_many_dead(keys: list[str], *, bug: str = "api-bug", message_type: str = "test.command") -> list[DeadLetter]:
+    """Sent together, dead together: each dies only after its retries' delays (a second or more
+    each on RabbitMQ, whose delays count whole seconds), so none waits for another's."""
+    envelopes = [flows.send(message_type, {"key": key, "bug": bug}) for key in keys]
+    ids = [e.message_id for e in envelopes]
+    wait_for(lambda: DeadLetter.objects.filter(message_id__in=ids).count() == len(ids), what=f"{len(ids)} dead letters")
+    by_message = {d.message_id: d for d in DeadLetter.objects.filter(message_id__in=ids)}
+    return [by_message[i] for i in ids]
 
 
 def post(client: Client, url: str, body: dict | None = None, **headers: str):
@@ -48,8 +58,7 @@ def test_anonymous_calls_are_refused():
 
 
 def test_dead_letters_list_filters_and_pages_with_a_cursor(worker):
-    for i in range(5):
-        make_dead(f"page-{i}")
+    make_many_dead([f"page-{i}" for i in range(5)])
     viewer = client_for("viewer")
     first = viewer.get("/api/v1/deadletters?limit=2&queue=t.commands").json()
     assert len(first["items"]) == 2 and first["next_cursor"]
@@ -120,7 +129,7 @@ def test_edit_and_requeue_validates_the_payload_and_audits_the_change(worker):
 
 
 def test_a_bulk_requeue_counts_first_then_runs_at_its_rate_to_the_end(worker):
-    dead = [make_dead(f"bulk-{i}", bug="bulk-bug") for i in range(6)]
+    dead = make_many_dead([f"bulk-{i}" for i in range(6)], bug="bulk-bug")
     fix("bulk-bug")
     operator = client_for("operator")
     fingerprint = dead[0].fingerprint
@@ -136,7 +145,7 @@ def test_a_bulk_requeue_counts_first_then_runs_at_its_rate_to_the_end(worker):
 
 
 def test_a_slow_bulk_requeue_can_be_cancelled_midway(worker):
-    dead = [make_dead(f"cancel-{i}", bug="cancel-bug") for i in range(8)]
+    dead = make_many_dead([f"cancel-{i}" for i in range(8)], bug="cancel-bug")
     operator = client_for("operator")
     job = post(operator, "/api/v1/requeue-jobs", {"ids": [d.pk for d in dead], "rate_per_s": 2}).json()
     wait_for(lambda: RequeueJob.objects.get(pk=job["id"]).done >= 1, what="the job to start")
