@@ -21,6 +21,7 @@ from flows.core.brokers import RABBITMQ_MAX_DELAY_SECONDS
 from flows.core.errors import ConfigurationError
 from flows.core.registry import catalog
 from flows.core.retry import Backoff
+from flows.models import DeadLetter
 from flows.patterns import check_catalog
 from flows.produce import rabbitmq
 from flows.produce.publishing import DELIVER_TASK, build_envelope, publish_to
@@ -117,6 +118,26 @@ def test_a_backoff_longer_than_rabbitmqs_limit_is_refused_at_declaration(scratch
         ConfigurationError, match=rf"backoff maximum {RABBITMQ_MAX_DELAY_SECONDS + 1}s exceeds the most RabbitMQ's native delayed delivery holds \({RABBITMQ_MAX_DELAY_SECONDS}s\); lower it$"
     ):
         flows.handler("x.slow", consumer="x_too_slow", backoff=Backoff(maximum=RABBITMQ_MAX_DELAY_SECONDS + 1))(lambda m: None)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "body, content_type, reason",
+    [
+        (b"\x00\x01 raw bytes", "application/data", "message is not a Celery task: it names no task"),
+        (b'{"order": 7}', "application/json", "message is not a Celery task: it names no task"),
+        (b"{not json", "application/json", "message body cannot be decoded"),
+    ],
+)
+def test_an_amqp_message_that_is_no_celery_task_is_a_poison_dead_letter_and_the_worker_goes_on(worker, body, content_type, reason):
+    with current_app.connection_for_write() as connection:
+        Producer(connection.default_channel).publish(body, exchange="", routing_key="t.commands", content_type=content_type, content_encoding="utf-8", retry=False)
+
+    dead = wait_for(lambda: DeadLetter.objects.filter(queue="t.commands", poison=True, consumer="").first(), what="the message's dead letter")
+    assert reason in dead.error_message and dead.attempts == 1
+    flows.send("test.command", {"key": "next"})
+    wait_for(lambda: any(entry.startswith("next|") for entry in recorded("t_command")), what="the next message to run")
+    assert rabbitmq.queue_gauges(["t.commands"])["t.commands"] == (0, 1), "nothing left in the queue; the worker still consumes it"
 
 
 @pytest.fixture
