@@ -124,7 +124,14 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/admin/tokens"): {"name": "access check", "role": "viewer"},
     ("POST", "/api/v1/admin/tokens/{token_id}/revoke"): {},
     ("POST", "/api/v1/admin/retention/prune"): {"days": 30},
+    ("POST", "/api/v1/agent/reports"): {"app": "access-check", "dead": [], "resolved": []},
+    ("POST", "/api/v1/agent/requeues/ack"): {"app": "access-check", "ids": []},
 }
+# An attached app's agent reports its deaths and acknowledges its orders with a token of the
+# agent role, and nothing else may: every other role, admin included, is refused. What it sends
+# is ingest, like spans on /v1/traces: stored as the app's dead letters, not an operator's action
+# for the audit log.
+AGENT_ONLY = "/api/v1/agent/"
 
 
 def state_changing() -> list[tuple[str, str, str]]:
@@ -190,21 +197,25 @@ def test_a_viewer_gets_403_from_every_state_changing_operation_by_session_and_by
     viewer_token = {"Authorization": f"Bearer {token_for('viewer')}"}
     operator_session = client_for("operator")
     operator_token = {"Authorization": f"Bearer {token_for('operator')}"}
+    admin_session = client_for("admin")
+    admin_token = {"Authorization": f"Bearer {token_for('admin')}"}
     refusals, wrong = 0, []
     for method, template, _ in state_changing():
         url, body = world.url(template), BODIES[(method, template)]
         callers = [("viewer session", viewer_session, {}), ("viewer token", Client(), viewer_token)]
-        if template.startswith("/api/v1/admin/"):
+        if template.startswith(("/api/v1/admin/", AGENT_ONLY)):
             callers += [("operator session", operator_session, {}), ("operator token", Client(), operator_token)]
+        if template.startswith(AGENT_ONLY):
+            callers += [("admin session", admin_session, {}), ("admin token", Client(), admin_token)]
         for who, client, headers in callers:
             response = call(client, method, url, body, **headers)
             refusals += 1
             if response.status_code != 403 or "role" not in response.json().get("detail", ""):
                 wrong.append(f"{who}: {method} {url} -> {response.status_code} {response.content[:200]!r}")
     assert not wrong, "\n".join(wrong)
-    assert world.unchanged() and ApiToken.objects.count() == tokens_before + 2
+    assert world.unchanged() and ApiToken.objects.count() == tokens_before + 3
     assert not AuditEntry.objects.exists()
-    figure(f"{len(state_changing())} state-changing operations x viewer (session, token) + admin ones x operator: {refusals} answered 403, nothing changed")
+    figure(f"{len(state_changing())} state-changing operations x viewer (session, token) + admin ones x operator + agent ones x operator and admin: {refusals} answered 403, nothing changed")
 
 
 def test_a_viewer_is_refused_every_write_on_the_console_pages(figure):
@@ -251,6 +262,8 @@ def test_every_allowed_state_changing_action_leaves_an_audit_row(figure):
     done = []
     try:
         for method, template, _ in state_changing():
+            if template.startswith(AGENT_ONLY):
+                continue
             role = "admin" if template.startswith("/api/v1/admin/") else "operator"
             for via, client, headers in (("web", client_for(role), {}), ("token", Client(), {"Authorization": f"Bearer {token_for(role)}"})):
                 # Each call acts on objects of its own, so the second is not a 409.
@@ -269,7 +282,7 @@ def test_every_allowed_state_changing_action_leaves_an_audit_row(figure):
                 done.append((method, template, via))
     finally:
         forget_published()
-    figure(f"{len(done)} allowed actions ({len(done) // 2} operations, by session and by token): {len(done)} audit rows")
+    figure(f"{len(done)} allowed actions ({len(done) // 2} operations, by session and by token): {len(done)} audit rows (the agent's reports and acknowledgements are ingest, not audited)")
 
 
 def test_the_websocket_refuses_anonymous_and_foreign_origins_and_admits_a_signed_in_browser(figure):
