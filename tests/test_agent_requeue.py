@@ -172,6 +172,29 @@ def test_max_retries_exceeded_is_a_dead_letter_and_a_task_whose_retry_is_pending
     assert not DeadLetter.objects.filter(message_id=uuid.UUID(flaky_id)).exists()
 
 
+def test_a_hard_time_limit_and_a_reject_without_requeue_are_dead_letters_and_a_requeue_runs_the_task_again(console):
+    operator = token_for("operator")
+    with AttachedWorker(agent=True, **console, **FAST):
+        stuck_id, refused_id = produce(
+            """
+            from tests.attached_app import refuse, stuck
+            print(stuck.delay("S-1").id)
+            print(refuse.delay("F-1").id)
+            """,
+            **console,
+        ).stdout.split()
+        stuck, refused = dead_letter_of(stuck_id, what="the task killed at its time limit"), dead_letter_of(refused_id, what="the rejected task")
+        assert (stuck.error_type, stuck.envelope["payload"]) == ("billiard.exceptions.TimeLimitExceeded", {"args": ["S-1"], "kwargs": {}}), stuck.error_type
+        assert (refused.error_type, refused.envelope["payload"]["args"]) == ("celery.exceptions.Reject", ["F-1"]), refused.error_type
+        # A reject is reported by the worker's main process, which noted the request on receipt.
+        for dead in (stuck, refused):
+            assert (dead.envelope["routing"]["queue"], dead.envelope["routing"]["routing_key"], dead.attempts) == ("shop", "shop", 1), dead.envelope
+            assert dead.trace_id and dead.envelope["worker"], dead.envelope
+        assert api("POST", f"/api/v1/deadletters/{refused.pk}/requeue", operator).status_code == 200
+        wait_for(lambda: int(counter().get("refused:F-1") or 0) == 2, timeout=60, what="the rejected task run again")
+        wait_for(lambda: DeadLetter.objects.filter(pk=refused.pk, state="dead", times_dead=2).exists(), timeout=60, what="its second reject making it dead again")
+
+
 def test_invalid_reports_are_refused_with_the_reason_and_nothing_is_stored(console):
     agent = console["FLOWSCOPE_TOKEN"]
     death = {

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,7 @@ log = logging.getLogger("flowscope_agent")
 PROPAGATOR = TraceContextTextMapPropagator()
 PUBLISHED = "flowscope_published"  # header: epoch seconds of the publish, for queue wait
 CONTEXT_HEADERS = ("traceparent", "tracestate")
+MAX_RECEIVED = 4096  # requests noted on receipt in a worker's main process; past it the oldest is forgotten
 MAX_OPEN = 10_000  # spans open at once per process; past it the oldest is ended (a publish that raised)
 
 # Attribute keys (OpenTelemetry messaging conventions, flowscope.* for the rest).
@@ -73,6 +75,25 @@ def _get(carrier: Any, key: str) -> Any:
     return value
 
 
+def _facts(request: Any) -> dict[str, Any]:
+    """What a dead letter needs from a request: a task's Context (in the process running it) or a
+    worker's Request (task_received, in the main process; its headers in request_dict)."""
+    headers = getattr(request, "request_dict", None)
+
+    def get(key: str) -> Any:
+        return headers.get(key) if isinstance(headers, dict) else _get(request, key)
+
+    return {
+        "delivery": dict(getattr(request, "delivery_info", None) or {}),
+        "traceparent": get("traceparent"),
+        "requeue_of": get(REQUEUE_OF),
+        "retries": get("retries"),
+        "root_id": get("root_id"),
+        "parent_id": get("parent_id"),
+        "hostname": getattr(request, "hostname", None),
+    }
+
+
 def _context_of(carrier: Any) -> otel_context.Context:
     found = {k: v for k in CONTEXT_HEADERS if isinstance(v := _get(carrier, k), str)}
     return PROPAGATOR.extract(found)
@@ -103,6 +124,7 @@ class Agent:
         self._reporter: Reporter | None = None
         self._outbox: Outbox | None = None
         self.poller: tuple[int, Poller] | None = None
+        self.received: dict[str, dict[str, Any]] = {}  # task id -> _facts, in the process that receives
         self.publishing: dict[str, Span] = {}
         self.running: dict[str, tuple[Span, object]] = {}
         self.handlers: list[tuple[Any, Callable[..., None]]] = [
@@ -113,6 +135,7 @@ class Agent:
             (signals.task_failure, self.failed),
             (signals.task_failure, self.dead),
             (signals.task_success, self.succeeded),
+            (signals.task_received, self.received_request),
             (signals.worker_ready, self.worker_ready),
             (signals.task_postrun, self.postrun),
             (signals.task_revoked, self.revoked),
@@ -185,6 +208,7 @@ class Agent:
     @_quiet
     def process_init(self, **_: Any) -> None:
         self._reporter = None  # the parent's, if any, belongs to the parent
+        self.received = {}
         self.reporter()
 
     @_quiet
@@ -287,32 +311,44 @@ class Agent:
         if sender is None or exception is None:
             return
         request = getattr(sender, "request", None)
-        # In the pool process the failing request is current; a hard time limit is seen by the
-        # main process, which has only the call: no delivery info, attempts or trace there.
-        own = request is not None and getattr(request, "id", None) == task_id
+        # In the pool process the failing request is current. Where the main process reports (a
+        # reject, a worker lost: celery 5.7.0 pushes no request there) it noted the request on receipt.
+        if request is not None and getattr(request, "id", None) == task_id:
+            facts = _facts(request)
+            self.received.pop(str(task_id), None)
+        else:
+            facts = self.received.pop(str(task_id), None) or {}
         held = self.running.get(str(task_id))
-        traceparent = ""
-        if held is not None:
+        traceparent = facts.get("traceparent") if isinstance(facts.get("traceparent"), str) else ""  # the trace it was sent in
+        if held is not None:  # the failing execution's own span
             context = held[0].get_span_context()
             traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
-        tb = signal.get("traceback") or exception.__traceback__
-        text = "".join(traceback.format_exception(type(exception), exception, tb)) if tb is not None else str(getattr(einfo, "traceback", "") or "")
+        # A traceback object in the pool process; the pool process's text of it where the main
+        # process reports (a worker lost, a reject: celery 5.7.0's Request.on_failure).
+        given = signal.get("traceback")
+        tb = given if isinstance(given, types.TracebackType) else exception.__traceback__
+        if isinstance(given, str) and given:
+            text = given
+        elif tb is not None:
+            text = "".join(traceback.format_exception(type(exception), exception, tb))
+        else:
+            text = str(getattr(einfo, "traceback", "") or "")
         report = {
             "task": str(sender.name),
             "task_id": str(task_id),
             **call_of(args, kwargs),
-            "routing": self._routing(sender, (getattr(request, "delivery_info", None) or {}) if own else {}),
+            "routing": self._routing(sender, facts.get("delivery") or {}),
             "error_type": f"{type(exception).__module__}.{type(exception).__qualname__}"[:300],
             "error_message": str(exception)[:20_000],
             "traceback": text[-100_000:],
             "frames": frames_of(tb),
-            "attempts": int(getattr(request, "retries", 0) or 0) + 1 if own else 1,
+            "attempts": int(facts.get("retries") or 0) + 1,
             "traceparent": traceparent,
-            "root_id": str(getattr(request, "root_id", "") or "") if own else "",
-            "parent_id": str(getattr(request, "parent_id", "") or "") if own else "",
-            "worker": str(getattr(request, "hostname", "") or "") if own else "",
+            "root_id": str(facts.get("root_id") or ""),
+            "parent_id": str(facts.get("parent_id") or ""),
+            "worker": str(facts.get("hostname") or ""),
         }
-        again = requeue_of(_get(request, REQUEUE_OF)) if own else None
+        again = requeue_of(facts.get("requeue_of"))
         if again:
             report["requeue_of"] = again
         self.outbox().put("dead", report)
@@ -336,10 +372,22 @@ class Agent:
         return routing
 
     @_quiet
+    def received_request(self, request: Any = None, **_: Any) -> None:
+        """task_received, in the worker's main process: what a failure reported there will need."""
+        task_id = getattr(request, "id", None)
+        if task_id:
+            if len(self.received) >= MAX_RECEIVED:
+                self.received.pop(next(iter(self.received)))
+            self.received[str(task_id)] = _facts(request)
+
+    @_quiet
     def succeeded(self, sender: Any = None, **_: Any) -> None:
         """task_success of a requeued copy: its dead letter is resolved."""
         request = getattr(sender, "request", None)
-        again = requeue_of(_get(request, REQUEUE_OF)) if request is not None else None
+        if request is None:
+            return
+        self.received.pop(str(request.id), None)  # a solo or threads pool receives and runs in one process
+        again = requeue_of(_get(request, REQUEUE_OF))
         if again:
             self.outbox().put("resolved", {"task_id": str(request.id), "requeue_of": again})
 

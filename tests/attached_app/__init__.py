@@ -11,6 +11,7 @@ import time
 
 import redis
 from celery import Celery
+from celery.exceptions import Reject
 
 
 class OldStyleSettings:
@@ -98,3 +99,17 @@ def refund(self, order_id: str) -> None:
     """Always fails and asks for a retry: after its one retry, max_retries is exceeded and it dies."""
     counter().incr(f"refund:{order_id}")
     raise self.retry(exc=TimeoutError(f"bank did not answer for {order_id}"))
+
+
+@app.task(name="shop.stuck", time_limit=1)
+def stuck(order_id: str) -> None:
+    """Runs past its hard time limit: the pool process is killed, the main process reports it."""
+    counter().incr(f"stuck:{order_id}")
+    time.sleep(30)
+
+
+@app.task(name="shop.refuse", acks_late=True)
+def refuse(order_id: str) -> None:
+    """Rejects its message without requeue: it will never run again."""
+    counter().incr(f"refused:{order_id}")
+    raise Reject(f"order {order_id} is not ours", requeue=False)
