@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 import flows
 from tooling.lab import calls
 from tooling.lab.effects import SERVICES
+from tooling.lab.scenarios import queue_name
 
 LAB_RETRY = flows.Backoff(initial=0.5, factor=2.0, maximum=8.0)
 MAX_ATTEMPTS = 14
@@ -29,10 +30,6 @@ class LabOrder(BaseModel):
 
 
 flows.message_type("lab.order", pattern="fan_out", schemas={1: LabOrder})
-
-
-def queue_name(service: str) -> str:
-    return f"lab.{service}"
 
 
 def _subscriber(service: str) -> None:

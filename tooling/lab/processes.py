@@ -66,7 +66,7 @@ class LabProcesses:
                     "manage.py",
                     "worker",
                     "--queues",
-                    f"lab.{service}",
+                    scenarios.queue_name(service),
                     "--pool",
                     "threads",
                     "--concurrency",

@@ -13,11 +13,10 @@ import flows
 from flows.models import DeadLetter
 from flows.produce.backpressure import ACTIVATIONS_KEY, queue_depth
 from tooling.lab import calls, effects, results, scenarios
-from tooling.lab.catalog import queue_name
 from tooling.lab.effects import SERVICES
 from tooling.lab.load import Order, Timeline, drive
 from tooling.lab.processes import LabProcesses
-from tooling.lab.scenarios import Scenario, Size
+from tooling.lab.scenarios import Scenario, Size, queue_name
 from tracing.redis import get_redis
 
 ProgressFn = Callable[[str], None]

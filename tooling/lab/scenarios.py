@@ -13,6 +13,14 @@ TIMEOUT_S = 1.0  # per HTTP call, in both styles
 SYNC_RETRIES = 1  # the synchronous chain retries a failed call once, at once, as HTTP clients commonly do
 
 
+def queue_name(service: str) -> str:
+    """The asynchronous style's queue for one service. Not "lab.billing": on RabbitMQ a queue
+    whose name ends with ".billing" would get the delayed messages meant for the demo's
+    "billing" (delayed delivery binds by that suffix), and the catalog check refuses the pair
+    when both catalogs are loaded."""
+    return f"lab_{service}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
