@@ -17,7 +17,9 @@ from django.core.management import CommandError, call_command
 from tests.support import REPO
 from tests.support.brokers import on_rabbitmq
 from tests.support.waiting import wait_for
+from tooling.brokers import chosen_url
 from tooling.devredis import free_port
+from tooling.rabbitmq import DEFAULT_URL
 
 
 def processes_with(marker: str) -> list[int]:
@@ -125,6 +127,23 @@ def test_a_broker_name_the_demo_does_not_know_is_refused(settings, tmp_path, mon
     with pytest.raises(CommandError, match="BROKER must be redis or rabbitmq, not 'kafka'"):
         call_command("demo", "--port", str(free_port()))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("broker", "configured", "chosen"),
+    [
+        ("", "redis://127.0.0.1:6390/2", "redis://127.0.0.1:6390/2"),
+        ("", "amqp://u:p@rabbit:5672/v", "amqp://u:p@rabbit:5672/v"),
+        ("rabbitmq", "redis://127.0.0.1:6390/2", DEFAULT_URL),
+        ("rabbitmq", "amqp://u:p@rabbit:5672/v", "amqp://u:p@rabbit:5672/v"),
+        ("redis", "amqp://u:p@rabbit:5672/v", "redis://127.0.0.1:6391/0"),
+        ("redis", "redis://127.0.0.1:6390/2", "redis://127.0.0.1:6390/2"),
+    ],
+)
+def test_broker_asks_for_a_kind_and_a_configured_url_of_that_kind_wins(settings, monkeypatch, broker, configured, chosen):
+    monkeypatch.setenv("BROKER", broker)
+    settings.CELERY_BROKER_URL, settings.REDIS_URL = configured, "redis://127.0.0.1:6391/0"
+    assert chosen_url() == chosen
 
 
 def test_a_port_that_is_no_tcp_port_is_refused(settings, tmp_path):
