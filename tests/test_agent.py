@@ -40,8 +40,10 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 BIN = Path(sys.executable).parent
 AGENT = str(BIN / "flowscope-agent")
 PRODUCER, CONSUMER, ERROR = 3, 4, 2
-# The app's own environment: none of this project's settings, so Celery's Django fix-up stays off.
-FOREIGN = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES", "FLOWSCOPE_EXTRA_APPS", "OTEL_")
+# The app's own environment: none of this project's settings, so Celery's Django fix-up stays off and
+# CELERY_BROKER_URL (set for the engine's workers; Celery reads it before any setting) does not
+# take the app off its own broker.
+FOREIGN = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES", "FLOWSCOPE_EXTRA_APPS", "OTEL_", "CELERY_")
 RUNTIME = re.compile(r"Task shop\.tick\[[^\]]+\] succeeded in ([0-9.e-]+)s")
 SHUTDOWN_LINE = re.compile(r"flowscope-agent: pid \d+ reported (\d+) spans to \S+; (\d+) failed to send, (\d+) dropped")
 
@@ -249,7 +251,8 @@ def run_ticks(worker: AttachedWorker, n: int) -> float:
     counter = redis.Redis.from_url(redis_url())
     publisher = Celery("publisher", broker=broker_url(), set_as_current=False)
     started = time.monotonic()
-    with publisher.connection_for_write() as connection, publisher.producer_or_acquire() as _:
+    # The URL given again: Celery reads CELERY_BROKER_URL (set in this process for the engine) before broker=.
+    with publisher.connection_for_write(broker_url()) as connection:
         for _ in range(n):
             publisher.send_task("shop.tick", args=(key,), queue="shop", connection=connection)
     wait_for(lambda: int(counter.get(key) or 0) >= n, timeout=120, what=f"{n} tasks run by {worker.node}")
