@@ -99,7 +99,8 @@ class Trip(BaseModel):
     # "ack": killed after everything, before the broker message is acknowledged.
     kill: str = ""
     # The pool process only (its parent requeues the delivery at once), or the whole worker
-    # node (the delivery waits in the broker's unacknowledged set for the visibility timeout).
+    # node (on Redis the delivery waits in the unacknowledged set for the visibility timeout; RabbitMQ
+    # requeues it as the node's connection drops).
     whole_node: bool = False
 
 

@@ -149,6 +149,11 @@ def api_urls(seeded: dict[str, Any]) -> list[str]:
     for method, template, path in api_operations():
         if method != "GET":
             continue
+        if template.startswith("/api/v1/agent/"):
+            # An attached app's requeue orders: leased (a GET that hands each to one agent) by an
+            # agent token only, and each carries the exact call by design, as a requeue sends the
+            # original payload: the app's worker runs it.
+            continue
         if "{dead_letter_id}" in template:
             urls += [template.replace("{dead_letter_id}", str(d.pk)) for d in seeded["dead"]]
         elif "{trace_id}" in template:

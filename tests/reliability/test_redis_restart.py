@@ -28,7 +28,7 @@ from tests.browser.conftest import browser, page, sign_in  # noqa: F401 - fixtur
 from tests.people import person
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import WORKER_ENV, sized
-from tests.support.brokers import redis_only
+from tests.support.brokers import on_rabbitmq, redis_only
 from tests.support.waiting import wait_for
 from tests.support.workers import ManagedProcess, Worker
 from tooling.devredis import RedisServer, answers, free_port
@@ -43,7 +43,10 @@ class Stack:
 
     def __init__(self) -> None:
         self.redis = RedisServer(appendonly=True, fsync_always=True).start()
-        env = {**WORKER_ENV, "REDIS_URL": self.redis.url}
+        # Every child names it outright: they inherit the run's broker URL (tests/conftest.py),
+        # which would take the broker out of this Redis's outage. On RabbitMQ the broker stays
+        # the run's, and this Redis carries the rest (engine keys, spans, the channel layer).
+        self.env = env = {**WORKER_ENV, "REDIS_URL": self.redis.url, **({} if on_rabbitmq() else {"CELERY_BROKER_URL": self.redis.url})}
         self.port = free_port()
         self.processes = [
             Worker("aof-worker", ["r.credits"], concurrency=2, extra_env=env).start(),
@@ -89,8 +92,7 @@ def stack(django_db_setup: Any) -> Iterator[Stack]:
 def test_after_a_redis_restart_under_load_no_acknowledged_message_is_lost_and_consuming_resumes(stack, figure):
     seconds = sized(20, 10)
     out = Path(tempfile.mkdtemp(prefix="flowscope-publisher-")) / "acknowledged"
-    env = {**WORKER_ENV, "REDIS_URL": stack.redis.url}
-    publisher = ManagedProcess("publisher", ["-m", "tests.reliability.publisher", str(out), "200", str(seconds)], ready_marker="", extra_env=env, command=[sys.executable])
+    publisher = ManagedProcess("publisher", ["-m", "tests.reliability.publisher", str(out), "200", str(seconds)], ready_marker="", extra_env=stack.env, command=[sys.executable])
     publisher.start()
     wait_for(lambda: LedgerEntry.objects.filter(service="rel").count() > 100, what="the load to be flowing")
     spans_before = Span.objects.count()

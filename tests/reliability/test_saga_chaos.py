@@ -45,7 +45,7 @@ def test_sagas_whose_worker_process_dies_after_every_step_and_compensation_all_e
 
 @pytest.mark.timeout(600)
 def test_sagas_whose_whole_worker_node_dies_after_every_step_and_compensation_all_end_consistently(chaos_worker, figure):
-    # Every node death costs a worker start, and a delivery it held waits out the visibility
+    # Every node death costs a worker start, and on Redis a delivery it held waits out the visibility
     # timeout: four sagas (one of each plan) already kill the node 14 times.
     runs = sized(4, 2)
     plans = [PLANS[1], PLANS[2], PLANS[0], PLANS[3]][:runs]
