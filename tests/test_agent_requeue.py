@@ -20,7 +20,7 @@ from console.models import ApiToken, AuditEntry
 from flows.models import AttachedRequeue, DeadLetter
 from flows.operate.attached import orders_lease
 from flows.operate.requeue_jobs import requeue_job_run_slice, requeue_job_start
-from tests.people import token_for
+from tests.people import client_for, token_for
 from tests.support.waiting import wait_for
 from tests.test_agent import AttachedWorker, empty_shop_queue, free_port, produce, redis_url  # noqa: F401  (an autouse fixture)
 from tests.tracing_helpers import wait_spans
@@ -90,6 +90,9 @@ def test_a_task_that_fails_for_good_is_a_dead_letter_with_its_exact_call_and_a_r
         assert order.sent_at is not None and order.series == 1 == resolved.series
         # The copy is a new trace, started by the console's requeue span, linked to the old one.
         copy = wait_spans(3, trace_id=resolved.requeue_trace_id, what="the requeue span and the copy's send and process spans")
+        # One process of the worker takes orders: its main process, not the pool's.
+        takers = [line for line in worker.log().splitlines() if "taking requeue orders for shop" in line]
+        assert len(takers) == 1 and "/MainProcess]" in takers[0], takers
     named = {s.name: s for s in copy}
     assert {"requeue shop.settle", "send shop.settle", "process shop.settle"} <= set(named), list(named)
     requeue_span, send, process = named["requeue shop.settle"], named["send shop.settle"], named["process shop.settle"]
@@ -250,6 +253,32 @@ def test_a_call_that_is_not_json_is_kept_as_a_repr_and_cannot_be_requeued_until_
     assert DeadLetter.objects.get(pk=pk).state == "dead" and not AttachedRequeue.objects.exists()
     fixed = api("POST", f"/api/v1/deadletters/{pk}/edit-requeue", operator, {"payload": {"args": ["O-9"], "kwargs": {}}})
     assert fixed.status_code == 200 and AttachedRequeue.objects.get().call["args"] == ["O-9"]
+
+
+def test_an_attached_dead_letter_is_shown_redacted_and_requeued_with_its_real_call(console):
+    agent, operator = console["FLOWSCOPE_TOKEN"], token_for("operator")
+    secret = {"password": "hunter2", "note": "mail jo@example.com"}
+    death = {
+        "task": "shop.login",
+        "task_id": str(uuid.uuid4()),
+        "args": ["jo"],
+        "kwargs": secret,
+        "requeueable": True,
+        "routing": {"queue": "shop"},
+        "error_type": "builtins.PermissionError",
+        "error_message": "card 4111 1111 1111 1111 refused",
+        "attempts": 1,
+    }
+    (pk,) = api("POST", "/api/v1/agent/reports", agent, {"app": "shop", "dead": [death]}).json()["dead_letters"]
+    shown = api("GET", f"/api/v1/deadletters/{pk}", token_for("viewer")).json()
+    page = client_for("viewer").get(f"/deadletters/{pk}/")
+    assert page.status_code == 200
+    for text in (json.dumps(shown), page.content.decode()):
+        assert "hunter2" not in text and "jo@example.com" not in text and "4111 1111 1111 1111" not in text
+    assert "shop.login" in page.content.decode() and shown["envelope"]["payload"]["args"] == ["jo"]
+    assert api("POST", f"/api/v1/deadletters/{pk}/requeue", operator).status_code == 200
+    (order,) = api("GET", "/api/v1/agent/requeues?app=shop", agent).json()["orders"]
+    assert order["kwargs"] == secret  # only the app's own agent gets the call as it was
 
 
 def test_an_order_leased_but_never_acknowledged_is_offered_again_when_its_lease_runs_out(console):
