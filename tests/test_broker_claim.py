@@ -20,15 +20,13 @@ from kombu import Connection, Consumer, Producer, Queue
 from kombu.utils.json import loads
 
 from flows.models import DeadLetter
-from tests.support.brokers import redis_only
+from tests.support.brokers import redis_only_because
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
 FLOWSCOPE = "flows.consume.broker:Transport"
 KOMBU = "redis"
-# The Lua claim is the Redis transport's; RabbitMQ's broker records a delivery as unacknowledged
-# itself (its poison messages: tests/test_rabbitmq.py).
-pytestmark = redis_only
+pytestmark = redis_only_because("the Lua claim is the Redis transport's; RabbitMQ records a delivery as unacknowledged itself (its poison messages: tests/test_rabbitmq.py)")
 
 HELD = {"unacked_key": "t.claim.unacked", "unacked_index_key": "t.claim.unacked_index", "unacked_mutex_key": "t.claim.unacked_mutex"}
 

@@ -5,7 +5,7 @@ from flows.core.errors import ConfigurationError
 from flows.core.registry import catalog
 from flows.core.retry import Backoff
 from flows.patterns import check_catalog
-from tests.support.brokers import redis_only
+from tests.support.brokers import redis_only_because
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped():
     assert Backoff(initial=1, jitter=0).delay(3) == 4
 
 
-@redis_only  # RabbitMQ's limit: tests/test_rabbitmq.py
+@redis_only_because("the visibility timeout bounds delays on Redis; RabbitMQ's limit: tests/test_rabbitmq.py")
 def test_a_backoff_longer_than_half_the_visibility_timeout_is_refused(scratch_catalog, settings):
     settings.FLOWS_VISIBILITY_TIMEOUT = 100
     flows.message_type("x.slow", pattern="fire_and_forget")
@@ -32,7 +32,7 @@ def test_a_backoff_longer_than_half_the_visibility_timeout_is_refused(scratch_ca
         flows.handler("x.slow", backoff=Backoff(maximum=60))(lambda m: None)
 
 
-@redis_only  # RabbitMQ's limit: tests/test_rabbitmq.py
+@redis_only_because("the visibility timeout bounds delays on Redis; RabbitMQ's limit: tests/test_rabbitmq.py")
 def test_a_publish_delay_longer_than_half_the_visibility_timeout_is_refused(settings):
     from flows.produce.publishing import build_envelope, publish_to
 
@@ -96,7 +96,7 @@ def test_a_saga_step_retrying_longer_than_the_stall_time_is_refused(scratch_cata
         flows.saga("x.empty", [])
 
 
-@redis_only  # RabbitMQ refuses such names: tests/test_rabbitmq.py
+@redis_only_because("RabbitMQ refuses such names (tests/test_rabbitmq.py)")
 def test_on_redis_a_queue_name_may_end_with_another_queues_name(scratch_catalog):
     flows.message_type("x.event", pattern="fan_out")
     flows.handler("x.event", consumer="x_short", queue="x.zq")(lambda m: None)

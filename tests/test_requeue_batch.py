@@ -18,7 +18,7 @@ from flows.operate.requeue_jobs import batch_size, requeue_job_cancel, requeue_j
 from flows.produce.backpressure import backpressure
 from flows.produce.publishing import build_envelope
 from tests.flows_under_test import recorded
-from tests.support.brokers import fill, peeking, purge, rabbitmq_only, redis_only, waiting
+from tests.support.brokers import fill, peeking, purge, rabbitmq_only, redis_only_because, waiting
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
@@ -306,7 +306,7 @@ def test_a_job_cancelled_while_a_batch_is_in_hand_stops_after_that_batch(worker)
     assert DeadLetter.objects.filter(state=DeadLetter.State.DEAD, pk__in=[d.pk for d in dead]).count() == 15
 
 
-@redis_only
+@redis_only_because("the pipelined publish is the Redis path; RabbitMQ's confirmed batch is checked by the next test")
 def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
     import base64
     import dataclasses

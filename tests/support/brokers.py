@@ -27,6 +27,11 @@ redis_only = pytest.mark.skipif(on_rabbitmq(), reason="Redis transport internals
 rabbitmq_only = pytest.mark.skipif(not on_rabbitmq(), reason="RabbitMQ only: run with BROKER=rabbitmq")
 
 
+def redis_only_because(why: str) -> pytest.MarkDecorator:
+    """redis_only, saying why the test has no place on RabbitMQ."""
+    return pytest.mark.skipif(on_rabbitmq(), reason=f"Redis only: {why}")
+
+
 def waiting(queue: str) -> int:
     """Messages ready in `queue`, not yet taken by a worker."""
     return queue_depth(queue)
