@@ -155,6 +155,16 @@ def test_a_requeued_copy_that_fails_again_makes_the_dead_letter_dead_again_and_a
     assert AttachedRequeue.objects.filter(dead_letter__in=[first.pk, second.pk], sent_at__isnull=False).count() == 3
 
 
+def test_a_requeued_copy_that_retries_and_then_succeeds_resolves_its_dead_letter(console):
+    key = f"collect:{uuid.uuid4().hex}"
+    with AttachedWorker(agent=True, **console, **FAST):
+        task_id = produce(f"from tests.attached_app import collect\nprint(collect.delay('{key}').id)", **console).stdout.strip()
+        dead = dead_letter_of(task_id)
+        assert api("POST", f"/api/v1/deadletters/{dead.pk}/requeue", token_for("operator")).status_code == 200
+        dead_letter_of(task_id, state=DeadLetter.State.RESOLVED, what="the copy's retry succeeding and resolving it")
+    assert int(counter().get(key)) == 3  # died, retried, succeeded: the retry kept the requeue's header
+
+
 def test_max_retries_exceeded_is_a_dead_letter_and_a_task_whose_retry_is_pending_is_not(console):
     with AttachedWorker(agent=True, concurrency=1, **console):  # one pool process: its reports go out in order
         flaky_key = f"flaky:{uuid.uuid4().hex}"

@@ -113,3 +113,14 @@ def refuse(order_id: str) -> None:
     """Rejects its message without requeue: it will never run again."""
     counter().incr(f"refused:{order_id}")
     raise Reject(f"order {order_id} is not ours", requeue=False)
+
+
+@app.task(name="shop.collect", bind=True, max_retries=2, default_retry_delay=0)
+def collect(self, key: str) -> str:
+    """Dies at once the first time; run again, it asks for one retry and then succeeds."""
+    runs = counter().incr(key)
+    if runs == 1:
+        raise KeyError(f"no invoice {key}")
+    if runs == 2:
+        raise self.retry(exc=ConnectionError("ledger busy"))
+    return "collected"
