@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from django.test import Client
 
@@ -57,3 +59,8 @@ def test_metrics_need_a_session_or_a_token_and_speak_prometheus():
     ):
         assert f"# TYPE {name} " in text
     assert 'flowscope_queue_depth{queue="t.commands"} 0' in text
+    # Consumers only where the broker counts them (RabbitMQ); Redis does not say.
+    if on_rabbitmq():
+        assert re.search(r'^flowscope_queue_consumers\{queue="t.commands"\} \d+$', text, re.MULTILINE), text
+    else:
+        assert "flowscope_queue_consumers{" not in text
