@@ -8,8 +8,10 @@ transport took it with a claim that recorded it in the same step, so it waits in
 survivor runs it after the visibility timeout. Kombu's case is the control: it shows the hook
 lands in the window, so Flowscope's zero means something.
 
-Redis only: RabbitMQ holds a delivery for the worker from the moment it leaves the queue, and
-takes it back when the worker's connection drops; test_worker_killed.py shows it there.
+On RabbitMQ there is no such window to compare: the broker records a delivery as unacknowledged
+on the worker's channel before it sends it, and takes it back when the connection drops. The
+RabbitMQ check kills the worker at the first moment it has the message, and finds it run by a
+survivor all the same; test_worker_killed.py kills workers anywhere else.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import flows
 from examples.demo.models import LedgerEntry
 from flows.models import DeadLetter
 from tests.reliability.conftest import VISIBILITY_SECONDS
+from tests.reliability.held import settled
 from tests.reliability.kill_on_take import KILL_AT_ENV, KILLED_AT, TRANSPORT_ENV
-from tests.support.brokers import redis_only
+from tests.support.brokers import rabbitmq_only, redis_only
 from tests.support.waiting import wait_for
 from tracing.redis import get_redis
 
-pytestmark = [pytest.mark.django_db(transaction=True), redis_only]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 KILL_AT = 5
 SENT = 20
@@ -35,6 +38,7 @@ def accounted() -> int:
     return LedgerEntry.objects.filter(service="rel").count() + DeadLetter.objects.filter(consumer="r_credit").count()
 
 
+@redis_only
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("transport", "loses"),
@@ -76,3 +80,26 @@ def test_a_worker_killed_right_after_taking_a_message_loses_it_only_where_taking
     else:
         assert in_unacked, "the message taken was not recorded as held when the worker died"
         assert lost == [], f"lost: {lost}"
+
+
+@rabbitmq_only
+@pytest.mark.timeout(240)
+def test_a_worker_killed_the_moment_it_has_a_message_on_rabbitmq_loses_nothing_the_broker_takes_it_back(chaos_worker, figure):
+    redis = get_redis()
+    victim = chaos_worker("victim", ["r.credits"], env={TRANSPORT_ENV: "tests.reliability.kill_on_take:RabbitTransport", KILL_AT_ENV: str(KILL_AT)})
+    keys = [f"w{i}" for i in range(SENT)]
+    for k in keys:
+        flows.send("rel.credit", {"key": k})
+
+    wait_for(lambda: victim.process.poll() is not None, timeout=60, what=f"the victim to be killed at the message it takes {KILL_AT}th")
+    killed = {k.decode(): v.decode() for k, v in redis.hgetall(KILLED_AT).items()}
+    assert killed.get("key") in keys, f"the hook noted no message of ours: {killed}"
+
+    chaos_worker("survivor", ["r.credits"])
+    wait_for(lambda: accounted() >= SENT and settled("r.credits"), timeout=90, interval=0.25, what="every message to run and the queue to drain")
+    processed = set(LedgerEntry.objects.filter(service="rel").values_list("reference", flat=True))
+    dead = set(DeadLetter.objects.filter(consumer="r_credit").values_list("envelope__payload__key", flat=True))
+    lost = sorted(set(keys) - processed - dead)
+    figure(f"RabbitTransport: killed at take {KILL_AT} ({killed['key']}, the moment kombu first had it): {len(processed)} processed, {len(dead)} dead-lettered, lost {lost}")
+    assert killed["key"] in processed, "the message the victim died with was not run by the survivor"
+    assert lost == [], f"lost: {lost}"
