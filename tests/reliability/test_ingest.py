@@ -31,7 +31,7 @@ from flows.tasks import deliver
 from tests.flows_under_test import recorded
 from tests.people import token_for
 from tests.reliability.held import settled
-from tests.support.brokers import rabbitmq_only, redis_only
+from tests.support.brokers import rabbitmq_only, redis_only_because
 from tests.support.waiting import wait_for
 from tracing.models import Span
 
@@ -243,7 +243,7 @@ GARBAGE[3] = (GARBAGE[3][0], celery_message("no.such.task", json.dumps([[], {}, 
 GARBAGE[4] = (GARBAGE[4][0], celery_message("flows.deliver", b"not json"), GARBAGE[4][2])
 
 
-@redis_only
+@redis_only_because("items pushed onto the Redis list; the AMQP messages below are RabbitMQ's")
 def test_items_on_a_queue_that_are_not_messages_become_dead_letters_and_the_worker_lives_on(figure, worker):
     from tracing.redis import get_redis
 

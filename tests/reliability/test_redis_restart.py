@@ -28,7 +28,7 @@ from tests.browser.conftest import browser, page, sign_in  # noqa: F401 - fixtur
 from tests.people import person
 from tests.reliability.catalog import runs
 from tests.reliability.conftest import WORKER_ENV, sized
-from tests.support.brokers import on_rabbitmq, redis_only
+from tests.support.brokers import on_rabbitmq, redis_only_because
 from tests.support.waiting import wait_for
 from tests.support.workers import ManagedProcess, Worker
 from tooling.devredis import RedisServer, answers, free_port
@@ -88,7 +88,7 @@ def stack(django_db_setup: Any) -> Iterator[Stack]:
     running.stop()
 
 
-@redis_only
+@redis_only_because("Redis as the broker; test_rabbitmq_restart.py restarts RabbitMQ")
 def test_after_a_redis_restart_under_load_no_acknowledged_message_is_lost_and_consuming_resumes(stack, figure):
     seconds = sized(20, 10)
     out = Path(tempfile.mkdtemp(prefix="flowscope-publisher-")) / "acknowledged"
