@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP)
 
+# BROKER=rabbitmq make demo: on RabbitMQ (CELERY_BROKER_URL's, else the local one, started if none answers).
 demo: setup
 	DEBUG=$${DEBUG:-1} FLOWSCOPE_EXTRA_APPS=$${FLOWSCOPE_EXTRA_APPS:-$(DEMO_APPS)} FLOWS_MODULES=$${FLOWS_MODULES:-examples.demo.catalog} $(PY) manage.py demo
 
+# The suite on Redis; BROKER=rabbitmq make test runs it on RabbitMQ, in a vhost of its own.
 test: setup
 	scripts/ensure-chromium
 	$(PY) -m pytest --ignore=tests/reliability $(ARGS)
@@ -32,16 +34,19 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-# Faults injected into real processes, and every door tried: RELIABILITY_SIZE=quick for CI.
+# Faults injected into real processes, and every door tried: RELIABILITY_SIZE=quick for CI,
+# BROKER=rabbitmq for RabbitMQ.
 reliability: setup
 	RELIABILITY_SIZE=$${RELIABILITY_SIZE:-full} $(PY) -m pytest tests/reliability $(ARGS)
 
-# What Flowscope costs against bare Celery and Flower: make bench ARGS="--quick --json bench.json".
+# What Flowscope costs against bare Celery and Flower: make bench ARGS="--quick --json bench.json";
+# BROKER=rabbitmq make bench ARGS="--quick": on RabbitMQ, in a vhost of the run's own.
 bench: setup
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test,bench]'
 	DEBUG=$${DEBUG:-1} FLOWSCOPE_EXTRA_APPS=$${FLOWSCOPE_EXTRA_APPS:-tooling} $(PY) manage.py bench $(ARGS)
 
-# Synchronous chain against Flowscope, four scenarios, on embedded defaults: make lab ARGS=--quick.
+# Synchronous chain against Flowscope, four scenarios, on embedded defaults: make lab ARGS=--quick
+# (BROKER=rabbitmq for RabbitMQ).
 lab: setup
 	DEBUG=$${DEBUG:-1} FLOWSCOPE_EXTRA_APPS=$${FLOWSCOPE_EXTRA_APPS:-tooling,tooling.lab} $(PY) manage.py lab $(ARGS)
 
