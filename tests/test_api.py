@@ -1,4 +1,6 @@
 import json
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 from django.test import Client
@@ -196,3 +198,17 @@ def test_sagas_traces_graph_and_queues_read(worker, collector):
     queues = {q["name"]: q for q in viewer.get("/api/v1/queues").json()}
     assert {"name", "depth", "consumers", "state"} <= set(queues["t.commands"])
     assert queues["t.commands"]["consumers"] == (1 if on_rabbitmq() else None), "the session worker, as RabbitMQ counts it; Redis does not say"
+
+
+def test_a_filter_time_with_an_offset_postgresql_refuses_is_compared_in_utc():
+    """ISO 8601 allows "+16:34", PostgreSQL's timestamptz does not (found by the fuzzing test on PostgreSQL: a 500)."""
+    at = datetime(2001, 5, 2, tzinfo=UTC)
+    DeadLetter.objects.create(
+        message_id=uuid.uuid4(), message_type="test.command", queue="t.commands", consumer="t_command", envelope={}, error_type="E", fingerprint="f", attempts=1, first_dead_at=at, dead_at=at
+    )
+    operator = client_for("operator")
+    # 2001-05-03T14:14:27+16:34 is 2001-05-02T21:40:27Z: after the dead letter above.
+    answer = post(operator, "/api/v1/requeue-jobs", {"until": "2001-05-03T14:14:27.72+16:34", "dry_run": True})
+    assert answer.status_code == 200 and answer.json() == {"count": 1}, answer.content
+    answer = post(operator, "/api/v1/requeue-jobs", {"until": "9999-12-31T23:59:00-15:00", "dry_run": True})
+    assert answer.status_code == 422 and "out of range once converted to UTC" in answer.content.decode(), answer.content

@@ -128,3 +128,13 @@ def test_an_item_that_is_no_celery_message_is_a_poison_dead_letter_and_the_worke
     assert waiting("t.commands") == 0, "the poison is not back in the queue"
     assert DeadLetter.objects.filter(queue="t.commands", poison=True).count() == 1
     assert dead_letter_of(envelope) is None
+
+
+def test_an_item_with_nul_characters_is_kept_as_a_dead_letter_on_every_database():
+    """PostgreSQL keeps no NUL in text or JSON: the dead letter writes it out (a raw AMQP body did
+    not store on PostgreSQL and was lost to the log)."""
+    from flows.consume.broker import record_garbage
+
+    record_garbage("\x00\x01 raw", "t.commands", "message is not a Celery task: it names no task")
+    dead = DeadLetter.objects.get(queue="t.commands", poison=True)
+    assert dead.envelope == {"unparsed": "\\x00\x01 raw"} and dead.error_message == "message is not a Celery task: it names no task"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from ninja import Schema
@@ -45,6 +45,17 @@ class FilterQuery(Schema):
         if isinstance(value, int | float) or (isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()):
             raise ValueError("give an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z, not a number")
         return value
+
+    @field_validator("since", "until")
+    @classmethod
+    def in_utc(cls, value: datetime | None) -> datetime | None:
+        """ISO 8601 allows offsets PostgreSQL refuses (beyond 15:59): compare in UTC instead."""
+        if value is None or value.tzinfo is None:
+            return value
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("date-time out of range once converted to UTC") from None
 
     def to_filter(self) -> DeadLetterFilter:
         values = self.model_dump(include=set(FilterQuery.model_fields))
