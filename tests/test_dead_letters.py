@@ -138,3 +138,11 @@ def test_an_item_with_nul_characters_is_kept_as_a_dead_letter_on_every_database(
     record_garbage("\x00\x01 raw", "t.commands", "message is not a Celery task: it names no task")
     dead = DeadLetter.objects.get(queue="t.commands", poison=True)
     assert dead.envelope == {"unparsed": "\\x00\x01 raw"} and dead.error_message == "message is not a Celery task: it names no task"
+
+
+def test_a_payload_with_nul_characters_still_makes_a_dead_letter(worker):
+    """Else, on PostgreSQL, the dead letter could not be stored and the delivery would go back to
+    its queue for ever."""
+    flows.send("test.command", {"key": "nul\x00key", "poison": True})
+    dead = wait_for(lambda: DeadLetter.objects.filter(message_type="test.command", envelope__payload__key="nul\\x00key").first(), timeout=60, what="the dead letter")
+    assert dead.poison and dead.error_message == "the downstream service rejects this payload"

@@ -77,9 +77,7 @@ def record_garbage(raw: Any, queue: str, problem: str) -> None:
 
     log.warning("dead on arrival on %s: %s", queue, problem)
     try:
-        # PostgreSQL keeps no NUL in text or JSON: written out, it still says what arrived.
-        unparsed = (raw if isinstance(raw, str) else repr(raw))[:10_000].replace("\x00", "\\x00")
-        dead_letter_record(envelope={"unparsed": unparsed}, consumer="", queue=queue, exc=EnvelopeError(problem), attempts=1, poison=True)
+        dead_letter_record(envelope={"unparsed": (raw if isinstance(raw, str) else repr(raw))[:10_000]}, consumer="", queue=queue, exc=EnvelopeError(problem), attempts=1, poison=True)
     except Exception:  # noqa: BLE001 - the worker must live on; the warning above remains
         log.exception("could not store the unreadable item from %s as a dead letter", queue)
 

@@ -45,6 +45,24 @@ def original_envelope(envelope: Envelope) -> dict[str, Any]:
     return envelope.with_headers(**{ATTEMPT: None, REQUEUE_OF: None, SERIES: None}).to_dict()
 
 
+def _text(value: str) -> str:
+    """PostgreSQL keeps no NUL character in text: written out instead, so the record is kept."""
+    return value.replace("\x00", "\\x00")
+
+
+def _storable(value: Any) -> Any:
+    """The envelope with any NUL character in its strings written out (PostgreSQL's JSON keeps
+    none): a payload carrying one must still become a dead letter, not a delivery that can never
+    be acknowledged."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    return value
+
+
 def dead_letter_record(
     *,
     envelope: dict[str, Any],
@@ -62,8 +80,8 @@ def dead_letter_record(
     message_type = envelope.get("type") if isinstance(envelope.get("type"), str) else "(malformed)"
     fields = {
         "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}"[:300],
-        "error_message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "error_message": _text(str(exc)),
+        "traceback": _text("".join(traceback.format_exception(exc))),
         "fingerprint": fingerprint(exc, message_type=message_type),
         "poison": poison,
         "attempts": attempts,
@@ -71,14 +89,15 @@ def dead_letter_record(
         "trace_id": telemetry.trace_id_of(envelope.get("headers") if isinstance(envelope.get("headers"), dict) else {}),
     }
     message_id = _message_id(envelope)
+    envelope = _storable(envelope)
     try:
         with transaction.atomic():
             return DeadLetter.objects.create(
                 message_id=message_id,
                 message_type=message_type[:200],
                 schema_version=envelope.get("schema_version") if _positive_int(envelope.get("schema_version")) else 1,
-                correlation_id=str(envelope.get("correlation_id") or "")[:128],
-                causation_id=str(envelope.get("causation_id") or "")[:128],
+                correlation_id=_text(str(envelope.get("correlation_id") or ""))[:128],
+                causation_id=_text(str(envelope.get("causation_id") or ""))[:128],
                 queue=queue,
                 consumer=consumer,
                 pattern=str((envelope.get("headers") or {}).get("pattern", ""))[:50] if isinstance(envelope.get("headers"), dict) else "",
