@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from amqp.exceptions import NotFound
 from celery import current_app
 from kombu import Connection, Message, Producer
 
 from flows.core.brokers import RABBITMQ, broker_kind
 from flows.produce.backpressure import get_redis_broker, queue_depth
 from flows.produce.rabbitmq import work_queue
+from tooling.brokers import purge  # noqa: F401 - the tests empty queues as the tooling does
 
 
 def on_rabbitmq() -> bool:
@@ -35,22 +35,6 @@ def redis_only_because(why: str) -> pytest.MarkDecorator:
 def waiting(queue: str) -> int:
     """Messages ready in `queue`, not yet taken by a worker."""
     return queue_depth(queue)
-
-
-def purge(*queues: str) -> None:
-    if not on_rabbitmq():
-        get_redis_broker().delete(*queues)
-        return
-    with current_app.connection_for_write() as connection:
-        for queue in queues:
-            channel = connection.channel()
-            try:
-                channel.queue_purge(queue)
-            except NotFound:
-                pass  # not declared yet: nothing in it
-            finally:
-                if channel.is_open:
-                    channel.close()
 
 
 def push_raw(queue: str, *bodies: bytes) -> None:
