@@ -35,7 +35,7 @@ from flows.core.errors import EnvelopeError
 from flows.models import AttachedRequeue, DeadLetter
 
 # The claim and its spans are the requeue's own: one claim for every kind of dead letter.
-from flows.operate.requeue import _claim, _db_time, _open_spans
+from flows.operate.requeue import claim_dead
 
 LEASE_SECONDS = 60.0  # as long as a requeue's in-flight note waits before it is recovered
 MAX_CALL_BYTES = 256 * 1024  # an edited call's args and kwargs, as JSON
@@ -150,14 +150,7 @@ def requeue_attached(*, ids: list[int], actor: str, payloads: dict[int, Any] | N
     if not calls:
         return []
     with transaction.atomic():
-        spans = _open_spans(dict.fromkeys(calls))
-        claimed = _claim(
-            "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s",
-            [DeadLetter.State.REQUEUED, _db_time(timezone.now()), actor[:150]],
-            "state = %s",
-            [DeadLetter.State.DEAD],
-            spans,
-        )
+        claimed, spans = claim_dead(calls, actor=actor)
         for row in claimed:
             app, stored, call = calls[row.pk]
             _order(row.pk, row.series, app, stored, call, spans[row.pk], actor=actor, edited=row.pk in payloads)

@@ -144,9 +144,12 @@ def _recover(note_id: bytes, series: dict[int, int]) -> int:
     return len(sent)
 
 
-def _claim_and_send(sendable: dict[int, Handler], *, actor: str, payloads: dict[int, dict[str, Any]] | None = None, strict: bool = False) -> list[int]:
-    """Claim those of `sendable` still dead and send them on commit (inside a transaction)."""
-    spans = _open_spans(sendable)
+def claim_dead(ids: Iterable[int], *, actor: str) -> tuple[list[_Claimed], dict[int, Span]]:
+    """Inside a transaction: move those of `ids` still dead to "requeued" (series + 1, by
+    `actor`), the claim every requeue makes, whoever then sends the copy (this module, or an
+    attached app's agent: flows.operate.attached). Returns the rows claimed and a requeue span per
+    id; the spans of rows not claimed are never ended, so never exported."""
+    spans = _open_spans(ids)
     claimed = _claim(
         "state = %s, series = series + 1, requeued_at = %s, requeued_by = %s",
         [DeadLetter.State.REQUEUED, _db_time(timezone.now()), actor[:150]],
@@ -154,10 +157,16 @@ def _claim_and_send(sendable: dict[int, Handler], *, actor: str, payloads: dict[
         [DeadLetter.State.DEAD],
         spans,
     )
+    return claimed, spans
+
+
+def _claim_and_send(sendable: dict[int, Handler], *, actor: str, payloads: dict[int, dict[str, Any]] | None = None, strict: bool = False) -> list[int]:
+    """Claim those of `sendable` still dead and send them on commit (inside a transaction)."""
+    claimed, spans = claim_dead(sendable, actor=actor)
     return _send(claimed, actor=actor, handlers=sendable, spans=spans, payloads=payloads, strict=strict)
 
 
-def _open_spans(sendable: dict[int, Handler]) -> dict[int, Span]:
+def _open_spans(sendable: Iterable[int]) -> dict[int, Span]:
     """A requeue span per candidate, started now so that the claim can write its trace id; it is
     named, described and linked once the claim has returned the row, and ended after the send."""
     tracer = setup.tracer()
