@@ -329,3 +329,25 @@ def test_with_the_console_down_failing_and_other_tasks_run_and_the_agent_counts_
     assert "could not reach the console for" in log
     sent = [line for line in log.splitlines() if "dead letters and resolutions" in line]
     assert sent and all(" reported 0 dead letters" in line for line in sent), sent
+
+
+def test_a_report_with_nul_characters_is_stored_written_out_and_its_call_must_be_corrected(console):
+    """PostgreSQL keeps no NUL character: such a report was a 500, and its agent resent it for ever."""
+    agent, operator = console["FLOWSCOPE_TOKEN"], token_for("operator")
+    death = {
+        "task": "shop.scan",
+        "task_id": str(uuid.uuid4()),
+        "args": ["a\x00b"],
+        "kwargs": {},
+        "requeueable": True,
+        "routing": {"queue": "shop"},
+        "error_type": "x.Y",
+        "error_message": "bad \x00 byte",
+        "attempts": 1,
+    }
+    answer = api("POST", "/api/v1/agent/reports", agent, {"app": "shop", "dead": [death]})
+    assert answer.status_code == 200, answer.content
+    dead = DeadLetter.objects.get(pk=answer.json()["dead_letters"][0])
+    assert dead.error_message == "bad \\x00 byte" and dead.envelope["payload"]["args"] == ["a\\x00b"] and dead.envelope["requeueable"] is False
+    refused = api("POST", f"/api/v1/deadletters/{dead.pk}/requeue", operator)
+    assert refused.status_code == 400 and "NUL characters" in refused.json()["detail"]

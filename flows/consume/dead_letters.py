@@ -50,16 +50,16 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\\x00")
 
 
-def _storable(value: Any) -> Any:
+def without_nul(value: Any) -> Any:
     """The envelope with any NUL character in its strings written out (PostgreSQL's JSON keeps
     none): a payload carrying one must still become a dead letter, not a delivery that can never
     be acknowledged."""
     if isinstance(value, str):
         return _text(value)
     if isinstance(value, list):
-        return [_storable(v) for v in value]
+        return [without_nul(v) for v in value]
     if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
     return value
 
 
@@ -89,7 +89,7 @@ def dead_letter_record(
         "trace_id": telemetry.trace_id_of(envelope.get("headers") if isinstance(envelope.get("headers"), dict) else {}),
     }
     message_id = _message_id(envelope)
-    envelope = _storable(envelope)
+    envelope = without_nul(envelope)
     try:
         with transaction.atomic():
             return DeadLetter.objects.create(

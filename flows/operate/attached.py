@@ -30,6 +30,7 @@ from django.utils import timezone
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
 
+from flows.consume.dead_letters import without_nul
 from flows.core import telemetry
 from flows.core.errors import EnvelopeError
 from flows.models import AttachedRequeue, DeadLetter
@@ -55,6 +56,10 @@ def attached_record_death(*, app: str, report: dict[str, Any]) -> DeadLetter:
     A copy sent by a requeue (`requeue_of`) makes its dead letter dead again; a report seen
     before (an agent resending a batch whose answer it lost) changes nothing."""
     now = timezone.now()
+    stored = without_nul(report)  # PostgreSQL keeps no NUL character: written out as "\x00"
+    if (stored["args"], stored["kwargs"]) != (report["args"], report["kwargs"]):
+        stored["requeueable"], stored["call_repr"] = False, "args or kwargs held NUL characters, which the database cannot keep (written out as \\x00): correct the call to requeue it"
+    report = stored
     traceparent = report.get("traceparent") or ""
     fields = {
         "error_type": report["error_type"][:300],
