@@ -1,10 +1,12 @@
 """The collector's store on its fast path: inserted as it comes, the unique index as the check,
 a lookup only when that refuses a row; times written below the ORM read back exactly."""
 
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import OperationalError, connection, transaction
 
 from tests.test_collector import fake_span
 from tracing.collector import store
@@ -51,3 +53,29 @@ def test_spans_either_side_of_a_bucket_boundary_count_into_their_own_buckets(set
 
     rows = EdgeStat.objects.filter(source="queue:q.edge").order_by("bucket")
     assert [(row.bucket.timestamp(), row.count) for row in rows] == [(boundary_ns // 1_000_000_000 - size, 1), (boundary_ns // 1_000_000_000, 3)]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's COPY path; SQLite inserts through Django's cursor")
+def test_a_lock_the_collector_cannot_get_in_time_is_a_django_database_error_it_retries_on():
+    """A TRUNCATE of the span links (a test's flush, a migration) made the COPY time out with
+    psycopg's own error, which the collector did not catch: it ended (seen in CI on PostgreSQL)."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {SpanLink._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        span = dict(fake_span("6" * 32, "0000000000000004"), l=[["7" * 32, "0000000000000005", {}]])
+        with pytest.raises(OperationalError, match="lock timeout"):
+            store([span])
+    finally:
+        release.set()
+        holder.join(10)
+    assert store([span]) == 1 and SpanLink.objects.filter(trace_id="6" * 32).count() == 1

@@ -21,7 +21,10 @@ def insert_rows(table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {connection.ops.quote_name(table)} ({names}) FROM STDIN") as copy:
+            # psycopg's COPY runs below Django's cursor wrapper: its errors are made Django's
+            # here, as every other query's are, so callers catch DatabaseError (a lock timeout
+            # otherwise came through as psycopg's own and ended the collector).
+            with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {connection.ops.quote_name(table)} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
