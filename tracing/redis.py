@@ -9,7 +9,8 @@ from django.conf import settings
 
 
 @functools.cache
-def _client(url: str) -> redis.Redis:
+def redis_at(url: str) -> redis.Redis:
+    """One client per URL and process (the engine's own Redis, or another, such as a broker's)."""
     # No health_check_interval: its PING-before-use raced with threads sharing the pool (seen as
     # "I/O operation on closed file" in the load generator); a dead connection fails its command
     # and is replaced from the pool anyway.
@@ -17,7 +18,7 @@ def _client(url: str) -> redis.Redis:
 
 
 def get_redis() -> redis.Redis:
-    return _client(settings.REDIS_URL)
+    return redis_at(settings.REDIS_URL)
 
 
 def key(*parts: str) -> str:

@@ -10,7 +10,6 @@ round trip per refresh, not per message. A queue turns "throttled" at its high w
 from __future__ import annotations
 
 import dataclasses
-import functools
 import threading
 import time
 
@@ -21,7 +20,7 @@ from flows.core.brokers import RABBITMQ, broker_kind
 from flows.core.errors import QueueFull
 from flows.core.registry import QueuePolicy, catalog
 from flows.produce import rabbitmq
-from tracing.redis import get_redis, key
+from tracing.redis import get_redis, key, redis_at
 
 # kombu's Redis transport keeps priority levels 3, 6 and 9 in lists beside the queue's own.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
@@ -29,14 +28,9 @@ STATE_KEY = key("backpressure", "state")
 ACTIVATIONS_KEY = key("backpressure", "activations")
 
 
-@functools.cache
-def _broker_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-
-
 def get_redis_broker() -> redis.Redis:
     """The Redis the broker's queues are in (often, not always, the engine's own)."""
-    return _broker_client(settings.CELERY_BROKER_URL)
+    return redis_at(settings.CELERY_BROKER_URL)
 
 
 def queue_depth(queue: str) -> int:
