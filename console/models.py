@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 
 from django.conf import settings
@@ -20,6 +21,7 @@ class Role(models.TextChoices):
 # Rank 0: the agent role reaches none of the others, so every page and API operation refuses it.
 RANK = {Role.AGENT: 0, Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "fs_"
+APP_NAME = re.compile(r"[\w.:@-]{1,100}")  # an attached app's name, as agents report it
 
 
 def hash_token(token: str) -> str:
@@ -31,6 +33,7 @@ class ApiToken(models.Model):
 
     name = models.CharField(max_length=100)
     role = models.CharField(max_length=10, choices=Role.choices)
+    app = models.CharField(max_length=100, blank=True, default="", db_default="", help_text="agent tokens: the one attached app it may report and lease for; empty: any app")
     token_hash = models.CharField(max_length=64, unique=True)
     hint = models.CharField(max_length=12, help_text="the token's first characters, to tell tokens apart")
     created_by = models.CharField(max_length=150, blank=True)
@@ -42,14 +45,19 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.role}, {self.hint}...)"
 
     @classmethod
-    def issue(cls, *, name: str, role: str, created_by: str) -> tuple[ApiToken, str]:
-        """A new token and its secret, which is not kept anywhere."""
+    def issue(cls, *, name: str, role: str, created_by: str, app: str = "") -> tuple[ApiToken, str]:
+        """A new token and its secret, which is not kept anywhere. `app` ties an agent token to
+        one attached app."""
         if role not in Role.values:
             raise ValueError(f"role must be one of {', '.join(Role.values)}, got {role!r}")
         if not name.strip():
             raise ValueError("a token needs a name, to know later what it is for")
+        if app and role != Role.AGENT:
+            raise ValueError(f"only an agent token is tied to an app; a {role} token sees every app")
+        if app and not APP_NAME.fullmatch(app):
+            raise ValueError(f"app {app!r} is not an app name: 1 to 100 letters, digits or . : @ - _")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(name=name.strip()[:100], role=role, token_hash=hash_token(secret), hint=secret[:10], created_by=created_by[:150])
+        token = cls.objects.create(name=name.strip()[:100], role=role, app=app, token_hash=hash_token(secret), hint=secret[:10], created_by=created_by[:150])
         return token, secret
 
     @classmethod

@@ -196,6 +196,7 @@ CELERY_BEAT_SCHEDULE = {
     # next bulk job to be recovered.
     "recover-requeues": {"task": "flows.recover_requeues", "schedule": 30.0},
     "prune-old-spans": {"task": "tracing.prune_spans", "schedule": 3600.0},
+    "prune-live-tasks": {"task": "flows.prune_live_tasks", "schedule": 3600.0},
 }
 
 # --- The engine ---

@@ -51,7 +51,7 @@ class DeadLetter(models.Model):
     saga_step = models.PositiveIntegerField(null=True, blank=True)
     trace_id = models.CharField(max_length=32, blank=True, help_text="the trace the message died in")
     requeue_trace_id = models.CharField(max_length=32, blank=True, help_text="the trace of its latest requeue")
-    app = models.CharField(max_length=100, blank=True, default="", help_text="the attached Celery app it died in; empty for Flowscope's own flows")
+    app = models.CharField(max_length=100, blank=True, default="", db_default="", help_text="the attached Celery app it died in; empty for Flowscope's own flows")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["consumer", "message_id"], name="deadletter_once_per_consumer")]
@@ -91,6 +91,102 @@ class AttachedRequeue(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["dead_letter", "series"], name="attachedrequeue_once_per_series")]
         indexes = [models.Index(fields=["app", "sent_at", "id"], name="attachedrequeue_pending")]
+
+
+class LiveSource(models.TextChoices):
+    """Who told the console about a task or worker: an app's agent, or its Celery events alone
+    (which carry no exact call: such a task cannot be requeued exactly nor revoked by order)."""
+
+    AGENT = "agent"
+    EVENTS = "events"
+
+
+class LiveTask(models.Model):
+    """The latest known state of one task of an attached app, Flower's task list: one row per
+    (app, task id), moved forward by newer events only (flows.operate.live_tasks)."""
+
+    class State(models.TextChoices):
+        RECEIVED = "received"
+        STARTED = "started"
+        RETRIED = "retried"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        REVOKED = "revoked"
+
+    app = models.CharField(max_length=100)
+    task_id = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, blank=True)
+    state = models.CharField(max_length=10, choices=State.choices)
+    state_at = models.DateTimeField(help_text="when the app saw the current state (the newest event's time)")
+    source = models.CharField(max_length=6, choices=LiveSource.choices, default=LiveSource.AGENT)
+    worker = models.CharField(max_length=200, blank=True)
+    queue = models.CharField(max_length=200, blank=True)
+    args = models.TextField(blank=True, help_text="repr of the args, redacted before it was stored")
+    kwargs = models.TextField(blank=True, help_text="repr of the kwargs, redacted before it was stored")
+    exception = models.TextField(blank=True)
+    runtime_s = models.FloatField(null=True, blank=True)
+    trace_id = models.CharField(max_length=32, blank=True)
+    received_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(help_text="when the console stored the latest change")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "task_id"], name="livetask_once_per_app")]
+        indexes = [
+            models.Index(fields=["state_at", "id"], name="livetask_recent"),
+            models.Index(fields=["app", "state_at", "id"], name="livetask_app_recent"),
+            models.Index(fields=["state", "state_at", "id"], name="livetask_state_recent"),
+            models.Index(fields=["name", "state_at"], name="livetask_name_recent"),
+            models.Index(fields=["worker", "state_at"], name="livetask_worker_recent"),
+            models.Index(fields=["task_id"], name="livetask_task"),
+            models.Index(fields=["updated_at"], name="livetask_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.name} {self.task_id} ({self.state})"
+
+
+class LiveWorker(models.Model):
+    """A worker of an attached app, as its last report described it. Shown offline once it said
+    so (worker_shutdown) or once no report came for LIVE_WORKER_TIMEOUT_S."""
+
+    app = models.CharField(max_length=100)
+    hostname = models.CharField(max_length=200)
+    source = models.CharField(max_length=6, choices=LiveSource.choices, default=LiveSource.AGENT)
+    online = models.BooleanField(default=True, help_text="as last reported; see heartbeat_at for a worker that stopped reporting")
+    pool = models.CharField(max_length=50, blank=True)
+    concurrency = models.PositiveIntegerField(null=True, blank=True)
+    active = models.PositiveIntegerField(null=True, blank=True)
+    processed = models.PositiveBigIntegerField(null=True, blank=True)
+    dropped = models.PositiveBigIntegerField(default=0, help_text="task reports its agent dropped (outbox full)")
+    heartbeat_at = models.DateTimeField(help_text="when the app sent its latest report")
+    first_seen_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "hostname"], name="liveworker_once_per_app")]
+        indexes = [models.Index(fields=["app", "hostname"], name="liveworker_app")]
+
+    def __str__(self) -> str:
+        return f"{self.app} {self.hostname} ({'online' if self.online else 'offline'})"
+
+
+class RevokeOrder(models.Model):
+    """An operator's revoke of an attached app's task: carried out by the app's agent with
+    `app.control.revoke(task_id, terminate=..., signal=...)`, leased and acknowledged like an
+    AttachedRequeue, so the app's broker credentials never leave it."""
+
+    app = models.CharField(max_length=100)
+    task_id = models.CharField(max_length=200)
+    terminate = models.BooleanField(default=False)
+    signal = models.CharField(max_length=10, blank=True, help_text="with terminate: the signal the pool process gets")
+    requested_by = models.CharField(max_length=150)
+    created_at = models.DateTimeField(auto_now_add=True)
+    lease = models.CharField(max_length=32, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["app", "sent_at", "id"], name="revokeorder_pending")]
 
 
 class InboxEntry(models.Model):
