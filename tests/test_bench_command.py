@@ -16,12 +16,13 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from console.models import ApiToken
 from tests.support import REPO
 from tests.support.brokers import on_rabbitmq, waiting
 from tests.support.stores import run_keys, run_rows
 from tests.support.waiting import wait_for
 from tests.support.workers import worker_database_url
-from tooling.bench import counting, flower, live, memory, processes, spans, throughput
+from tooling.bench import attach, counting, flower, live, memory, processes, spans, throughput
 from tooling.own_stores import INSIDE_ENV
 from tooling.rabbitmq import vhost_names
 from tracing.models import Span
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_an_unknown_measurement_is_refused_with_the_choices():
-    with pytest.raises(CommandError, match=r"unknown measurement\(s\) \['p9'\]; choose from p1, flower, p2, p3, p4, p5, p6, p7"):
+    with pytest.raises(CommandError, match=r"unknown measurement\(s\) \['p9'\]; choose from p1, flower, p2, p3, p4, p5, p6, p7, p8"):
         call_command("bench", only="p1,p9")
 
 
@@ -76,9 +77,10 @@ def test_a_missing_bench_extra_skips_only_its_own_figures(monkeypatch, tmp_path)
     monkeypatch.setattr(live, "installed", lambda: False)
     monkeypatch.setattr(memory, "installed", lambda: False)
     out = io.StringIO()
-    call_command("bench", only="flower,p3,p7", json_path=str(tmp_path / "bench.json"), stdout=out)
+    monkeypatch.setattr(attach, "installed", lambda: False)
+    call_command("bench", only="flower,p3,p7,p8", json_path=str(tmp_path / "bench.json"), stdout=out)
     text = out.getvalue()
-    for name in ("p1_flower_ratio", "p3_live_p95_ms", "p7_rss_growth_pct"):
+    for name in ("p1_flower_ratio", "p3_live_p95_ms", "p7_rss_growth_pct", "p8_attach_ratio"):
         assert f"{name} skipped: " in text
     figures = (tmp_path / "bench.json").read_text()
     assert '"skipped"' in figures and "make bench installs it" in figures and '"machine"' in figures
@@ -126,6 +128,30 @@ def test_a_bare_drain_on_the_runs_broker_counts_every_message_and_the_workers_cp
     else:
         assert setup == "Redis list (flows.consume.broker:Transport transport), prefetch 1 per pool process (1 processes), late acks"
     counting.reset("bare")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_p8_drains_a_plain_celery_app_bare_and_through_the_agent_and_stores_the_attached_spans(monkeypatch, tmp_path):
+    # p8 at a tiny size on the run's broker: the plain app's worker bare and through
+    # flowscope-agent, reporting to a daphne and a collector of the measurement's own.
+    monkeypatch.setenv("DATABASE_URL", worker_database_url())
+    figures = attach.attach_ratio(300, 2, 900, 300, concurrency=1, log_dir=tmp_path, progress=lambda text: None)
+    assert (figures["p8_tasks"], figures["p8_rounds"], figures["p8_memory_tasks"], figures["p8_memory_baseline_tasks"]) == (300, 2, 900, 300)
+    assert figures["p8_bare_celery_per_s"] > 0 and figures["p8_attached_per_s"] > 0
+    assert 0.2 < figures["p8_attach_ratio"] < 5 and 0.2 < figures["p8_attach_cpu_ratio"] < 5, figures
+    assert figures["p8_bare_celery_cpu_ms"] > 0 and figures["p8_attached_cpu_ms"] > 0
+    # Every attached task of the memory run reached the console: a send and a process span each.
+    assert figures["p8_spans_stored"] == 2 * 900, figures
+    for kind in ("web", "collector", "worker"):
+        early, late = figures[f"p8_{kind}_rss_mib"]
+        assert early > 20 and late > 20, figures
+    assert figures["p8_attach_rss_growth_pct"] == max(figures[f"p8_{kind}_rss_growth_pct"] for kind in ("web", "collector", "worker"))
+    logs = {path.name for path in tmp_path.iterdir()}
+    assert {"bench-plain-worker-bare.log", "bench-plain-worker-attached.log", "bench-plain-producer.log"} <= logs
+    assert not Span.objects.filter(service=attach.APP).exists(), "the measurement removed its spans"
+    assert not ApiToken.objects.filter(created_by="manage.py bench").exists(), "and its agent token"
+    assert waiting(attach.QUEUE) == 0
 
 
 def test_the_memory_of_a_process_gone_is_nothing():

@@ -7,31 +7,25 @@ import time
 
 from celery import shared_task
 
+from tooling.bench.done import DONE_SCRIPT
 from tracing.redis import get_redis, key
 
-# KEYS: counter, first, last. ARGV: now. One round trip per message, on both sides.
-_DONE = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('SET', KEYS[2], ARGV[1]) end
-redis.call('SET', KEYS[3], ARGV[1])
-return n
-"""
 
-
-def _keys(run: str) -> list[str]:
+def keys(run: str) -> list[str]:
+    """The counter, first and last completion time of a run (the plain Celery app is handed them)."""
     return [key("bench", run, "done"), key("bench", run, "first"), key("bench", run, "last")]
 
 
 def count_done(run: str) -> None:
-    get_redis().eval(_DONE, 3, *_keys(run), repr(time.time()))
+    get_redis().eval(DONE_SCRIPT, 3, *keys(run), repr(time.time()))
 
 
 def reset(run: str) -> None:
-    get_redis().delete(*_keys(run))
+    get_redis().delete(*keys(run))
 
 
 def progress(run: str) -> tuple[int, float, float]:
-    done, first, last = get_redis().mget(*_keys(run))
+    done, first, last = get_redis().mget(*keys(run))
     return int(done or 0), float(first or 0), float(last or 0)
 
 

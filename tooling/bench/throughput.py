@@ -85,12 +85,25 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def drain(run: str, queues: list[str], expected: int, fill: Callable[[], None], *, concurrency: int, log_dir: Path, progress: ProgressFn, timeout: float = 600, events: bool = False) -> Drained:
+def drain(
+    run: str,
+    queues: list[str],
+    expected: int,
+    fill: Callable[[], None],
+    *,
+    concurrency: int,
+    log_dir: Path,
+    progress: ProgressFn,
+    timeout: float = 600,
+    events: bool = False,
+    start: Callable[[], subprocess.Popen[bytes]] | None = None,
+) -> Drained:
+    """Fill, then start a worker (`start`, else the console's worker on `queues`) and time it to the last message."""
     counting.reset(run)
     purge(*queues)
     progress(f"{run}: filling {', '.join(queues)}")
     fill()
-    worker = start_worker(queues, concurrency=concurrency, log_dir=log_dir, events=events)
+    worker = start() if start else start_worker(queues, concurrency=concurrency, log_dir=log_dir, events=events)
     try:
         deadline = time.monotonic() + timeout
         cpu_from: tuple[int, float] | None = None  # (done, CPU seconds) when the first completion is seen

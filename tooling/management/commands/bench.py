@@ -30,12 +30,12 @@ from django.db import connection
 
 from flows.core.brokers import broker_kind
 from flows.patterns import check_catalog
-from tooling.bench import flower, live, memory, pages, patterns, spans, throughput
+from tooling.bench import attach, flower, live, memory, pages, patterns, spans, throughput
 from tooling.brokers import BrokerNotReady, ready_url, server_version
 from tooling.own_stores import inside, run_on_own_stores, shown
 from tracing.redis import get_redis
 
-MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7")
+MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8")
 
 
 class Command(BaseCommand):
@@ -131,6 +131,13 @@ class Command(BaseCommand):
                     figures.update(memory.rss_growth(6_000 if quick else 300_000, 1_000 if quick else 10_000, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
                 else:
                     self._skip(figures, "p7_rss_growth_pct", memory.NOT_INSTALLED)
+        if not only or "p8" in only:
+            with self._timed(figures, "p8"):
+                if attach.installed():
+                    sizes = (1_500, 2, 6_000, 1_000) if quick else (6_000, 5, 300_000, 10_000)  # per round, rounds; memory run, its warm-up
+                    figures.update(attach.attach_ratio(*sizes, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+                else:
+                    self._skip(figures, "p8_attach_ratio", attach.NOT_INSTALLED)
 
         figures["seconds"] = round(time.monotonic() - started, 1)
         self._progress("")

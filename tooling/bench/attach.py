@@ -1,0 +1,231 @@
+"""p8: a plain Celery app with flowscope-agent attached, against the same app without it.
+
+The app (tooling.bench.plain_app) is written with nothing but Celery. Both sides run the same
+`celery -A tooling.bench.plain_app worker` (prefork, the same concurrency, the same broker and
+queue, the same Redis call per task to count it), one through `flowscope-agent` reporting to a
+live console (daphne and the collector, started here) with an agent token, one bare. The
+producer that fills the queue runs through the agent on the attached side too, as an attached
+app's would, so the console stores a send and a process span for every task.
+
+1. Rounds alternate bare and attached (the order flipped each round), each a full drain timed
+   between its first and last completion (tooling.bench.throughput.drain); the ratio is the
+   median of the rounds' ratios, so the machine's drift between minutes cancels out.
+2. Memory: the attached worker, daphne and the collector after a warm-up, then after the whole
+   run, both at rest (every task done, every span stored), as tooling.bench.memory does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from console.models import ApiToken, Role
+from tooling.bench import counting, processes, throughput
+from tooling.brokers import purge
+from tooling.devredis import free_port
+from tracing.models import Span
+from tracing.sink import sink_status
+
+ProgressFn = Callable[[str], None]
+APP = "bench_plain"  # the plain app's main name: the service its spans are stored under
+QUEUE = "bench.plain"
+MODULE = "tooling.bench.plain_app"
+BIN = Path(sys.executable).parent
+AGENT, CELERY = BIN / "flowscope-agent", BIN / "celery"
+BACKLOG = 2_000  # tasks waiting at most in the memory run: the broker stays small over a long run
+# The plain app's environment has none of this project's settings: Celery's Django fix-up stays
+# off, and CELERY_BROKER_URL (read by Celery before any setting) cannot move it off its broker.
+FOREIGN = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES", "FLOWSCOPE_", "OTEL_", "CELERY_")
+NOT_INSTALLED = f"flowscope-agent is not installed beside {sys.executable} (pip install -e . installs it)"
+
+
+def installed() -> bool:
+    return AGENT.exists() and CELERY.exists()
+
+
+class Attached:
+    """How the plain app's processes are started, with the agent reporting to `url` or bare."""
+
+    def __init__(self, *, url: str, token: str, concurrency: int, log_dir: Path) -> None:
+        self.url, self.token, self.concurrency, self.log_dir = url, token, concurrency, log_dir
+
+    def env(self, *, agent: bool) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+        env.update(PLAIN_BROKER_URL=settings.CELERY_BROKER_URL, PLAIN_REDIS_URL=settings.REDIS_URL, PLAIN_QUEUE=QUEUE)
+        if agent:
+            env.update(FLOWSCOPE_URL=self.url, FLOWSCOPE_TOKEN=self.token)
+        return env
+
+    def worker(self, *, agent: bool) -> subprocess.Popen[bytes]:
+        side = "attached" if agent else "bare"
+        celery = [
+            str(CELERY),
+            "-A",
+            MODULE,
+            "worker",
+            "-Q",
+            QUEUE,
+            "-c",
+            str(self.concurrency),
+            "-P",
+            "prefork",
+            "-l",
+            "WARNING",
+            "-n",
+            f"bench-plain-{side}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+        log = open(self.log_dir / f"bench-plain-worker-{side}.log", "ab")  # noqa: SIM115 - lives as long as the worker
+        return subprocess.Popen([str(AGENT), *celery] if agent else celery, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def producer(self, run: str, n: int, *, agent: bool, backlog: int = 0) -> subprocess.Popen[bytes]:
+        """A producer of the app's own (through the agent when attached) sending n no-op tasks."""
+        command = [sys.executable, "-m", MODULE, str(n), str(backlog), *counting.keys(run)]
+        log = open(self.log_dir / "bench-plain-producer.log", "ab")  # noqa: SIM115 - lives as long as the producer
+        return subprocess.Popen([str(AGENT), *command] if agent else command, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def send(self, run: str, n: int, *, agent: bool, backlog: int = 0) -> None:
+        producer = self.producer(run, n, agent=agent, backlog=backlog)
+        try:
+            returncode = producer.wait(3600)
+        finally:
+            throughput.stop(producer)  # a no-op once it has exited
+        if returncode != 0:
+            raise RuntimeError(f"the plain app's producer exited with {returncode}; see {self.log_dir / 'bench-plain-producer.log'}")
+
+    def drain(self, run: str, n: int, *, agent: bool, progress: ProgressFn) -> throughput.Drained:
+        return throughput.drain(run, [QUEUE], n, lambda: self.send(run, n, agent=agent), concurrency=self.concurrency, log_dir=self.log_dir, progress=progress, start=lambda: self.worker(agent=agent))
+
+
+def _stored() -> int:
+    return Span.objects.filter(service=APP).count()
+
+
+def _at_rest(run: str, done: int, worker: subprocess.Popen[bytes], progress: ProgressFn, *, before: int, timeout: float = 900) -> int:
+    """Until `done` tasks have run and their spans (a send and a process each) are stored beside
+    the `before` stored already; the count this run stored."""
+    deadline = time.monotonic() + timeout
+    while True:
+        finished, pending = counting.progress(run)[0], sink_status()["pending"]
+        stored = _stored() - before if finished >= done and pending <= 0 else 0
+        progress(f"p8 memory: {finished}/{done} done, {pending} spans waiting, {stored} stored")
+        if finished >= done and pending <= 0 and stored >= 2 * done:
+            return stored
+        if worker.poll() is not None:
+            raise RuntimeError(f"the attached worker exited with {worker.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"p8 memory: {finished} of {done} tasks done, {pending} spans waiting, {stored} of {2 * done} stored after {timeout:.0f}s")
+        time.sleep(1)
+
+
+def _wait_sink_empty(progress: ProgressFn, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while (pending := sink_status()["pending"]) > 0:
+        progress(f"p8: {pending} spans waiting to be stored")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"p8: {pending} spans still waiting to be stored after {timeout:.0f}s")
+        time.sleep(0.5)
+
+
+def _clean() -> None:
+    Span.objects.filter(service=APP)._raw_delete(Span.objects.db)
+    purge(QUEUE)
+    for run in ("p8-bare", "p8-attached", "p8-memory"):
+        counting.reset(run)
+
+
+def attach_ratio(n: int, rounds: int, total: int, first: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> dict[str, Any]:
+    _clean()
+    port = free_port()
+    token, secret = ApiToken.issue(name=f"bench p8 {uuid.uuid4().hex[:6]}", role=Role.AGENT, created_by="manage.py bench")
+    web = processes.start_daphne(port, log_dir=log_dir)
+    collector = processes.start_collector(log_dir=log_dir)
+    side = Attached(url=f"http://127.0.0.1:{port}", token=secret, concurrency=concurrency, log_dir=log_dir)
+    try:
+        processes.wait_http(f"http://127.0.0.1:{port}/healthz", web)
+        bare, attached = [], []
+        for i in range(rounds):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            for agent in order:
+                progress(f"p8: round {i + 1} of {rounds}, {'attached' if agent else 'bare'}")
+                drained = side.drain("p8-attached" if agent else "p8-bare", n, agent=agent, progress=progress)
+                (attached if agent else bare).append(drained)
+        figures = _ratios(n, bare, attached)
+        figures.update(_memory(side, total, first, web=web, collector=collector, progress=progress))
+    finally:
+        for process in (collector, web):
+            processes.stop(process)
+        token.delete()
+        _clean()
+    return figures
+
+
+def _ratios(n: int, bare: list[throughput.Drained], attached: list[throughput.Drained]) -> dict[str, Any]:
+    ratios = [a.rate / b.rate for a, b in zip(attached, bare)]
+    cpu_ratios = [b.cpu_ms / a.cpu_ms for a, b in zip(attached, bare)]
+    return {
+        "p8_tasks": n,
+        "p8_rounds": len(ratios),
+        "p8_bare_celery_per_s": round(statistics.median(d.rate for d in bare), 1),
+        "p8_attached_per_s": round(statistics.median(d.rate for d in attached), 1),
+        "p8_attach_ratio": round(statistics.median(ratios), 3),
+        "p8_round_ratios": [round(r, 3) for r in ratios],
+        # The worker's CPU a task, bare / attached: what the agent costs the app's own processes.
+        "p8_bare_celery_cpu_ms": round(statistics.median(d.cpu_ms for d in bare), 3),
+        "p8_attached_cpu_ms": round(statistics.median(d.cpu_ms for d in attached), 3),
+        "p8_attach_cpu_ratio": round(statistics.median(cpu_ratios), 3),
+    }
+
+
+def _memory(side: Attached, total: int, first: int, *, web: subprocess.Popen[bytes], collector: subprocess.Popen[bytes], progress: ProgressFn) -> dict[str, Any]:
+    """RSS of Flowscope's processes and the attached worker, after `first` tasks and after `total`."""
+    run = "p8-memory"
+    counting.reset(run)
+    purge(QUEUE)
+    worker = side.worker(agent=True)
+    kinds = {"web": web, "collector": collector, "worker": worker}
+    trend = side.log_dir / "bench-p8-rss.jsonl"
+    sender: subprocess.Popen[bytes] | None = None
+    # The rounds' spans are all in (their workers and producers flushed as they stopped) once the sink is empty.
+    _wait_sink_empty(progress)
+    before = _stored()
+    try:
+        side.send(run, first, agent=True, backlog=BACKLOG)
+        _at_rest(run, first, worker, progress, before=before)
+        early = {kind: processes.rss_mib(p.pid) for kind, p in kinds.items()}
+        started = time.monotonic()
+        sender = side.producer(run, total - first, agent=True, backlog=BACKLOG)
+        while sender.poll() is None:  # the trend on the way, in the log: a long run stopped early still tells
+            with open(trend, "a") as out:
+                out.write(json.dumps({"done": counting.progress(run)[0], **{kind: round(processes.rss_mib(p.pid), 1) for kind, p in kinds.items()}}) + "\n")
+            progress(f"p8 memory: {counting.progress(run)[0]}/{total} done")
+            if worker.poll() is not None:
+                raise RuntimeError(f"the attached worker exited with {worker.returncode}; see {side.log_dir}")
+            time.sleep(2)
+        if sender.returncode != 0:
+            raise RuntimeError(f"the plain app's producer exited with {sender.returncode}; see {side.log_dir / 'bench-plain-producer.log'}")
+        stored = _at_rest(run, total, worker, progress, before=before)
+        late = {kind: processes.rss_mib(p.pid) for kind, p in kinds.items()}
+        elapsed = time.monotonic() - started
+    finally:
+        for process in (sender, worker):
+            if process is not None:
+                throughput.stop(process)
+    growth = {kind: (late[kind] - early[kind]) / early[kind] * 100 for kind in kinds}
+    figures: dict[str, Any] = {"p8_memory_tasks": total, "p8_memory_baseline_tasks": first, "p8_memory_per_s": round((total - first) / elapsed, 1), "p8_spans_stored": stored}
+    for kind in kinds:
+        figures[f"p8_{kind}_rss_mib"] = [round(early[kind], 1), round(late[kind], 1)]
+        figures[f"p8_{kind}_rss_growth_pct"] = round(growth[kind], 2)
+    figures["p8_attach_rss_growth_pct"] = round(max(growth.values()), 2)
+    return figures
