@@ -17,6 +17,7 @@ class Principal:
     name: str
     role: str | None
     via: str  # "web" (session) or "token"
+    app: str = ""  # an agent token tied to one attached app; empty: any
 
     def can(self, role: str) -> bool:
         return self.role is not None and RANK[Role(self.role)] >= RANK[Role(role)]
@@ -38,7 +39,7 @@ def principal_for_user(user: AbstractBaseUser | AnonymousUser) -> Principal:
 
 
 def principal_for_token(token: ApiToken) -> Principal:
-    return Principal(name=f"token:{token.name}", role=token.role, via="token")
+    return Principal(name=f"token:{token.name}", role=token.role, via="token", app=token.app)
 
 
 def set_role(user: AbstractBaseUser, role: str) -> None:

@@ -7,14 +7,23 @@ server), on the run's broker (Redis, or RabbitMQ with BROKER=rabbitmq).
 
 from __future__ import annotations
 
+import io
+import json
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
 from django.utils import timezone
 
-from flows.models import LiveTask, LiveWorker
+from console.models import ApiToken, AuditEntry
+from flows.models import LiveTask, LiveWorker, RevokeOrder
 from flows.operate.live_tasks import LiveReportError, prune_live, record_tasks, record_workers
+from tests.people import token_for
+from tests.support.waiting import wait_for
+from tests.test_agent import AttachedWorker, empty_shop_queue, produce  # noqa: F401  (an autouse fixture)
 
 T0 = float(int(time.time())) - 600  # recent: older rows are pruned by the retention
 
@@ -113,3 +122,261 @@ def test_history_is_bounded_by_age_and_by_count_per_app():
     assert pruned["tasks"] == 3
     assert sorted(LiveTask.objects.filter(app="shop").values_list("task_id", flat=True)) == ["n0", "n1", "n2"]
     assert LiveTask.objects.filter(app="mill").exists() and LiveTask.objects.filter(state_at__gte=timezone.now() - timedelta(days=1)).count() == 4
+
+
+# --- the API: what agents report, what the console shows, revoke orders ---
+
+
+def api(method: str, url: str, token: str, body: object = None, raw: bytes | None = None):
+    client = Client()
+    headers = {"Authorization": f"Bearer {token}"}
+    if method == "GET":
+        return client.get(url, headers=headers)
+    data = raw if raw is not None else json.dumps(body if body is not None else {})
+    return client.post(url, data, content_type="application/json", headers=headers)
+
+
+def beat(hostname: str = "w1@h", **more: object) -> dict[str, object]:
+    return {"hostname": hostname, "at": time.time(), "online": True, "pool": "prefork", "concurrency": 2, "active": 0, "processed": 0, **more}
+
+
+@pytest.mark.django_db
+def test_an_agent_reports_tasks_and_heartbeats_and_a_viewer_lists_them_filtered_and_paged():
+    agent = ApiToken.issue(name="shop agent", role="agent", app="shop", created_by="tests")[1]
+    now = time.time()
+    tasks = [event(f"t{i}", "succeeded" if i % 2 else "failed", now - i, name="shop.tick" if i < 4 else "shop.ship", worker="w1@h") for i in range(6)]
+    answer = api("POST", "/api/v1/agent/live", agent, {"app": "shop", "tasks": tasks, "workers": [beat()]})
+    assert answer.status_code == 200 and answer.json() == {"tasks": 6, "workers": 1}, answer.content
+    viewer = token_for("viewer")
+    page = api("GET", "/api/v1/tasks?app=shop&state=failed&limit=2", viewer).json()
+    assert [t["id"] for t in page["items"]] == ["t0", "t2"] and page["next_cursor"]
+    rest = api("GET", f"/api/v1/tasks?app=shop&state=failed&limit=2&cursor={page['next_cursor']}", viewer).json()
+    assert [t["id"] for t in rest["items"]] == ["t4"] and rest["next_cursor"] == ""
+    assert [t["id"] for t in api("GET", "/api/v1/tasks?name=shop.ship", viewer).json()["items"]] == ["t4", "t5"]
+    assert api("GET", "/api/v1/tasks?worker=nobody", viewer).json()["items"] == []
+    (worker,) = api("GET", "/api/v1/workers?app=shop", viewer).json()["items"]
+    assert (worker["hostname"], worker["online"], worker["pool"], worker["concurrency"], worker["source"]) == ("w1@h", True, "prefork", 2, "agent")
+    assert api("GET", "/api/v1/workers?app=mill", viewer).json()["items"] == []
+
+
+@pytest.mark.django_db
+def test_a_worker_that_stops_reporting_is_shown_offline_after_the_timeout(settings):
+    settings.LIVE_WORKER_TIMEOUT_S = 30
+    record_workers("shop", [beat("quiet@h", at=time.time() - 31), beat("fresh@h")])
+    shown = {w["hostname"]: (w["online"], w["said_offline"]) for w in api("GET", "/api/v1/workers", token_for("viewer")).json()["items"]}
+    assert shown == {"quiet@h": (False, False), "fresh@h": (True, False)}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("/api/v1/tasks?state=lost", "state"),
+        ("/api/v1/tasks?limit=0", "limit"),
+        ("/api/v1/tasks?app=" + "a" * 101, "app"),
+        ("/api/v1/workers?app=bad%20name", "app"),
+    ],
+)
+def test_a_bad_filter_is_a_422_naming_it(url, reason):
+    answer = api("GET", url, token_for("viewer"))
+    assert answer.status_code == 422 and reason in json.dumps(answer.json()["detail"]), answer.content
+
+
+@pytest.mark.django_db
+def test_a_cursor_the_api_did_not_give_out_is_a_400():
+    answer = api("GET", "/api/v1/tasks?cursor=nonsense", token_for("viewer"))
+    assert answer.status_code == 400 and "not one this API gave out" in answer.json()["detail"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"app": "shop", "tasks": [event("t", "lost", T0)]}, 422, "state"),
+        ({"app": "shop", "tasks": [event("t", "received", "soon")]}, 422, "at"),
+        ({"app": "shop", "tasks": [event("t", "received", T0, trace_id="xyz")]}, 422, "trace_id"),
+        ({"app": "shop", "tasks": [event("t", "received", T0, colour="red")]}, 422, "colour"),
+        ({"app": "shop", "workers": [beat(online="yes")]}, 422, "online"),
+        ({"app": "shop", "workers": [beat(active=-1)]}, 422, "active"),
+        ({"app": "shop", "tasks": [event(f"t{i}", "received", T0) for i in range(1001)]}, 422, "tasks"),
+        ({"app": "", "tasks": []}, 422, "app"),
+    ],
+)
+def test_a_bad_live_report_is_refused_whole_with_where_and_what(body, status, reason):
+    agent = token_for("agent")
+    answer = api("POST", "/api/v1/agent/live", agent, {"tasks": [event("fine", "received", T0)], **body} if "tasks" not in body else body)
+    assert answer.status_code == status and reason in json.dumps(answer.json()["detail"]), answer.content
+    assert not LiveTask.objects.exists() and not LiveWorker.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_oversized_or_unreadable_live_report_is_refused():
+    agent = token_for("agent")
+    huge = api("POST", "/api/v1/agent/live", agent, raw=b'{"app": "shop", "tasks": [' + b" " * (1024 * 1024) + b"]}")
+    assert huge.status_code == 413 and "over the limit" in huge.json()["detail"]
+    broken = api("POST", "/api/v1/agent/live", agent, raw=b"{not json")
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["detail"]
+
+
+@pytest.mark.django_db
+def test_an_agent_token_tied_to_an_app_reports_and_leases_for_that_app_only():
+    shop = ApiToken.issue(name="shop agent", role="agent", app="shop", created_by="tests")[1]
+    for method, url, body in (
+        ("POST", "/api/v1/agent/live", {"app": "mill", "tasks": []}),
+        ("POST", "/api/v1/agent/reports", {"app": "mill", "dead": []}),
+        ("GET", "/api/v1/agent/requeues?app=mill", None),
+        ("POST", "/api/v1/agent/requeues/ack", {"app": "mill", "ids": []}),
+        ("GET", "/api/v1/agent/revokes?app=mill", None),
+        ("POST", "/api/v1/agent/revokes/ack", {"app": "mill", "ids": []}),
+    ):
+        refused = api(method, url, shop, body)
+        assert refused.status_code == 403 and "agent token of app 'shop'; it may not report or take orders for app 'mill'" in refused.json()["detail"], (url, refused.content)
+    assert api("GET", "/api/v1/agent/revokes?app=shop", shop).status_code == 200
+    anyapp = token_for("agent")  # a token without an app: as before, any app
+    assert api("POST", "/api/v1/agent/live", anyapp, {"app": "mill", "workers": [beat()]}).status_code == 200
+    operator = token_for("operator")
+    assert api("POST", "/api/v1/agent/live", operator, {"app": "mill"}).status_code == 403
+
+
+@pytest.mark.django_db
+def test_create_token_ties_an_agent_token_to_an_app_and_refuses_an_app_for_another_role():
+    out, err = io.StringIO(), io.StringIO()
+    call_command("create_token", "--name", "shop agent", "--role", "agent", "--app", "shop", stdout=out, stderr=err)
+    assert "(agent for app shop)" in err.getvalue() and ApiToken.active(out.getvalue().strip()).app == "shop"
+    with pytest.raises(CommandError, match="only an agent token is tied to an app"):
+        call_command("create_token", "--name", "x", "--role", "viewer", "--app", "shop", stdout=io.StringIO(), stderr=io.StringIO())
+    with pytest.raises(CommandError, match="is not an app name"):
+        call_command("create_token", "--name", "x", "--role", "agent", "--app", "shop floor", stdout=io.StringIO(), stderr=io.StringIO())
+    admin = token_for("admin")
+    made = api("POST", "/api/v1/admin/tokens", admin, {"name": "mill agent", "role": "agent", "app": "mill"})
+    assert made.status_code == 200 and made.json()["app"] == "mill"
+    wrong = api("POST", "/api/v1/admin/tokens", admin, {"name": "v", "role": "viewer", "app": "mill"})
+    assert wrong.status_code == 400 and "only an agent token is tied to an app" in wrong.json()["detail"]
+
+
+def _agent_worker(app: str = "shop") -> None:
+    record_workers(app, [beat("w1@h")])
+
+
+@pytest.mark.django_db
+def test_an_operator_orders_a_revoke_which_is_audited_and_leased_to_one_agent_until_acknowledged():
+    _agent_worker()
+    record_tasks("shop", [event("run-1", "started", time.time(), name="shop.work")])
+    operator = token_for("operator")
+    answer = api("POST", "/api/v1/tasks/run-1/revoke", operator, {"terminate": True, "signal": "kill"})
+    assert answer.status_code == 200 and answer.json() == {"order": answer.json()["order"], "app": "shop", "task_id": "run-1", "terminate": True, "signal": "SIGKILL"}, answer.content
+    (entry,) = AuditEntry.objects.filter(action="terminate_task")
+    assert entry.object_ids == ["run-1"] and entry.after["signal"] == "SIGKILL" and entry.before == {"state": "started"}
+    agent = token_for("agent")
+    (order,) = api("GET", "/api/v1/agent/revokes?app=shop", agent).json()["orders"]
+    assert order == {"id": answer.json()["order"], "task_id": "run-1", "terminate": True, "signal": "SIGKILL"}
+    assert api("GET", "/api/v1/agent/revokes?app=shop", agent).json()["orders"] == []  # leased: one agent at a time
+    assert api("POST", "/api/v1/agent/revokes/ack", agent, {"app": "shop", "ids": [order["id"]]}).json() == {"acked": 1}
+    shown = api("GET", "/api/v1/tasks?app=shop", token_for("viewer")).json()["items"][0]["revoke"]
+    assert shown["sent"] is True and shown["terminate"] is True
+    # A revoke without terminate, for a task not seen yet (its app given): no signal.
+    plain = api("POST", "/api/v1/tasks/later-1/revoke", operator, {"app": "shop"})
+    assert plain.status_code == 200 and plain.json()["signal"] is None and AuditEntry.objects.filter(action="revoke_task").exists()
+
+
+@pytest.mark.django_db
+def test_a_revoke_that_cannot_be_carried_out_is_refused_with_its_reason():
+    operator = token_for("operator")
+    record_tasks("mill", [event("orphan", "started", time.time())], source="events")
+    refused = api("POST", "/api/v1/tasks/orphan/revoke", operator, {})
+    assert refused.status_code == 409 and "no agent of app 'mill' has reported" in refused.json()["detail"]
+    _agent_worker("shop")
+    record_tasks("shop", [event("done-1", "succeeded", time.time()), event("twin", "started", time.time())])
+    record_tasks("mill", [event("twin", "started", time.time())], source="events")
+    cases = [
+        ("done-1", {}, 409, "already succeeded"),
+        ("nobody", {}, 404, "no attached app has reported task 'nobody'"),
+        ("twin", {}, 400, "apps mill, shop each have a task 'twin'"),
+        ("twin", {"app": "shop", "signal": "SIGTERM"}, 400, "a signal is sent only to terminate"),
+        ("twin", {"app": "shop", "terminate": True, "signal": "SIGWHAT"}, 422, "signal 'SIGWHAT' is not one of SIGTERM"),
+        ("twin", {"app": "shop", "terminate": "yes"}, 422, "terminate"),
+        ("twin", {"app": "shop", "force": True}, 422, "force"),
+    ]
+    for task_id, body, status, reason in cases:
+        answer = api("POST", f"/api/v1/tasks/{task_id}/revoke", operator, body)
+        assert answer.status_code == status and reason in json.dumps(answer.json()["detail"]), (body, answer.content)
+    viewer = api("POST", "/api/v1/tasks/twin/revoke", token_for("viewer"), {"app": "shop"})
+    assert viewer.status_code == 403 and "needs the operator role" in viewer.json()["detail"]
+    assert not RevokeOrder.objects.exists() and not AuditEntry.objects.filter(action__in=["revoke_task", "terminate_task"]).exists()
+
+
+# --- end to end: a real agent-wrapped worker reporting to the real console ---
+
+FAST = {"FLOWSCOPE_REQUEUE_POLL_S": "0.2", "FLOWSCOPE_HEARTBEAT_S": "0.5"}
+
+
+@pytest.fixture
+def console(live_server, collector, settings) -> dict[str, str]:
+    """The live console the attached processes report to, with an agent token tied to the app."""
+    settings.TRACING_OTLP_OPEN = False
+    settings.TRACING_OTLP_TOKEN = ""
+    _, secret = ApiToken.issue(name="shop agent", role="agent", app="shop", created_by="tests")
+    return {"FLOWSCOPE_URL": live_server.url, "FLOWSCOPE_TOKEN": secret}
+
+
+def task_in(task_id: str, state: str, what: str = "") -> LiveTask:
+    return wait_for(lambda: LiveTask.objects.filter(app="shop", task_id=task_id, state=state).first(), timeout=60, what=what or f"task {task_id} {state} in the live list")
+
+
+def online(worker: AttachedWorker) -> LiveWorker:
+    return wait_for(lambda: LiveWorker.objects.filter(app="shop", hostname=worker.node, online=True).first(), timeout=60, what=f"{worker.node} online")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_an_attached_worker_is_online_with_its_pool_its_tasks_are_listed_by_state_with_the_call_redacted_and_it_goes_offline_when_stopped(console):
+    flaky_key = f"flaky:{uuid.uuid4().hex}"
+    with AttachedWorker(agent=True, **console, **FAST) as worker:
+        shown = online(worker)
+        assert (shown.pool, shown.concurrency, shown.source) == ("prefork", 2, "agent")
+        tick_id, ship_id, flaky_id = produce(
+            f"""
+            from tests.attached_app import flaky, ship, tick
+            print(tick.delay("tick:{flaky_key}").id)
+            print(ship.delay("ann@example.com", carrier="nowhere").id)
+            print(flaky.delay("{flaky_key}").id)
+            """,
+            **console,
+        ).stdout.split()
+        shipped = task_in(ship_id, "failed", "the failed ship task")
+        ticked = task_in(tick_id, "succeeded")
+        retried = task_in(flaky_id, "succeeded", "the flaky task succeeding at its retry")
+        # The heartbeat counts what the worker processed (the retry's run too).
+        wait_for(lambda: (LiveWorker.objects.get(app="shop", hostname=worker.node).processed or 0) >= 4, timeout=60, what="the processed count in a heartbeat")
+        viewer = token_for("viewer")
+        listed = api("GET", "/api/v1/tasks?app=shop&state=failed", viewer).json()["items"]
+        assert [t["id"] for t in listed] == [ship_id] and listed[0]["exact_call"] is True
+        by_worker = api("GET", f"/api/v1/tasks?worker={worker.node}&name=shop.tick", viewer).json()["items"]
+        assert [t["id"] for t in by_worker] == [tick_id]
+    assert (shipped.name, shipped.worker, shipped.queue, shipped.source) == ("shop.ship", worker.node, "shop", "agent")
+    assert (shipped.args, shipped.kwargs) == ("['[redacted]']", "{'carrier': 'nowhere'}"), (shipped.args, shipped.kwargs)
+    assert shipped.exception.startswith("LookupError: no carrier named 'nowhere'") and shipped.runtime_s is not None and len(shipped.trace_id) == 32
+    assert shipped.received_at is not None and shipped.started_at is not None and shipped.received_at <= shipped.started_at <= shipped.state_at
+    assert ticked.runtime_s is not None and ticked.runtime_s >= 0
+    assert "payment gateway timed out" in retried.exception  # the retry's reason stays with the task
+    gone = wait_for(lambda: LiveWorker.objects.filter(app="shop", hostname=worker.node, online=False).first(), timeout=60, what="the worker saying offline as it stopped")
+    assert gone.processed >= 4 and gone.dropped == 0
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_an_operator_terminates_a_running_task_and_the_app_agent_carries_the_revoke_out_on_its_own_broker(console):
+    with AttachedWorker(agent=True, **console, **FAST) as worker:
+        online(worker)
+        task_id = produce("from tests.attached_app import work\nprint(work.delay(120).id)", **console).stdout.strip()
+        running = task_in(task_id, "started", "the long task running")
+        answer = api("POST", f"/api/v1/tasks/{task_id}/revoke", token_for("operator"), {"terminate": True})
+        assert answer.status_code == 200 and answer.json()["signal"] == "SIGTERM", answer.content
+        revoked = task_in(task_id, "revoked", "the task terminated by the agent's revoke")
+        order = RevokeOrder.objects.get(pk=answer.json()["order"])
+        log = worker.log()
+    assert order.sent_at is not None and f"revoked task {task_id} as the console ordered" in log
+    assert LiveTask.objects.get(app="shop", task_id=task_id).state == "revoked"  # every report in: nothing moved it on
+    assert revoked.exception.startswith("terminated") and (revoked.state_at - running.state_at).total_seconds() < 60  # stopped, not run to its end
+    (entry,) = AuditEntry.objects.filter(action="terminate_task", object_ids=[task_id])
+    assert entry.after["app"] == "shop" and entry.actor.startswith("token:")

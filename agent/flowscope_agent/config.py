@@ -7,7 +7,11 @@ FLOWSCOPE_MAX_QUEUE       spans held per process while the console is slow or aw
                           past it new spans are dropped and counted, a task never waits
 FLOWSCOPE_EXPORT_DELAY_MS how long spans gather before a batch is sent (500)
 FLOWSCOPE_EXPORT_TIMEOUT  seconds one batch may take, retries included (5)
-FLOWSCOPE_REQUEUE_POLL_S  how often a worker asks the console for requeue orders (1)
+FLOWSCOPE_REQUEUE_POLL_S  how often a worker asks the console for requeue and revoke orders (1)
+FLOWSCOPE_HEARTBEAT_S     how often a worker's main process reports its state (5); the console
+                          shows a worker offline after LIVE_WORKER_TIMEOUT_S (30) without one
+FLOWSCOPE_LIVE_TASKS      1 (default) reports every task's state changes for the live task list;
+                          0 keeps to spans, dead letters and heartbeats
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Config:
     export_delay_ms: int
     export_timeout: float
     requeue_poll_s: float = 1.0
+    heartbeat_s: float = 5.0
+    live: bool = True
 
     @property
     def endpoint(self) -> str:
@@ -66,4 +72,17 @@ def read(env: Mapping[str, str] | None = None, **given: str | None) -> Config:
         export_delay_ms=int(_number(env, "FLOWSCOPE_EXPORT_DELAY_MS", 500, minimum=1)),
         export_timeout=_number(env, "FLOWSCOPE_EXPORT_TIMEOUT", 5, minimum=0.1),
         requeue_poll_s=_number(env, "FLOWSCOPE_REQUEUE_POLL_S", 1, minimum=0.05),
+        heartbeat_s=_number(env, "FLOWSCOPE_HEARTBEAT_S", 5, minimum=0.1),
+        live=_flag(env, "FLOWSCOPE_LIVE_TASKS", True),
     )
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not 1 or 0")

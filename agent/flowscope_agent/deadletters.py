@@ -67,13 +67,21 @@ def requeue_of(value: Any) -> dict[str, int] | None:
 
 
 class Outbox:
-    """This process's reports waiting for the console: bounded, sent by one thread of its own."""
+    """This process's reports waiting for the console: bounded, sent by one thread of its own.
+
+    A kind of report names where it goes (PATH), how many go in one request (BATCH) and the body
+    (`body`): dead letters here, live task changes and heartbeats in flowscope_agent.live."""
+
+    PATH = "/api/v1/agent/reports"
+    BATCH = MAX_BATCH
+    THREAD = "flowscope-agent-deadletters"
+    WHAT = "dead letters and resolutions"
 
     def __init__(self, config: Config, app_name: str) -> None:
         self.pid = os.getpid()
         self.config = config
         self.app_name = app_name
-        self.url = config.url + "/api/v1/agent/reports"
+        self.url = config.url + self.PATH
         self.items: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.cond = threading.Condition()
         self.counts = {"queued": 0, "sent": 0, "failed": 0, "dropped": 0}
@@ -90,7 +98,7 @@ class Outbox:
             self.items.append((kind, report))
             self.counts["queued"] += 1
             if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="flowscope-agent-deadletters", daemon=True)
+                self.thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
                 self.thread.start()
             self.cond.notify()
         return True
@@ -103,7 +111,7 @@ class Outbox:
                     self.cond.wait()
                 if not self.items:
                     return
-                batch = [self.items.popleft() for _ in range(min(MAX_BATCH, len(self.items)))]
+                batch = [self.items.popleft() for _ in range(min(self.BATCH, len(self.items)))]
                 self.sending = len(batch)
             outcome = self._post(batch)
             with self.cond:
@@ -122,8 +130,11 @@ class Outbox:
             else:
                 pause = 0.0
 
+    def body(self, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        return {"app": self.app_name, "dead": [r for k, r in batch if k == "dead"], "resolved": [r for k, r in batch if k == "resolved"]}
+
     def _post(self, batch: list[tuple[str, dict[str, Any]]]) -> str:
-        body = {"app": self.app_name, "dead": [r for k, r in batch if k == "dead"], "resolved": [r for k, r in batch if k == "resolved"]}
+        body = self.body(batch)
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.config.token}"} if self.config.token else {})}
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
@@ -153,5 +164,5 @@ class Outbox:
             counts = dict(self.counts)
         if counts["queued"]:
             level = logging.WARNING if counts["failed"] or counts["dropped"] else logging.INFO
-            log.log(level, "flowscope-agent: pid %d reported %d dead letters and resolutions to %s; %d refused, %d dropped", self.pid, counts["sent"], self.url, counts["failed"], counts["dropped"])
+            log.log(level, "flowscope-agent: pid %d reported %d %s to %s; %d refused, %d dropped", self.pid, counts["sent"], self.WHAT, self.url, counts["failed"], counts["dropped"])
         return counts

@@ -35,6 +35,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from flowscope_agent.config import Config
 from flowscope_agent.deadletters import REQUEUE_OF, Outbox, call_of, frames_of, requeue_of
 from flowscope_agent.export import Reporter
+from flowscope_agent.live import Live
 from flowscope_agent.requeues import Poller
 
 log = logging.getLogger("flowscope_agent")
@@ -127,7 +128,9 @@ class Agent:
         self.received: dict[str, dict[str, Any]] = {}  # task id -> _facts, in the process that receives
         self.publishing: dict[str, Span] = {}
         self.running: dict[str, tuple[Span, object]] = {}
-        self.handlers: list[tuple[Any, Callable[..., None]]] = [
+        self.live = Live(config, self.app_name)
+        # The live handlers first: on worker_shutdown the worker says offline before the outboxes close.
+        self.handlers: list[tuple[Any, Callable[..., None]]] = [(signal, _quiet(handler)) for signal, handler in self.live.handlers] + [
             (signals.before_task_publish, self.before_publish),
             (signals.after_task_publish, self.after_publish),
             (signals.task_prerun, self.prerun),
@@ -194,6 +197,7 @@ class Agent:
         return outbox
 
     def shutdown(self) -> dict[str, int] | None:
+        self.live.close()
         poller, self.poller = self.poller, None
         if poller is not None and poller[0] == os.getpid():
             poller[1].stop()

@@ -1,4 +1,4 @@
-"""Requeue orders from the console, sent on the app's own broker: its credentials never leave it.
+"""Requeue and revoke orders from the console, sent on the app's own broker: its credentials never leave it.
 
 One poller per worker, in its main process (started on worker_ready, which only the main process
 sees; pool processes and producers never poll). Every FLOWSCOPE_REQUEUE_POLL_S seconds (1) it
@@ -9,6 +9,10 @@ context, so the copy's `send` span starts the new trace the console opened, link
 one; then acknowledges what it sent. Several workers of one app poll side by side: the console
 leases each order to one of them. An order sent but not acknowledged (the console away, the
 worker killed) is offered again when its lease runs out: sent at least once.
+
+Revoke orders (GET /api/v1/agent/revokes) come the same way, in the same poll: each is carried
+out with `app.control.revoke(task_id, terminate=..., signal=...)`, Celery's own broadcast to the
+app's workers, then acknowledged. A revoke sent twice is harmless: the workers keep a set.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Poller:
         self.app_name = app_name
         self.stopped = threading.Event()
         self.sent = 0
+        self.revoked = 0
         self.thread = threading.Thread(target=self._run, name="flowscope-agent-requeues", daemon=True)
 
     def start(self) -> None:
@@ -67,7 +72,28 @@ class Poller:
             return json.loads(answer.read())
 
     def poll_once(self) -> int:
-        """Lease, send, acknowledge; returns how many were sent."""
+        """Lease, send, acknowledge, requeues then revokes; returns how many requeues were sent."""
+        sent = self.requeue_once()
+        self.revoke_once()
+        return sent
+
+    def revoke_once(self) -> int:
+        query = urllib.parse.urlencode({"app": self.app_name})
+        orders = self._call("GET", f"/api/v1/agent/revokes?{query}")["orders"]
+        done = []
+        for order in orders:
+            try:
+                self.app.control.revoke(order["task_id"], terminate=bool(order.get("terminate")), signal=order.get("signal") or "SIGTERM")
+                done.append(order["id"])
+                log.info("flowscope-agent: revoked task %s as the console ordered (terminate=%s, signal=%s)", order["task_id"], order.get("terminate"), order.get("signal"))
+            except Exception:  # offered again when its lease runs out
+                log.exception("flowscope-agent: revoking task %s (order %s) failed", order.get("task_id"), order.get("id"))
+        if done:
+            self._call("POST", "/api/v1/agent/revokes/ack", {"app": self.app_name, "ids": done})
+            self.revoked += len(done)
+        return len(done)
+
+    def requeue_once(self) -> int:
         query = urllib.parse.urlencode({"app": self.app_name})
         orders = self._call("GET", f"/api/v1/agent/requeues?{query}")["orders"]
         sent = []

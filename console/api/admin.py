@@ -28,6 +28,7 @@ class TokenIn(Schema):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)
     role: Role
+    app: str = Field("", max_length=100, pattern=r"^[\w.:@-]*$", description="agent tokens only: the one attached app it may report and take orders for; empty: any")
 
 
 class PruneIn(Schema):
@@ -39,6 +40,7 @@ class TokenOut(Schema):
     id: int
     name: str
     role: str = Field(json_schema_extra={"enum": Role.values})
+    app: str = Field(description="the attached app an agent token is tied to; empty: any")
     hint: str = Field(description="the token's first characters, to recognise it by")
     created_by: str
     created_at: DateTime
@@ -61,6 +63,7 @@ def _token(t: ApiToken) -> dict[str, Any]:
         "id": t.pk,
         "name": t.name,
         "role": t.role,
+        "app": t.app,
         "hint": t.hint,
         "created_by": t.created_by,
         "created_at": t.created_at.isoformat(),
@@ -80,8 +83,11 @@ def create_token(request: HttpRequest, body: TokenIn) -> dict[str, Any]:
     """The token itself is in this answer only; afterwards only its hash exists."""
     principal = need(request, Role.ADMIN)
     with transaction.atomic():
-        token, secret = ApiToken.issue(name=body.name, role=body.role.value, created_by=principal.name)
-        audit(principal, "create_token", object_type="api_token", object_ids=[token.pk], after={"name": token.name, "role": token.role})
+        try:
+            token, secret = ApiToken.issue(name=body.name, role=body.role.value, app=body.app, created_by=principal.name)
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        audit(principal, "create_token", object_type="api_token", object_ids=[token.pk], after={"name": token.name, "role": token.role, "app": token.app})
     return {**_token(token), "token": secret}
 
 

@@ -1,7 +1,8 @@
 """What attached apps' agents send and fetch: dead letters and resolutions in, requeue orders out.
 
 Only a token of the agent role gets in (any other role, a session included, is 403; an unknown
-token 401). A report is checked whole before anything is stored: over MAX_REPORT_BYTES 413, not
+token 401); a token tied to an app (create_token --app) reports and leases for that app only (403
+naming both otherwise). A report is checked whole before anything is stored: over MAX_REPORT_BYTES 413, not
 JSON 400, not the shape below 422 with where and what; then it is stored in one transaction.
 """
 
@@ -20,6 +21,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from console.api.auth import need
 from console.api.errors import answers
 from console.models import Role
+from console.roles import Principal
 from flows.operate.attached import attached_record_death, attached_resolve, orders_ack, orders_lease
 
 router = Router(tags=["agent"])
@@ -106,14 +108,24 @@ class Orders(Schema):
     orders: list[Order]
 
 
-def _agent(request: HttpRequest) -> None:
+def agent(request: HttpRequest) -> Principal:
     """An agent's token and nothing else: an operator may requeue, but not report deaths."""
     principal = need(request, Role.AGENT)
     if principal.role != Role.AGENT:
         raise HttpError(403, f"only an agent token (manage.py create_token --role agent) may do this; {principal.name or 'this caller'} has the {principal.role} role")
+    return principal
 
 
-def _body(request: HttpRequest, schema: type[Strict]) -> Any:
+def for_app(principal: Principal, app: str) -> None:
+    """A token tied to an app reports and leases for that app only."""
+    if principal.app and principal.app != app:
+        raise HttpError(
+            403,
+            f"{principal.name} is the agent token of app {principal.app!r}; it may not report or take orders for app {app!r} (give that app a token of its own: manage.py create_token --role agent --app {app})",
+        )
+
+
+def body_of(request: HttpRequest, schema: type[Strict]) -> Any:
     if len(request.body) > MAX_REPORT_BYTES:
         raise HttpError(413, f"report body is {len(request.body)} bytes, over the limit of {MAX_REPORT_BYTES}: send fewer reports a request")
     try:
@@ -131,8 +143,9 @@ def report(request: HttpRequest) -> dict[str, Any]:
     """Tasks an attached app saw fail for good (`dead`) and requeued copies that succeeded
     (`resolved`), stored all or none. 200 {"dead_letters": [ids], "resolved": n}; a report sent
     again (its answer lost) stores nothing new."""
-    _agent(request)
-    body: Report = _body(request, Report)
+    principal = agent(request)
+    body: Report = body_of(request, Report)
+    for_app(principal, body.app)
     with transaction.atomic():
         dead = [attached_record_death(app=body.app, report=d.model_dump()).pk for d in body.dead]
         resolved = sum(attached_resolve(app=body.app, dead_letter_id=r.requeue_of.dead_letter_id, series=r.requeue_of.series) for r in body.resolved)
@@ -140,16 +153,17 @@ def report(request: HttpRequest) -> dict[str, Any]:
 
 
 @router.get("/agent/requeues", response=answers(200, Orders, 422))
-def requeues(request: HttpRequest, app: str = Query(..., min_length=1, max_length=100), limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+def requeues(request: HttpRequest, app: str = Query(..., min_length=1, max_length=100, pattern=r"^[\w.:@-]+$"), limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
     """Lease the app's pending requeue orders: each is offered to one agent until its lease runs
     out; acknowledge it (POST /agent/requeues/ack) once sent."""
-    _agent(request)
+    for_app(agent(request), app)
     return {"orders": orders_lease(app=app, limit=limit)}
 
 
 @router.post("/agent/requeues/ack", response=answers(200, Acked, 400, 413, 422))
 def acknowledge(request: HttpRequest) -> dict[str, Any]:
     """Orders sent on the app's broker: never offered again. 200 {"acked": n}."""
-    _agent(request)
-    body: Ack = _body(request, Ack)
+    principal = agent(request)
+    body: Ack = body_of(request, Ack)
+    for_app(principal, body.app)
     return {"acked": orders_ack(app=body.app, ids=body.ids)}

@@ -33,6 +33,8 @@ from flows.core.errors import (
     QueueFull,
     UnknownMessageType,
 )
+from flows.operate.live_tasks import LiveReportError
+from flows.operate.revokes import RevokeError
 from flows.operate.selectors import BadCursor
 
 logger = logging.getLogger("console.api")
@@ -47,6 +49,8 @@ UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, 
 STATUS: dict[type[Exception], int] = {
     InvalidArgument: 400,  # an operator's request out of range or contradicting itself
     BadCursor: 400,
+    RevokeError: 400,
+    LiveReportError: 422,  # an agent's or watcher's report the ingest refuses, past the schema
     PoisonMessage: 400,  # the payload does not fit its schema (PayloadInvalid, UnknownSchemaVersion)
     EnvelopeError: 400,
     UnknownMessageType: 404,

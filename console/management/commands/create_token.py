@@ -15,13 +15,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", required=True, help="what the token is for")
         parser.add_argument("--role", required=True, choices=Role.values, help="viewer, operator or admin for scripts; agent for a flowscope-agent, which may only send spans")
+        parser.add_argument("--app", default="", help="agent tokens only: the one attached app (FLOWSCOPE_APP) it may report and take orders for; left out, any app")
 
     def handle(self, *args: Any, **options: Any) -> None:
         with transaction.atomic():
             try:
-                token, secret = ApiToken.issue(name=options["name"], role=options["role"], created_by="manage.py create_token")
+                token, secret = ApiToken.issue(name=options["name"], role=options["role"], app=options["app"], created_by="manage.py create_token")
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
-            audit("manage.py create_token", "create_token", object_type="api_token", object_ids=[token.pk], after={"name": token.name, "role": token.role})
+            audit("manage.py create_token", "create_token", object_type="api_token", object_ids=[token.pk], after={"name": token.name, "role": token.role, "app": token.app})
         self.stdout.write(secret)
-        self.stderr.write(f"token {token.hint}... ({token.role}) created; it is not shown again. Use it as 'Authorization: Bearer <token>'.")
+        scope = f" for app {token.app}" if token.app else ""
+        self.stderr.write(f"token {token.hint}... ({token.role}{scope}) created; it is not shown again. Use it as 'Authorization: Bearer <token>'.")

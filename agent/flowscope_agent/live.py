@@ -1,0 +1,210 @@
+"""Live reports for the console's workers and tasks pages, Flower's view of the app.
+
+    received   task_received, in the worker's main process: name, args and kwargs as the
+               message's own repr (argsrepr/kwargsrepr: what the app chose to show), queue
+    started    task_prerun, in the process that runs it
+    succeeded  task_success, with its run time
+    failed     task_failure (in the main process for a worker lost or a time limit), the exception
+    retried    task_retry, the reason
+    revoked    task_revoked, in the main process
+
+A change is a dict appended to this process's bounded outbox (FLOWSCOPE_MAX_QUEUE; past it the
+change is dropped and counted, a task never waits); one thread sends batches to
+FLOWSCOPE_URL/api/v1/agent/live. The console keeps the newest state per task, so changes sent by
+the main and pool processes in any order end in the right state.
+
+The worker's main process also sends a heartbeat every FLOWSCOPE_HEARTBEAT_S (5) seconds from a
+thread of its own, off the task path: pool, concurrency, active and processed counts from
+Celery's worker state (what `celery inspect stats` reads), and this worker's dropped count; and
+a last one saying offline on worker_shutdown. A worker whose heartbeats stop is shown offline by
+the console after its timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import signals
+from celery.worker import state as worker_state
+
+from flowscope_agent.config import Config
+from flowscope_agent.deadletters import Outbox
+
+MAX_REPR = 1024  # Celery's own argsrepr bound (argsrepr_maxsize): a list row, not the call
+MAX_EXCEPTION = 2000
+MAX_TIMED = 4096  # tasks timed at once per process; past it the oldest is forgotten
+
+
+class LiveOutbox(Outbox):
+    """Task changes and heartbeats: 200 a request keeps a full batch well under the console's 1 MiB."""
+
+    PATH = "/api/v1/agent/live"
+    BATCH = 200
+    THREAD = "flowscope-agent-live"
+    WHAT = "task changes and heartbeats"
+
+    def body(self, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        return {"app": self.app_name, "tasks": [r for k, r in batch if k == "task"], "workers": [r for k, r in batch if k == "worker"]}
+
+
+def _short(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _trace_id(traceparent: Any) -> str | None:
+    parts = traceparent.split("-") if isinstance(traceparent, str) else []
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def _pool_name(consumer: Any) -> str | None:
+    """ "prefork", "solo", "threads", "eventlet", "gevent": the module of the worker's pool class."""
+    pool = getattr(consumer, "pool", None)
+    module = type(pool).__module__ if pool is not None else ""
+    return {"thread": "threads"}.get(module.rsplit(".", 1)[-1], module.rsplit(".", 1)[-1]) if module.startswith("celery.concurrency") else (type(pool).__name__ if pool is not None else None)
+
+
+class Live:
+    """The live handlers and this process's outbox. `app_name` is the agent's, per process."""
+
+    def __init__(self, config: Config, app_name: Callable[[], str]) -> None:
+        self.config = config
+        self.app_name = app_name
+        self.lock = threading.Lock()
+        self._outbox: LiveOutbox | None = None
+        self.started: dict[str, float] = {}  # task id -> monotonic start, in the process running it
+        self.beating: tuple[int, threading.Event, threading.Thread] | None = None
+        self.worker: dict[str, Any] = {}
+        self.handlers: list[tuple[Any, Callable[..., None]]] = [
+            (signals.task_received, self.received),
+            (signals.task_prerun, self.prerun),
+            (signals.task_success, self.succeeded),
+            (signals.task_failure, self.failed),
+            (signals.task_retry, self.retried),
+            (signals.task_revoked, self.revoked),
+            (signals.worker_ready, self.worker_ready),
+            (signals.worker_shutdown, self.worker_shutdown),
+        ]
+
+    def outbox(self) -> LiveOutbox:
+        outbox = self._outbox
+        if outbox is None or outbox.pid != os.getpid():  # first use, or the first after a fork
+            with self.lock:
+                if self._outbox is None or self._outbox.pid != os.getpid():
+                    self._outbox = LiveOutbox(self.config, self.app_name())
+                outbox = self._outbox
+        return outbox
+
+    def stats(self) -> dict[str, int]:
+        outbox = self._outbox
+        return dict(outbox.counts) if outbox is not None and outbox.pid == os.getpid() else {"queued": 0, "sent": 0, "failed": 0, "dropped": 0}
+
+    def close(self) -> dict[str, int] | None:
+        beating, self.beating = self.beating, None
+        if beating is not None and beating[0] == os.getpid():
+            beating[1].set()
+            beating[2].join(self.config.export_timeout + 1)
+        outbox, self._outbox = self._outbox, None
+        return outbox.close() if outbox is not None and outbox.pid == os.getpid() else None
+
+    def _task(self, task_id: Any, state: str, **facts: Any) -> None:
+        if not self.config.url or not self.config.live or not task_id:
+            return
+        self.outbox().put("task", {"id": str(task_id)[:200], "state": state, "at": time.time(), **{k: v for k, v in facts.items() if v is not None}})
+
+    def _runtime(self, task_id: Any) -> float | None:
+        started = self.started.pop(str(task_id), None)
+        return round(time.monotonic() - started, 6) if started is not None else None
+
+    # --- tasks ---
+
+    def received(self, request: Any = None, **_: Any) -> None:
+        delivery = getattr(request, "delivery_info", None) or {}
+        headers = getattr(request, "request_dict", None) or {}
+        self._task(
+            getattr(request, "id", None),
+            "received",
+            name=_short(getattr(request, "name", None), 200),
+            args=_short(getattr(request, "argsrepr", None), MAX_REPR),
+            kwargs=_short(getattr(request, "kwargsrepr", None), MAX_REPR),
+            worker=_short(getattr(request, "hostname", None), 200),
+            queue=_short(delivery.get("routing_key") or None, 200),
+            trace_id=_trace_id(headers.get("traceparent") if isinstance(headers, dict) else None),
+        )
+
+    def prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+        if task_id is None:
+            return
+        if len(self.started) >= MAX_TIMED:
+            self.started.pop(next(iter(self.started)))
+        self.started[str(task_id)] = time.monotonic()
+        request = getattr(task, "request", None)
+        self._task(task_id, "started", name=_short(getattr(task, "name", None), 200), worker=_short(getattr(request, "hostname", None), 200))
+
+    def succeeded(self, sender: Any = None, **_: Any) -> None:
+        request = getattr(sender, "request", None)
+        task_id = getattr(request, "id", None)
+        self._task(task_id, "succeeded", runtime_s=self._runtime(task_id), name=_short(getattr(sender, "name", None), 200))
+
+    def failed(self, sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any) -> None:
+        text = f"{type(exception).__name__}: {exception}" if exception is not None else None
+        self._task(task_id, "failed", runtime_s=self._runtime(task_id), exception=_short(text, MAX_EXCEPTION), name=_short(getattr(sender, "name", None), 200))
+
+    def retried(self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
+        task_id = getattr(request, "id", None)
+        self._task(task_id, "retried", runtime_s=self._runtime(task_id), exception=_short(str(reason) if reason is not None else None, MAX_EXCEPTION), name=_short(getattr(sender, "name", None), 200))
+
+    def revoked(self, sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None, expired: bool = False, **_: Any) -> None:
+        task_id = getattr(request, "id", None)
+        why = "expired" if expired else (f"terminated (signal {int(signum)})" if terminated and signum is not None else "terminated" if terminated else "revoked")
+        self._task(task_id, "revoked", runtime_s=self._runtime(task_id), exception=why, name=_short(getattr(sender, "name", None), 200))
+
+    # --- the worker ---
+
+    def worker_ready(self, sender: Any = None, **_: Any) -> None:
+        """Only a worker's main process sees this: it alone sends heartbeats."""
+        if not self.config.url or self.beating is not None:
+            return
+        controller = getattr(sender, "controller", None)
+        self.worker = {"hostname": str(getattr(sender, "hostname", "") or "")[:200], "pool": _pool_name(sender), "concurrency": getattr(controller, "concurrency", None)}
+        if not self.worker["hostname"]:
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._beat, args=(stop,), name="flowscope-agent-heartbeat", daemon=True)
+        self.beating = (os.getpid(), stop, thread)
+        self.heartbeat(online=True)
+        thread.start()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(self.config.heartbeat_s):
+            self.heartbeat(online=True)
+
+    def heartbeat(self, *, online: bool) -> None:
+        concurrency = self.worker.get("concurrency")
+        self.outbox().put(
+            "worker",
+            {
+                **self.worker,
+                "concurrency": concurrency if isinstance(concurrency, int) and concurrency >= 0 else None,
+                "at": time.time(),
+                "online": online,
+                "active": len(worker_state.active_requests),
+                "processed": sum(worker_state.total_count.values()),
+                "dropped": self.stats()["dropped"],
+            },
+        )
+
+    def worker_shutdown(self, **_: Any) -> None:
+        """Say offline before the outbox closes (Agent.shutdown, on the same signal, sends what is held)."""
+        beating, self.beating = self.beating, None
+        if beating is None or beating[0] != os.getpid():
+            return
+        beating[1].set()
+        beating[2].join(self.config.export_timeout + 1)
+        self.heartbeat(online=False)
