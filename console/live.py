@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from flows.consume.stats import workers_online
 from flows.models import RequeueJob
+from flows.operate.live_selectors import live_summary
 from flows.operate.selectors import DeadLetterFilter, dead_letter_counts, dead_letter_groups, saga_counts
 from flows.produce.backpressure import queue_statuses
 from tracing import histogram
@@ -86,6 +87,7 @@ def snapshot() -> dict[str, Any]:
         ),
         "sagas": _cached("sagas", 3.0, saga_counts),
         "workers": workers_online(),
+        "attached": _cached("attached", 0.5, live_summary),  # attached apps' workers and a mark that moves with their tasks
         "graph": flow_graph(window=timedelta(minutes=5)),
         "jobs": jobs,
         "sink": sink_status(),

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import extensions, pages, views
+from console import extensions, live_pages, pages, views
 from console.api.api import api
 from tracing.views import receive_traces
 
@@ -19,6 +19,8 @@ urlpatterns = [
     path("traces/<str:trace_id>/", pages.trace, name="trace"),
     path("search/", pages.search, name="search"),
     path("audit/", pages.audit_log, name="audit"),
+    path("workers/", live_pages.workers, name="workers"),
+    path("tasks/", live_pages.tasks, name="tasks"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", views.healthz, name="healthz"),

@@ -21,7 +21,7 @@ from django.utils import timezone
 from console.models import ApiToken, AuditEntry
 from flows.models import LiveTask, LiveWorker, RevokeOrder
 from flows.operate.live_tasks import LiveReportError, prune_live, record_tasks, record_workers
-from tests.people import token_for
+from tests.people import client_for, token_for
 from tests.support.waiting import wait_for
 from tests.test_agent import AttachedWorker, empty_shop_queue, produce  # noqa: F401  (an autouse fixture)
 
@@ -380,3 +380,38 @@ def test_an_operator_terminates_a_running_task_and_the_app_agent_carries_the_rev
     assert revoked.exception.startswith("terminated") and (revoked.state_at - running.state_at).total_seconds() < 60  # stopped, not run to its end
     (entry,) = AuditEntry.objects.filter(action="terminate_task", object_ids=[task_id])
     assert entry.after["app"] == "shop" and entry.actor.startswith("token:")
+
+
+# --- the pages ---
+
+
+@pytest.mark.django_db
+def test_the_workers_and_tasks_pages_are_in_the_nav_and_show_the_list_with_the_events_only_note():
+    record_workers("shop", [beat("w1@h")])
+    record_tasks("shop", [event("page-1", "started", time.time(), name="shop.work", args="('ann@example.com',)")])
+    record_tasks("mill", [event("page-2", "received", time.time(), name="mill.grind")], source="events")
+    viewer = client_for("viewer")
+    workers_page = viewer.get("/workers/")
+    assert workers_page.status_code == 200 and b'href="/workers/" class="on"' in workers_page.content and b"w1@h" in workers_page.content
+    tasks_page = viewer.get("/tasks/?app=shop")
+    body = tasks_page.content.decode()
+    assert tasks_page.status_code == 200 and 'href="/tasks/" class="on"' in body and "cannot be requeued exactly" in body
+    assert "page-1" in body and "page-2" not in body and "ann@example.com" not in body and "[redacted]" in body
+    assert "Terminate" not in body.split("<table")[0]  # a viewer gets no revoke controls
+    assert 'id="revoke-signal"' in client_for("operator").get("/tasks/").content.decode()
+    assert viewer.get("/tasks/?cursor=nonsense").status_code == 400
+
+
+@pytest.mark.django_db
+def test_the_live_frame_carries_attached_workers_and_a_mark_that_moves_when_a_task_changes():
+    from console import live
+
+    live._cache.clear()
+    record_workers("shop", [beat("w1@h")])
+    record_tasks("shop", [event("f-1", "received", time.time())])
+    first = live.snapshot()["attached"]
+    assert [w["hostname"] for w in first["workers"]] == ["w1@h"] and first["task_counts"] == {"received": 1}
+    time.sleep(0.6)  # past the frame's half-second cache, not waiting on the outcome
+    record_tasks("shop", [event("f-1", "started", time.time())])
+    second = live.snapshot()["attached"]
+    assert second["tasks_mark"] > first["tasks_mark"] and second["task_counts"] == {"started": 1}

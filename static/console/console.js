@@ -308,6 +308,6 @@ const Flowscope = (() => {
     deadLetter: () => { deadLetter(); live(() => {}); },
     trace: () => { trace(); live(() => {}); },
   };
-  return { start: (name) => pages[name](), api, lineDiff };
+  return { start: (name) => pages[name](), api, lineDiff, live };
 })();
 window.Flowscope = Flowscope;
