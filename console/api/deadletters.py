@@ -18,6 +18,7 @@ from console.audit import audit
 from console.models import Role
 from console.presenters import dead_letter_detail, dead_letter_summary, job_summary
 from flows.models import DeadLetter, RequeueJob
+from flows.operate.celery_events.writers import events_only
 from flows.operate.dead_letters import dead_letter_discard, dead_letter_requeue
 from flows.operate.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_start
 from flows.operate.selectors import dead_letter_groups, dead_letters_page
@@ -55,12 +56,24 @@ def _conflict(dead: DeadLetter) -> HttpError:
     return HttpError(409, f"dead letter {dead.pk} is {dead.state}, not dead: nothing done")
 
 
+def _sendable(dead: DeadLetter) -> None:
+    """A dead letter known from Celery's events alone has no call to send and no agent to send it."""
+    if events_only(dead):
+        raise HttpError(
+            409,
+            f"dead letter {dead.pk} of app {dead.app!r} was seen through Celery's events only (manage.py watch_celery): events carry "
+            "truncated reprs of args and kwargs, not the call, and no agent runs in the app to send it on its broker, so it cannot be "
+            "requeued, as it was or corrected. Run the app's workers through flowscope-agent for exact requeue; discard this one once handled.",
+        )
+
+
 @router.post("/deadletters/{dead_letter_id}/requeue", response=answers(200, Requeued, 400, 404, 409, 413, 422, 503))
 def requeue(request: HttpRequest, dead_letter_id: RowId) -> dict[str, Any]:
     """Republish the original envelope as a fresh series of attempts. 200 {"requeued": true};
     403 below operator; 404 unknown; 409 when it is no longer dead (someone got there first)."""
     principal = need(request, Role.OPERATOR)
     dead = get_object_or_404(DeadLetter, pk=dead_letter_id)
+    _sendable(dead)
     with transaction.atomic():
         if not dead_letter_requeue(dead_letter_id=dead.pk, actor=principal.name):
             raise _conflict(DeadLetter.objects.get(pk=dead.pk))
@@ -86,6 +99,7 @@ def edit_and_requeue(request: HttpRequest, dead_letter_id: RowId, body: EditRequ
     otherwise) and requeue; the old and new payloads go to the audit log."""
     principal = need(request, Role.OPERATOR)
     dead = get_object_or_404(DeadLetter, pk=dead_letter_id)
+    _sendable(dead)
     before = dead.envelope.get("payload")
     with transaction.atomic():
         if not dead_letter_requeue(dead_letter_id=dead.pk, actor=principal.name, payload=body.payload):

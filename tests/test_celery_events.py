@@ -1,0 +1,261 @@
+"""manage.py watch_celery: an app written only with Celery (tests/attached_app), its worker started
+with -E and WITHOUT the agent, seen through its own events alone.
+
+The worker and the watcher are real processes; the app's broker is the run's (its Redis database
+7, or the run's RabbitMQ vhost); the collector stores the spans the watcher pushes to the sink.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery.events import get_exchange
+from django.conf import settings
+from django.test import Client
+from kombu import Connection, Producer
+
+from console.models import ApiToken
+from flows.models import DeadLetter, LiveSource, LiveTask, LiveWorker
+from tests.support import REPO
+from tests.support.brokers import on_rabbitmq, purge
+from tests.support.waiting import wait_for
+from tests.support.workers import ManagedProcess
+from tests.tracing_helpers import spans_where
+from tooling.devredis import RedisServer
+from tooling.processes import LogLine, Supervisor
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+BIN = Path(sys.executable).parent
+APP = "shop-events"
+PRODUCER, CONSUMER, OK, ERROR = 3, 4, 1, 2
+# The app's own environment: none of this project's settings (see tests/test_agent.py).
+FOREIGN = ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "FLOWS_MODULES", "FLOWSCOPE_EXTRA_APPS", "OTEL_", "CELERY_")
+
+
+def redis_url() -> str:
+    return settings.REDIS_URL.rsplit("/", 1)[0] + "/7"
+
+
+def broker_url() -> str:
+    return settings.CELERY_BROKER_URL if on_rabbitmq() else redis_url()
+
+
+def app_env(broker: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+    return {**env, "ATTACHED_BROKER_URL": broker, "ATTACHED_REDIS_URL": redis_url(), "PYTHONUNBUFFERED": "1"}
+
+
+class PlainWorker:
+    """`celery -A tests.attached_app worker` on the app's queue: no flowscope-agent in front."""
+
+    def __init__(self, broker: str, *, events: bool = True) -> None:
+        self.node = f"plain-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+        self.supervisor = Supervisor(log_dir=Path(tempfile.mkdtemp(prefix="flowscope-events-")), cwd=REPO, env=app_env(broker))
+        self.command = [str(BIN / "celery"), "-A", "tests.attached_app", "worker", "-l", "info", "-Q", "shop", "-c", "2", "-n", self.node, "--without-mingle", "--without-gossip"]
+        if events:
+            self.command.append("-E")
+
+    def __enter__(self) -> PlainWorker:
+        self.child = self.supervisor.start("worker", self.command, ready=LogLine(re.escape(" ready.")))
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.supervisor.stop()
+
+
+def watcher(broker: str, *extra: str) -> ManagedProcess:
+    return ManagedProcess("watcher", ["watch_celery", "--broker", broker, "--app", APP, "--flush-seconds", "0.2", *extra], ready_marker="watching the events of Celery app").start()
+
+
+def produce(script: str, broker: str) -> list[str]:
+    """Run `script` as the app's own producer process (plain Celery); its printed lines."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=app_env(broker), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.split()
+
+
+@pytest.fixture(autouse=True)
+def empty_shop_queue() -> Iterator[None]:
+    client = redis.Redis.from_url(redis_url())
+    client.flushdb()  # the run's own Redis, a database only these tests use
+    if on_rabbitmq():
+        purge("shop")
+    yield
+    client.flushdb()
+    if on_rabbitmq():
+        purge("shop")
+
+
+def process_spans(n: int, **filters: object) -> list:
+    return wait_for(lambda: (found := spans_where(kind=CONSUMER, **filters)) and len(found) >= n and found, timeout=60, what=f"{n} process spans where {filters}")
+
+
+def spans_of_app(n: int) -> list:
+    return wait_for(lambda: (found := spans_where(service=APP)) and len(found) >= n and found, timeout=90, what=f"{n} spans of {APP}")
+
+
+def tree_is_whole(spans: list) -> bool:
+    """One root, and every other span's parent in the same trace."""
+    ids = {s.span_id for s in spans}
+    return len({s.trace_id for s in spans}) == 1 and sum(1 for s in spans if not s.parent_span_id) == 1 and all(s.parent_span_id in ids for s in spans if s.parent_span_id)
+
+
+def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_traces_states_and_a_dead_letter_that_says_why_it_cannot_be_requeued(collector):
+    broker = broker_url()
+    watch = watcher(broker)
+    try:
+        with PlainWorker(broker) as worker:
+            order_id, broken_id = produce(
+                """
+                from celery import chain, group
+                from tests.attached_app import app, broken, charge_card, place_order
+                app.conf.task_send_sent_event = True  # the producer's own choice: task-sent events
+                chain(charge_card.s("chain-1"), charge_card.s(), group(charge_card.s(), charge_card.s())).apply_async()
+                print(place_order.delay("P-1").id)
+                print(broken.delay("B-1").id)
+                """,
+                broker,
+            )
+            # 3 sends from the producer; 4 runs of the chain, 2 of the order, 1 of the broken task.
+            spans = spans_of_app(10)
+            dead = wait_for(lambda: DeadLetter.objects.filter(app=APP).first(), timeout=60, what="the failed task's dead letter")
+            wait_for(lambda: LiveWorker.objects.filter(app=APP, hostname=worker.node).exists(), timeout=60, what="the worker in the live view")
+    finally:
+        watch.stop()
+    log = watch.log_text()
+
+    # The chain and its group: one trace, its id the root task's id, a whole tree.
+    rows = {r.task_id: r for r in LiveTask.objects.filter(app=APP)}
+    (chain_trace,) = {r.trace_id for r in rows.values() if "chain-1" in r.args}
+    (chain_root,) = {r.task_id for r in rows.values() if uuid.UUID(r.task_id).hex == chain_trace}
+    in_chain = [s for s in spans if s.trace_id == chain_trace]
+    assert sorted(s.name for s in in_chain) == ["process shop.charge_card"] * 4 + ["send shop.charge_card"], [s.name for s in in_chain]
+    assert tree_is_whole(in_chain), [(s.name, s.span_id, s.parent_span_id) for s in in_chain]
+    (send,) = [s for s in in_chain if s.kind == PRODUCER]
+    first_run = next(s for s in in_chain if s.parent_span_id == send.span_id)
+    assert first_run.attributes["messaging.message.id"] == chain_root and first_run.attributes["flowscope.queue_wait_ms"] >= 0  # sent and started known
+    for s in in_chain:
+        a = s.attributes
+        assert (a["messaging.system"], a["flowscope.app"], a["flowscope.source"], a["messaging.message.conversation_id"], s.service) == ("celery", APP, "celery-events", chain_root, APP), a
+    for run in (s for s in in_chain if s.kind == CONSUMER):
+        a = run.attributes
+        assert (a["flowscope.worker"], a["flowscope.state"], a["flowscope.outcome"], run.status_code, a["flowscope.attempt"]) == (worker.node, "SUCCESS", "succeeded", OK, 1), a
+        assert a["flowscope.runtime_ms"] >= 0
+
+    # A task sent from a task (the worker sends no task-sent events): the child's run is a child of its parent's run.
+    in_order = [s for s in spans if s.trace_id == uuid.UUID(order_id).hex]
+    assert tree_is_whole(in_order) and len(in_order) == 3, [(s.name, s.parent_span_id) for s in in_order]
+    order_run = next(s for s in in_order if s.name == "process shop.place_order")
+    charge_run = next(s for s in in_order if s.name == "process shop.charge_card")
+    assert charge_run.parent_span_id == order_run.span_id and order_run.attributes["messaging.destination.name"] == "shop"
+    assert "messaging.destination.name" not in charge_run.attributes  # no task-sent event: its queue is not known
+
+    # The failure: an error span with its exception, a failed task, a dead letter that cannot be requeued.
+    (failed,) = [s for s in spans if s.name == "process shop.broken"]
+    assert (failed.status_code, failed.attributes["flowscope.outcome"], failed.attributes["flowscope.final_attempt"], failed.attributes["flowscope.state"]) == (ERROR, "failed", True, "FAILURE")
+    (event,) = failed.events
+    assert event["attributes"]["exception.type"] == "builtins.ValueError" and "card declined for B-1" in event["attributes"]["exception.stacktrace"]
+    assert (dead.message_type, str(dead.message_id), dead.error_type, dead.error_message, dead.state, dead.trace_id) == (
+        "shop.broken",
+        broken_id,
+        "builtins.ValueError",
+        "card declined for B-1",
+        "dead",
+        failed.trace_id,
+    )
+    assert dead.envelope["requeueable"] is False and dead.envelope["seen_through"] == "celery-events"
+    assert "cannot be requeued exactly" in dead.envelope["call_repr"] and "('B-1',)" in dead.envelope["call_repr"]
+
+    # States, from events, for the live list: the failed task with its exception, the others done.
+    assert (rows[broken_id].state, rows[broken_id].source, rows[broken_id].name) == ("failed", LiveSource.EVENTS, "shop.broken")
+    assert "card declined for B-1" in rows[broken_id].exception
+    assert sum(r.state == "succeeded" for r in rows.values()) == 6 and rows[chain_root].runtime_s is not None
+    assert rows[order_id].trace_id == uuid.UUID(order_id).hex
+
+    # The console refuses the requeue and says what this mode lacks.
+    _, secret = ApiToken.issue(name="ops", role="operator", created_by="tests")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    answer = client.post(f"/api/v1/deadletters/{dead.pk}/requeue")
+    assert answer.status_code == 409 and "events" in answer.json()["detail"] and "flowscope-agent" in answer.json()["detail"], answer.content
+    answer = client.post(f"/api/v1/deadletters/{dead.pk}/edit-requeue", {"payload": {"args": ["B-1"]}}, content_type="application/json")
+    assert answer.status_code == 409, answer.content
+    assert DeadLetter.objects.get(pk=dead.pk).state == "dead"  # nothing changed
+    assert "watching the events of Celery app 'shop-events'" in log and "malformed 0, oversized 0" in log, log[-2000:]
+
+
+def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_goes_on(collector):
+    broker = broker_url()
+    watch = watcher(broker)
+    try:
+        with Connection(broker) as connection:
+            events = get_exchange(connection)  # Celery's event exchange as its workers publish to it (fanout on Redis)
+            producer = Producer(connection.default_channel)
+            for body in (
+                {"type": "task-succeeded", "uuid": 42, "timestamp": 1.0},  # an id that is not text
+                {"type": "task-failed", "uuid": "x", "timestamp": "yesterday"},  # a time that is not a number
+                ["not an object"],
+                {"no": "type"},
+                {"type": "task-received", "uuid": "big", "timestamp": 1_800_000_000.0, "args": "x" * 600_000},  # over the size limit
+            ):
+                producer.publish(body, exchange=events, routing_key="task.succeeded", serializer="json", declare=[events])
+            producer.publish(b"\xff not json", exchange=events, routing_key="task.failed", content_type="application/json", content_encoding="binary")
+        wait_for(lambda: "skipped an event" in watch.log_text() and watch.log_text().count("skipped an event") >= 6, timeout=60, what="six skipped events in the watcher's log")
+        # Still watching: a real task after them is seen.
+        with PlainWorker(broker):
+            (order_id,) = produce("from tests.attached_app import charge_card\nprint(charge_card.delay('after').id)", broker)
+            process_spans(1, message_id=order_id)
+    finally:
+        watch.stop()
+    log = watch.log_text()
+    assert "malformed 5, oversized 1" in log, log[-3000:]
+    assert "uuid is int, not text" in log and "timestamp is 'yesterday'" in log and "over 524288" in log
+    assert not LiveTask.objects.filter(task_id__in=["x", "big"]).exists()
+
+
+def test_a_worker_that_sends_no_task_events_is_named_at_start_up(collector):
+    broker = broker_url()
+    watch = watcher(broker, "--check-seconds", "3")
+    try:
+        with PlainWorker(broker, events=False) as worker:
+            produce("from tests.attached_app import charge_card\nprint(charge_card.delay('quiet').id)", broker)
+            wait_for(lambda: f"worker {worker.node} ran" in watch.log_text(), timeout=60, what="the warning naming the worker")
+    finally:
+        watch.stop()
+    log = watch.log_text()
+    assert "sent no task events: start it with -E" in log and "does not turn them on" in log, log[-2000:]
+    assert not spans_where(service=APP)  # nothing to make spans of
+
+
+def test_the_watcher_says_the_broker_went_away_and_picks_up_again_when_it_is_back(collector):
+    """The app's broker here is a Redis of the test's own, stopped and started on the same port
+    (the machine's RabbitMQ and the run's Redis are shared: never stopped). Whatever the run's broker."""
+    server = RedisServer().start()
+    try:
+        watch = watcher(server.url)
+        try:
+            server.stop()
+            wait_for(lambda: "unreachable" in watch.log_text(), timeout=60, what="the watcher saying the broker is gone")
+            server = RedisServer(port=server.port).start()
+            wait_for(lambda: "(reconnected)" in watch.log_text(), timeout=90, what="the watcher saying it reconnected")
+            with PlainWorker(server.url):
+                (task_id,) = produce("from tests.attached_app import charge_card\nprint(charge_card.delay('back').id)", server.url)
+                (run,) = process_spans(1, message_id=task_id)
+        finally:
+            watch.stop()
+    finally:
+        server.stop()
+    assert run.attributes["flowscope.outcome"] == "succeeded"
+    assert watch.process is not None and watch.process.returncode is not None  # it ran until told to stop, not until it crashed
+    assert "reconnects 1" in watch.log_text() or "reconnects 2" in watch.log_text()
