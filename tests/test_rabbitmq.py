@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
+import amqp
+import orjson
 import pytest
 from celery import current_app
 from django.conf import settings
@@ -157,20 +159,77 @@ def bounded_queue() -> Iterator[str]:
             connection.default_channel.queue_delete(name)
 
 
-def test_a_confirmed_batch_is_all_in_the_queue_when_publish_returns(bounded_queue):
+def plain(n: int) -> amqp.Message:
+    return amqp.Message(orjson.dumps({"n": n}), content_type="application/json", content_encoding="utf-8")
+
+
+@pytest.fixture
+def scratch_queue() -> Iterator[str]:
     name = f"t.confirmed.{uuid.uuid4().hex[:8]}"
-    try:
-        publish_confirmed([(name, {"n": n}, {}, {}) for n in range(50)])
-        assert rabbitmq.queue_gauges([name])[name] == (50, 0)
-    finally:
-        with current_app.connection_for_write() as connection:
-            connection.default_channel.queue_delete(name)
+    yield name
+    with current_app.connection_for_write() as connection:
+        connection.default_channel.queue_delete(name)
+
+
+def connections_of(publisher: rabbitmq.ConfirmedPublisher) -> list[str]:
+    """The broker's name for the publisher's connection ("127.0.0.1:port -> ..."), if it lists it."""
+    assert publisher.connection is not None
+    port = publisher.connection.connection.sock.getsockname()[1]
+    return [name for name in list_connections("name") if name.startswith(f"127.0.0.1:{port} ")]
+
+
+def list_connections(*columns: str) -> list[str]:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    done = subprocess.run([ctl, "list_connections", "-q", "--no-table-headers", *columns], capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_a_confirmed_batch_is_all_in_the_queue_when_publish_returns(scratch_queue):
+    publish_confirmed([(scratch_queue, plain(n)) for n in range(50)])
+    assert rabbitmq.queue_gauges([scratch_queue])[scratch_queue] == (50, 0)
 
 
 def test_a_batch_the_broker_refuses_in_part_raises_publish_not_confirmed(bounded_queue):
     with pytest.raises(PublishNotConfirmed, match="RabbitMQ refused 2 of 3 messages"):
-        publish_confirmed([(bounded_queue, {"n": n}, {}, {}) for n in range(3)])
+        publish_confirmed([(bounded_queue, plain(n)) for n in range(3)])
     assert rabbitmq.queue_gauges([bounded_queue])[bounded_queue] == (1, 0), "the first kept, the other two refused"
+
+
+def test_batches_in_one_block_share_one_connection_and_the_block_closes_it(scratch_queue):
+    with rabbitmq.one_confirm_channel() as publisher:
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(20)])
+        first = publisher.connection
+        named = connections_of(publisher)
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(20, 50)])
+        assert publisher.connection is first, "the second batch on the first batch's connection"
+        assert len(named) == 1
+    assert publisher.connection is None
+    wait_for(lambda: named[0] not in list_connections("name"), what="the block's connection to be closed on the broker")
+    assert rabbitmq.queue_gauges([scratch_queue])[scratch_queue] == (50, 0)
+
+
+def test_a_connection_the_broker_closed_between_batches_is_opened_anew_and_nothing_is_lost_or_sent_twice(scratch_queue):
+    with rabbitmq.one_confirm_channel() as publisher:
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(20)])
+        first = publisher.connection
+        [name] = connections_of(publisher)
+        [pid] = [line.split("\t")[0] for line in list_connections("pid", "name") if line.split("\t", 1)[1] == name]
+        ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+        subprocess.run([ctl, "close_connection", pid, "closed by a test"], capture_output=True, timeout=60, check=True)
+        wait_for(lambda: name not in list_connections("name"), what="the broker to close the connection")
+
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(20, 50)])
+        assert publisher.connection is not first, "a new connection for the second batch"
+    assert rabbitmq.queue_gauges([scratch_queue])[scratch_queue] == (50, 0)
+
+
+def test_after_a_refused_batch_the_next_batch_in_the_block_goes_on_a_new_connection(bounded_queue, scratch_queue):
+    with rabbitmq.one_confirm_channel() as publisher:
+        with pytest.raises(PublishNotConfirmed, match="RabbitMQ refused 2 of 3 messages"):
+            publish_confirmed([(bounded_queue, plain(n)) for n in range(3)])
+        assert publisher.connection is None, "given up: late answers to that batch must not count for the next"
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(10)])
+    assert rabbitmq.queue_gauges([scratch_queue, bounded_queue]) == {scratch_queue: (10, 0), bounded_queue: (1, 0)}
 
 
 def test_the_catalog_check_refuses_a_queue_name_that_ends_with_another_queues(scratch_catalog):

@@ -1,14 +1,25 @@
 """Bulk requeue in batches: one conditional claim, one pipelined publish, token-bucket pacing,
 cancel between batches, and recovery of requeues a dead process claimed but never sent."""
 
+import base64
+import dataclasses
+import json
+import socket
+import sys
 import threading
+import uuid
+from pathlib import Path
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from flows import tasks
+from flows.core import telemetry
 from flows.core.errors import EnvelopeError, FlowsError, PayloadInvalid, PayloadTooLarge, QueueFull
+from flows.core.registry import catalog
 from flows.models import DeadLetter, RequeueJob
 from flows.operate import dead_letters as deadletters
 from flows.operate import requeue as batch_module
@@ -16,10 +27,11 @@ from flows.operate.pacing import TokenBucket
 from flows.operate.requeue import INFLIGHT, requeue_batch, requeue_recover_unconfirmed
 from flows.operate.requeue_jobs import batch_size, requeue_job_cancel, requeue_job_run_slice
 from flows.produce.backpressure import backpressure
-from flows.produce.publishing import build_envelope
+from flows.produce.publishing import build_envelope, publish_many
 from tests.flows_under_test import recorded
-from tests.support.brokers import fill, peeking, purge, rabbitmq_only, redis_only_because, waiting
+from tests.support.brokers import fill, on_rabbitmq, peeking, purge, rabbitmq_only, redis_only_because, waiting
 from tests.support.waiting import wait_for
+from tests.support.workers import ManagedProcess
 from tracing.redis import get_redis
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -308,13 +320,6 @@ def test_a_job_cancelled_while_a_batch_is_in_hand_stops_after_that_batch(worker)
 
 @redis_only_because("the pipelined publish is the Redis path; RabbitMQ's confirmed batch is checked by the next test")
 def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
-    import base64
-    import dataclasses
-    import json
-
-    from flows.core.registry import catalog
-    from flows.produce.publishing import publish_many
-
     queue = "t.publish-check"  # no worker reads it
     handler = dataclasses.replace(catalog.handler("t_command"), queue=queue)
     envelope = build_envelope("test.command", {"key": "same-either-way"})
@@ -340,11 +345,6 @@ def test_the_pipelined_publish_writes_the_message_apply_async_would_write():
 
 @rabbitmq_only
 def test_the_confirmed_batch_publish_writes_the_message_apply_async_would_write():
-    import dataclasses
-
-    from flows.core.registry import catalog
-    from flows.produce.publishing import publish_many
-
     queue = "t.publish-check"  # no worker reads it
     handler = dataclasses.replace(catalog.handler("t_command"), queue=queue)
     envelope = build_envelope("test.command", {"key": "same-either-way"})
@@ -357,11 +357,45 @@ def test_the_confirmed_batch_publish_writes_the_message_apply_async_would_write(
             assert (ours.content_type, ours.content_encoding) == (theirs.content_type, theirs.content_encoding)
             per_message = {"id", "root_id", "origin", "argsrepr", "kwargsrepr", "correlation_id", "delivery_tag"}
             assert {k: v for k, v in ours.headers.items() if k not in per_message} == {k: v for k, v in theirs.headers.items() if k not in per_message}
-            # application_headers are the headers, compared above; a priority of 0 is no priority
-            # on a queue without x-max-priority, and kombu's producer writes it where apply_async does not.
-            skip = per_message | {"application_headers", "priority"}
+            skip = per_message | {"application_headers"}  # the headers, compared above
             assert {k: v for k, v in ours.properties.items() if k not in skip} == {k: v for k, v in theirs.properties.items() if k not in skip}
             assert ours.properties["delivery_mode"] == 2, "persistent, as every task message"
             assert ours.headers["id"] == ours.headers["root_id"] == ours.properties["correlation_id"]
     finally:
         purge(queue)
+
+
+@pytest.mark.worker  # starts its own: no process fixture says so
+def test_a_batch_published_by_hand_is_run_by_a_stock_celery_worker_with_its_args_ids_and_trace_context():
+    """publish_many writes task messages itself (both brokers): a Celery worker of nothing but
+    Celery (tests.support.stock_app) runs each once, with the arguments, ids and routing that
+    apply_async's message would give it, and the envelope's trace context intact."""
+    queue, record = f"t.stock.{uuid.uuid4().hex[:8]}", f"test:stock:{uuid.uuid4().hex}"
+    handler = dataclasses.replace(catalog.handler("t_command"), queue=queue)
+    envelopes = [telemetry.traced_headers(build_envelope("test.command", {"key": f"stock-{i}"}), queue=queue) for i in range(3)]
+    env = {"STOCK_BROKER_URL": settings.CELERY_BROKER_URL, "STOCK_REDIS_URL": settings.REDIS_URL, "STOCK_RECORD_KEY": record}
+    if on_rabbitmq():
+        env["STOCK_QUEUE_TYPE"] = settings.CELERY_TASK_CREATE_MISSING_QUEUE_TYPE
+    celery = [str(Path(sys.executable).parent / "celery"), "-A", "tests.support.stock_app", "worker"]
+    node = f"stock-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
+    stock = ManagedProcess("stock", ["-Q", queue, "-c", "1", "-n", node, "--without-mingle", "--without-gossip", "-l", "info"], ready_marker=" ready.", command=celery, extra_env=env)
+    received = redis.Redis.from_url(settings.REDIS_URL)
+    stock.start()
+    try:
+        publish_many([(handler, envelope) for envelope in envelopes])
+        wait_for(lambda: received.llen(record) >= 3, what="the stock worker to run the three messages")
+        seen = [json.loads(raw) for raw in received.lrange(record, 0, -1)]
+    finally:
+        stock.stop()
+        purge(queue)
+        received.delete(record)
+
+    assert len(seen) == 3, "each run once"
+    by_message = {s["args"][0]["message_id"]: s for s in seen}
+    for envelope in envelopes:
+        got = by_message[str(envelope.message_id)]
+        assert (got["args"], got["kwargs"]) == ([envelope.to_dict(), "t_command"], {})
+        assert got["args"][0]["headers"]["traceparent"] == envelope.headers["traceparent"], "the send span's context, for the worker's process span"
+        assert got["id"] == got["root_id"] == got["correlation_id"] and got["parent_id"] is None
+        assert (got["retries"], got["routing_key"], got["argsrepr"], got["ignore_result"]) == (0, queue, "(envelope, consumer)", True)
+    assert len({s["id"] for s in seen}) == 3, "a task id each"

@@ -21,6 +21,7 @@ from flows.operate.attached import requeue_attached
 from flows.operate.pacing import TokenBucket
 from flows.operate.requeue import requeue_batch, requeue_recover_unconfirmed
 from flows.operate.selectors import DeadLetterFilter
+from flows.produce.publishing import one_connection_for_batches
 
 SLICE_SECONDS = 5.0
 BATCH = 500
@@ -117,15 +118,18 @@ def requeue_job_run_slice(job_id: int, *, slice_seconds: float = SLICE_SECONDS, 
     bucket = TokenBucket(job.rate_per_s, capacity=max(size, job.rate_per_s), clock=clock, sleep=sleep) if job.rate_per_s else None
     actor = f"{job.created_by} (job {job.pk})"
     started = clock()
-    while clock() - started < slice_seconds:
-        batch = list(rows.filter(pk__gt=job.cursor_id).values_list("pk", flat=True)[:size])
-        if not batch:
-            RequeueJob.objects.filter(pk=job.pk, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.DONE, finished_at=timezone.now(), cursor_id=job.max_id)
-            return False
-        if bucket is not None:
-            bucket.take(len(batch))
-        requeued = requeue_batch(ids=batch, actor=actor) + requeue_attached(ids=batch, actor=actor)  # each takes its own kind
-        job.cursor_id = batch[-1]
-        if not _record_progress(job, done=len(requeued), skipped=len(batch) - len(requeued)):
-            return False  # cancelled meanwhile: stop after the batch in hand
+    # One broker connection for the slice's batches, not one a batch (on RabbitMQ each would be
+    # a TCP and AMQP handshake).
+    with one_connection_for_batches():
+        while clock() - started < slice_seconds:
+            batch = list(rows.filter(pk__gt=job.cursor_id).values_list("pk", flat=True)[:size])
+            if not batch:
+                RequeueJob.objects.filter(pk=job.pk, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.DONE, finished_at=timezone.now(), cursor_id=job.max_id)
+                return False
+            if bucket is not None:
+                bucket.take(len(batch))
+            requeued = requeue_batch(ids=batch, actor=actor) + requeue_attached(ids=batch, actor=actor)  # each takes its own kind
+            job.cursor_id = batch[-1]
+            if not _record_progress(job, done=len(requeued), skipped=len(batch) - len(requeued)):
+                return False  # cancelled meanwhile: stop after the batch in hand
     return True

@@ -13,8 +13,11 @@ Batches. A publish with confirms (`confirm_publish`, on for every send through C
 the broker's acknowledgement of each message: a round trip a message. A batch (a bulk requeue's)
 is published on a channel of its own in confirm mode and its acknowledgements are awaited once,
 at the end: the broker has every message of the batch on disk (quorum: on a majority) when
-`publish_confirmed` returns, and a nack or a timeout raises, leaving the caller's retry (the
-requeue's in-flight note) to send the batch again.
+`publish_confirmed` returns, and a nack, a timeout or a broken connection raises, leaving the
+caller's retry (the requeue's in-flight note) to send the batch again. Inside
+`one_confirm_channel` (a bulk requeue job's slice) the batches share that channel and its
+connection, opened anew when it was closed between batches. The task messages are Celery's own
+(`TaskMessages`), their header table encoded once a batch rather than once a message.
 
 Depths. A passive queue declare answers with the queue's ready messages and its consumers: no
 management plugin needed.
@@ -25,12 +28,19 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
+import amqp
+import orjson
 from amqp.exceptions import NotFound
 from celery import current_app
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Exchange, Queue
+from kombu.entity import DELIVERY_MODES
 from kombu.transport.native_delayed_delivery import (
     MAX_LEVEL,
     bind_queue_to_native_delayed_delivery_exchange,
@@ -38,6 +48,7 @@ from kombu.transport.native_delayed_delivery import (
     declare_native_delayed_delivery_exchanges_and_queues,
     level_name,
 )
+from kombu.utils import json as kombu_json
 
 from flows.core.errors import ConfigurationError, FlowsError
 
@@ -79,49 +90,224 @@ def _ensure_delay_route(queue: Queue) -> None:
         _delay_ready.add(queue.name)
 
 
-def publish_confirmed(messages: Sequence[tuple[str, Any, dict[str, Any], dict[str, Any]]], *, timeout: float = CONFIRM_TIMEOUT_SECONDS) -> None:
-    """Publish (queue, body, headers, properties) messages on one channel in confirm mode and
-    return once the broker has confirmed all of them; PublishNotConfirmed if it has not."""
+class TaskMessages:
+    """Celery task messages (protocol 2, JSON) of one task, made for AMQP the way `apply_async`
+    makes them, for a batch: the headers and properties come from Celery's own
+    `create_task_message` and are encoded once; each message gets only its own task id and body.
+
+    py-amqp encodes a message's header table on every publish, and Celery's table of about twenty
+    entries cost more than the rest of the publish together. Its encoding depends on the values'
+    lengths only, so the table is encoded once with a placeholder id, and each message's id (a
+    UUID, always 36 characters) is written over the placeholder's three places: `id`, `root_id`
+    and the `correlation_id` property.
+    """
+
+    def __init__(self, app: Any, task: str, **options: Any) -> None:
+        placeholder = str(uuid.uuid4())
+        headers, properties, body, _ = app.amqp.create_task_message(placeholder, task, (), {}, **options)
+        if not (isinstance(body, tuple) and len(body) == 3):
+            raise ConfigurationError(f"task messages are made ready for RabbitMQ in Celery's protocol 2 only, not task_protocol={app.conf.task_protocol!r}")
+        self._embed = body[2]
+        mode = app.conf.task_default_delivery_mode
+        template = amqp.Message(
+            b"",
+            content_type="application/json",
+            content_encoding="utf-8",
+            application_headers=headers,
+            delivery_mode=DELIVERY_MODES.get(mode, mode),
+            **properties,
+        )
+        # GenericContent._serialize_properties is private (py-amqp 5.4.2 checked): the one way to
+        # encode properties apart from sending them.
+        self._properties = template._serialize_properties()
+        self._placeholder = placeholder.encode()
+        if self._properties.count(self._placeholder) != 3:
+            raise ConfigurationError(f"Celery's task message for {task!r} does not carry its id in exactly id, root_id and correlation_id")
+
+    def message(self, args: list[Any], kwargs: dict[str, Any] | None = None) -> amqp.Message:
+        task_id = str(uuid.uuid4()).encode()
+        body = [args, kwargs or {}, self._embed]
+        try:
+            encoded = orjson.dumps(body)
+        except TypeError:  # what orjson does not write (an integer past 64 bits), kombu's JSON does
+            encoded = kombu_json.dumps(body).encode()
+        return _Encoded(encoded, self._properties.replace(self._placeholder, task_id))
+
+
+class _Encoded(amqp.Message):
+    """A message whose properties are encoded already.
+
+    py-amqp's frame writer asks the message for its encoded properties through
+    `_serialize_properties` (private; py-amqp 5.4.2 checked), and for nothing else but its body.
+    """
+
+    def __init__(self, body: bytes, properties: bytes) -> None:
+        super().__init__(body)
+        self._encoded = properties
+
+    def _serialize_properties(self) -> bytes:
+        return self._encoded
+
+
+class ConfirmedPublisher:
+    """One connection and one channel in confirm mode, for batch after batch.
+
+    Opened at the first batch; checked before each later one and opened anew if the broker or
+    the network closed it meanwhile (nothing of that batch is sent yet, so nothing is sent twice);
+    given up after any failure of a batch, whose messages' fate is then unknown (the caller's
+    retry sends them again).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._connection: Connection | None = None
+        self._channel: Any = None
+        self._tags = 0  # delivery tags this channel has given so far
+        self._unsettled: OrderedDict[int, None] = OrderedDict()  # published, neither confirmed nor refused
+        self._refused = 0
+
+    @property
+    def connection(self) -> Connection | None:
+        """The connection in use; None before the first batch, after a failure and once closed."""
+        return self._connection
+
+    def publish(self, messages: Sequence[tuple[str, amqp.Message]], *, timeout: float = CONFIRM_TIMEOUT_SECONDS) -> None:
+        """Publish (queue, message) pairs and return once the broker has confirmed all of them;
+        PublishNotConfirmed if it refused some, did not answer in time, or the connection broke."""
+        if not messages:
+            return
+        channel = self._open()
+        broke = self._connection.connection_errors  # type: ignore[union-attr]
+        try:
+            for name in dict.fromkeys(queue for queue, _ in messages):
+                work_queue(name).bind(channel).declare()  # a message to a queue that is not there would be confirmed, and lost
+            self._refused = 0
+            sent = 0
+            try:
+                for queue, message in messages:
+                    self._tags += 1
+                    self._unsettled[self._tags] = None
+                    channel.basic_publish(message, exchange="", routing_key=queue)
+                    sent += 1
+                self._await_confirms(len(messages), timeout)
+            except broke as exc:
+                raise PublishNotConfirmed(f"the connection to RabbitMQ broke with {len(self._unsettled)} of {len(messages)} messages unconfirmed ({sent} sent): {exc}") from exc
+        except BaseException:
+            self._discard()
+            raise
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except connection.connection_errors:
+                connection.collect()  # the broker is gone already: drop the socket
+
+    def _open(self) -> Any:
+        if self._connection is not None and not self._usable():
+            self._discard()
+        if self._connection is None:
+            # A connection of its own, without per-message confirms: this channel awaits them together.
+            connection = self._app.connection_for_write(transport_options={"confirm_publish": False})
+            try:
+                channel = connection.channel()
+                channel.events["basic_ack"].add(self._on_ack)
+                channel.events["basic_nack"].add(self._on_nack)
+                channel.confirm_select()
+            except BaseException:
+                connection.collect()
+                raise
+            self._connection, self._channel, self._tags = connection, channel, 0
+            self._unsettled.clear()
+        return self._channel
+
+    def _usable(self) -> bool:
+        """Whether the connection still answers: a read that does not wait finds a close the
+        broker sent, or a socket the network closed, while the connection sat between batches."""
+        connection = self._connection
+        if connection is None or not connection.connected or not self._channel.is_open:
+            return False
+        try:
+            connection.drain_events(timeout=0)
+        except TimeoutError:
+            return True  # nothing to read: open
+        except connection.connection_errors + connection.channel_errors:
+            return False
+        return self._channel.is_open
+
+    def _discard(self) -> None:
+        """Drop the connection without a word to the broker: after a failure its state is unknown."""
+        connection, self._connection, self._channel = self._connection, None, None
+        self._unsettled.clear()
+        if connection is not None:
+            connection.collect()
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self._settle(tag, multiple, refused=False)
+
+    def _on_nack(self, tag: int, multiple: bool, *_: Any) -> None:
+        self._settle(tag, multiple, refused=True)
+
+    def _settle(self, tag: int, multiple: bool, *, refused: bool) -> None:
+        # RabbitMQ does not promise to confirm in the order of publishing, so a tag settles only
+        # itself, or with `multiple` every tag up to it: not every tag below the highest seen.
+        settled = 0
+        if multiple:
+            while self._unsettled and next(iter(self._unsettled)) <= tag:
+                self._unsettled.popitem(last=False)
+                settled += 1
+        elif tag in self._unsettled:
+            del self._unsettled[tag]
+            settled = 1
+        if refused:
+            self._refused += settled
+
+    def _await_confirms(self, count: int, timeout: float) -> None:
+        connection = self._connection
+        assert connection is not None
+        deadline = time.monotonic() + timeout
+        while self._unsettled:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise PublishNotConfirmed(f"RabbitMQ confirmed {count - len(self._unsettled)} of {count} messages within {timeout:g}s")
+            try:
+                connection.drain_events(timeout=left)
+            except TimeoutError:
+                continue
+        if self._refused:
+            raise PublishNotConfirmed(f"RabbitMQ refused {self._refused} of {count} messages")
+
+
+_current: ContextVar[ConfirmedPublisher | None] = ContextVar("flows_confirmed_publisher", default=None)
+
+
+@contextmanager
+def one_confirm_channel() -> Iterator[ConfirmedPublisher]:
+    """Within the block, this thread's `publish_confirmed` batches share one connection and
+    confirm channel (a bulk requeue job's slice: opening a connection a batch cost about as much
+    as publishing a small batch), closed at the end. Inside another such block, that one's."""
+    outer = _current.get()
+    if outer is not None:
+        yield outer
+        return
+    publisher = ConfirmedPublisher(current_app)
+    token = _current.set(publisher)
+    try:
+        yield publisher
+    finally:
+        _current.reset(token)
+        publisher.close()
+
+
+def publish_confirmed(messages: Sequence[tuple[str, amqp.Message]], *, timeout: float = CONFIRM_TIMEOUT_SECONDS) -> None:
+    """Publish (queue, message) pairs on one channel in confirm mode and return once the broker
+    has confirmed all of them; PublishNotConfirmed if it has not. Inside `one_confirm_channel`,
+    on that block's channel; else on a connection of its own."""
     if not messages:
         return
-    # A connection of its own, without per-message confirms: this channel awaits them together.
-    with current_app.connection_for_write(transport_options={"confirm_publish": False}) as connection:
-        channel = connection.channel()
-        try:
-            for name in dict.fromkeys(queue for queue, *_ in messages):
-                work_queue(name).bind(channel).declare()  # a message to a queue that is not there would be confirmed, and lost
-            state = {"confirmed": 0, "nacked": 0}
-
-            def on_ack(tag: int, multiple: bool) -> None:
-                state["confirmed"] = max(state["confirmed"], tag)
-
-            def on_nack(tag: int, multiple: bool, *_: Any) -> None:
-                state["nacked"] += 1
-                state["confirmed"] = max(state["confirmed"], tag)
-
-            channel.events["basic_ack"].add(on_ack)
-            channel.events["basic_nack"].add(on_nack)
-            channel.confirm_select()
-            producer = Producer(channel)
-            for queue, body, headers, properties in messages:
-                producer.publish(body, exchange="", routing_key=queue, headers=headers, serializer="json", retry=False, **properties)
-            _await_confirms(connection, state, len(messages), timeout)
-        finally:
-            channel.close()
-
-
-def _await_confirms(connection: Connection, state: dict[str, int], count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while state["confirmed"] < count:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PublishNotConfirmed(f"RabbitMQ confirmed {state['confirmed']} of {count} messages within {timeout:g}s")
-        try:
-            connection.drain_events(timeout=left)
-        except TimeoutError:
-            continue
-    if state["nacked"]:
-        raise PublishNotConfirmed(f"RabbitMQ refused {state['nacked']} of {count} messages")
+    with one_confirm_channel() as publisher:
+        publisher.publish(messages, timeout=timeout)
 
 
 def queue_gauges(names: Iterable[str]) -> dict[str, tuple[int, int]]:
