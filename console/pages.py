@@ -21,9 +21,9 @@ from console.models import AuditEntry, Role
 from console.presenters import dead_letter_detail, dead_letter_summary, saga_detail, saga_summary
 from console.roles import principal_for_user
 from flows.models import DeadLetter, SagaInstance
-from flows.operate.selectors import BadCursor, DeadLetterFilter, dead_letters_page, sagas_page
+from flows.operate.selectors import OWN_FLOWS, BadCursor, DeadLetterFilter, dead_letters_page, known_apps, sagas_page
 from tracing.models import Span
-from tracing.selectors import traces_for
+from tracing.selectors import recent_traces, traces_for
 
 View = Callable[..., HttpResponse]
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -78,6 +78,7 @@ def _filters(request: HttpRequest) -> DeadLetterFilter:
         consumer=request.GET.get("consumer", "").strip(),
         state=state if state in DeadLetter.State.values else "",
         fingerprint=request.GET.get("fingerprint", "").strip(),
+        app=request.GET.get("app", "").strip()[:100],
     )
 
 
@@ -99,6 +100,8 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
             rows=[dead_letter_summary(d) for d in rows],
             filters=filters,
             states=DeadLetter.State.values,
+            apps=known_apps(),
+            own_flows=OWN_FLOWS,
             next_cursor=next_cursor,
             query=query.urlencode(),
             filter_dict=(
@@ -112,6 +115,7 @@ def dead_letters(request: HttpRequest) -> HttpResponse:
                         "consumer": filters.consumer,
                         "fingerprint": filters.fingerprint,
                         "state": filters.state,
+                        "app": filters.app,
                     }.items()
                     if v
                 }
@@ -152,11 +156,18 @@ def saga(request: HttpRequest, saga_id: uuid.UUID) -> HttpResponse:
 
 @page()
 def traces(request: HttpRequest) -> HttpResponse:
-    q = {k: request.GET.get(k, "").strip() for k in ("trace_id", "message_id", "correlation_id")}
+    """A search by message or conversation (within one app if one is chosen), or an app's latest traces."""
+    q = {k: request.GET.get(k, "").strip() for k in ("trace_id", "message_id", "correlation_id", "app")}
     if q["trace_id"]:
         return redirect("trace", trace_id=q["trace_id"].lower())
-    results = traces_for(message_id=q["message_id"], correlation_id=q["correlation_id"]) if (q["message_id"] or q["correlation_id"]) else []
-    return render(request, "console/traces.html", page_context(request, nav="traces", q=q, results=results, searched=bool(q["message_id"] or q["correlation_id"])))
+    if q["message_id"] or q["correlation_id"]:
+        results = traces_for(message_id=q["message_id"], correlation_id=q["correlation_id"], app=q["app"])
+    elif q["app"]:
+        results = recent_traces(app=q["app"], limit=50)
+    else:
+        results = []
+    searched = bool(q["message_id"] or q["correlation_id"] or q["app"])
+    return render(request, "console/traces.html", page_context(request, nav="traces", q=q, results=results, searched=searched, apps=known_apps()))
 
 
 @page()

@@ -6,6 +6,7 @@ from typing import Any
 
 from flows.core import telemetry
 from flows.models import DeadLetter, RequeueJob, SagaInstance
+from flows.operate.celery_events.writers import events_only
 from flows.operate.selectors import saga_age_seconds, saga_plan
 from tracing.redaction import redact, redact_text
 
@@ -25,6 +26,7 @@ def dead_letter_summary(d: DeadLetter) -> dict[str, Any]:
         "poison": d.poison,
         "dead_at": d.dead_at.isoformat(),
         "correlation_id": d.correlation_id,
+        "app": d.app,
     }
 
 
@@ -51,6 +53,7 @@ def dead_letter_detail(d: DeadLetter) -> dict[str, Any]:
         "requeue_trace_id": d.requeue_trace_id,
         "saga_id": str(d.saga_id) if d.saga_id else None,
         "saga_step": d.saga_step,
+        "events_only": events_only(d),
     }
 
 

@@ -55,8 +55,9 @@ def trace_tree(trace_id: str) -> TraceTree | None:
     return TraceTree(trace_id=trace_id, roots=roots, spans=len(spans), links_out=links_out, links_in=links_in)
 
 
-def traces_for(*, correlation_id: str = "", message_id: str = "", saga_id: str = "", limit: int = 100) -> list[dict[str, Any]]:
-    """The traces that hold a span of this conversation, message or saga; newest first."""
+def traces_for(*, correlation_id: str = "", message_id: str = "", saga_id: str = "", app: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    """The traces that hold a span of this conversation, message or saga (made by `app`, if
+    given: an attached app's spans have its name as their service); newest first."""
     if not (correlation_id or message_id or saga_id):
         raise ValueError("name a correlation id, a message id or a saga id")
     match = Q()
@@ -66,11 +67,27 @@ def traces_for(*, correlation_id: str = "", message_id: str = "", saga_id: str =
         match |= Q(message_id=message_id)
     if saga_id:
         match |= Q(saga_id=saga_id)
+    spans = Span.objects.filter(match)
+    if app:
+        spans = spans.filter(service=app)
+    rows = spans.values("trace_id").annotate(first=Min("start_time"), last=Max("start_time"), spans=Count("id"), errors=Count("id", filter=Q(status_code=2))).order_by("-first")[:limit]
+    return list(rows)
+
+
+def recent_traces(*, app: str, window: timedelta = timedelta(hours=24), limit: int = 50, scan: int = 5000) -> list[dict[str, Any]]:
+    """An attached app's latest traces (those of its spans that started last, within `window`),
+    newest first, each counted whole. At most `scan` of its spans are read to find them, walking
+    the start-time index: the cost does not grow with the table."""
+    since = timezone.now() - window
+    latest = Span.objects.filter(service=app, start_time__gte=since).order_by("-start_time").values_list("trace_id", flat=True)[:scan]
+    ids = list(dict.fromkeys(latest))[:limit]
+    if not ids:
+        return []
     rows = (
-        Span.objects.filter(match)
+        Span.objects.filter(trace_id__in=ids)
         .values("trace_id")
         .annotate(first=Min("start_time"), last=Max("start_time"), spans=Count("id"), errors=Count("id", filter=Q(status_code=2)))
-        .order_by("-first")[:limit]
+        .order_by("-first")
     )
     return list(rows)
 

@@ -37,6 +37,7 @@ class DeadLetterSummary(Schema):
     poison: bool
     dead_at: DateTime
     correlation_id: str
+    app: str = Field("", description="the attached Celery app it died in; empty for Flowscope's own flows")
 
 
 class DeadLetterDetail(DeadLetterSummary):
@@ -58,6 +59,7 @@ class DeadLetterDetail(DeadLetterSummary):
     requeue_trace_id: str
     saga_id: str | None
     saga_step: int | None
+    events_only: bool = Field(False, description="seen through Celery's events alone (manage.py watch_celery): no exact call, so no requeue")
 
 
 class DeadLetterPage(Schema):
@@ -75,6 +77,7 @@ class DeadLetterGroup(Schema):
     error_message: str
     message_type: str
     consumer: str
+    app: str = Field("", description="the app of the group's example; empty for Flowscope's own flows")
 
 
 class Requeued(Schema):

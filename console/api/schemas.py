@@ -37,6 +37,7 @@ class FilterQuery(Schema):
     consumer: str = ""
     state: DeadLetter.State | None = None
     fingerprint: str = ""
+    app: str = Field("", max_length=100, description="an attached Celery app's name; \"(flowscope)\" for Flowscope's own flows; empty for all")
 
     @field_validator("since", "until", mode="before")
     @classmethod

@@ -14,7 +14,12 @@ from django.utils import timezone
 from flows.core.registry import catalog
 from flows.core.sagas import ACTION, COMPENSATION
 from flows.models import DeadLetter, SagaInstance, SagaStep
+from flows.operate.live_tasks import apps_known
 from tracing.redaction import redact_text
+
+# The app filter's value for Flowscope's own flows (their dead letters have no app). Parentheses
+# are in no attached app's name (console.api.agent allows letters, digits and . : @ - _).
+OWN_FLOWS = "(flowscope)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +31,11 @@ class DeadLetterFilter:
     consumer: str = ""
     state: str = ""
     fingerprint: str = ""
+    app: str = ""  # an attached app's name, OWN_FLOWS for Flowscope's own, "" for all
 
     def apply(self, rows: QuerySet[DeadLetter]) -> QuerySet[DeadLetter]:
+        if self.app:
+            rows = rows.filter(app="" if self.app == OWN_FLOWS else self.app)
         if self.since:
             rows = rows.filter(dead_at__gte=self.since)
         if self.until:
@@ -76,7 +84,7 @@ def dead_letter_groups(filters: DeadLetterFilter, *, limit: int = 50) -> list[di
         .annotate(count=Count("id"), first_seen=Min("dead_at"), last_seen=Max("dead_at"), example_id=Max("id"))
         .order_by("-count", "-last_seen")[:limit]
     )
-    examples = {d.pk: d for d in DeadLetter.objects.filter(pk__in=[g["example_id"] for g in groups]).only("id", "error_type", "error_message", "message_type", "consumer")}
+    examples = {d.pk: d for d in DeadLetter.objects.filter(pk__in=[g["example_id"] for g in groups]).only("id", "error_type", "error_message", "message_type", "consumer", "app")}
     for group in groups:
         example = examples.get(group["example_id"])
         group.update(
@@ -85,9 +93,17 @@ def dead_letter_groups(filters: DeadLetterFilter, *, limit: int = 50) -> list[di
                 "error_message": redact_text(example.error_message)[:300] if example else "",  # shown on pages and the live socket
                 "message_type": example.message_type if example else "",
                 "consumer": example.consumer if example else "",
+                "app": example.app if example else "",
             }
         )
     return groups
+
+
+def known_apps() -> list[str]:
+    """Attached apps the console has heard of: from their live tasks and workers, and from their
+    dead letters (an app whose workers are gone may still have some)."""
+    dead = DeadLetter.objects.exclude(app="").values_list("app", flat=True).distinct()
+    return sorted(set(apps_known()) | set(dead))
 
 
 def dead_letter_counts() -> dict[str, int]:

@@ -163,7 +163,7 @@ const Flowscope = (() => {
       <td><b>${esc(g.error_type)}</b><br><span class="muted">${esc(g.error_message.slice(0, 120))}</span></td>
       <td>${esc(g.message_type)} · ${esc(g.consumer)}</td><td class="num">${g.count}</td>
       <td>${esc(g.first_seen.slice(0, 19).replace("T", " "))}</td><td>${esc(g.last_seen.slice(0, 19).replace("T", " "))}</td>
-      <td><a href="?state=dead&fingerprint=${esc(g.fingerprint)}">list</a>${canOperate ? ` · <button class="requeue-group" data-fingerprint="${esc(g.fingerprint)}">Requeue group…</button>` : ""}</td></tr>`).join("")
+      <td><a href="?state=dead&fingerprint=${esc(g.fingerprint)}${filter.app ? "&app=" + encodeURIComponent(filter.app) : ""}">list</a>${canOperate ? ` · <button class="requeue-group" data-fingerprint="${esc(g.fingerprint)}">Requeue group…</button>` : ""}</td></tr>`).join("")
       || `<tr><td colspan="6" class="muted">No dead letters match.</td></tr>`;
   }
 
@@ -183,7 +183,7 @@ const Flowscope = (() => {
       $("#bulk-what").textContent = `${count} dead letter(s) ${what} would be requeued.`;
       $("#bulk-start").disabled = count === 0;
     }
-    $$(".requeue-group").forEach((b) => b.addEventListener("click", () => prepare({ fingerprint: b.dataset.fingerprint }, "in this cause group")));
+    $$(".requeue-group").forEach((b) => b.addEventListener("click", () => prepare({ fingerprint: b.dataset.fingerprint, ...(filter.app ? { app: filter.app } : {}) }, "in this cause group")));
     $("#requeue-selected")?.addEventListener("click", () => {
       const ids = $$(".pick:checked").map((b) => Number(b.value));
       if (!ids.length) { alert("Select some dead letters first."); return; }
