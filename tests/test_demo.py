@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,14 @@ def healthy(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def attached_shop_seen(database: Path) -> tuple[set[str], list[tuple]]:
+    """Span names the attached shop's agent reported, and its dead letters, from the demo's own database."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as db:
+        names = {row[0] for row in db.execute("SELECT DISTINCT name FROM tracing_span WHERE service = 'attached_shop'")}
+        dead = db.execute("SELECT app, message_type, queue, error_type, state FROM flows_deadletter WHERE app != ''").fetchall()
+    return names, dead
 
 
 def demo_env(var_dir: str) -> dict[str, str]:
@@ -83,8 +92,21 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
             assert "(started for the demo)" in text
             # The broker the run is on: the tests' RabbitMQ vhost, handed down as CELERY_BROKER_URL.
             assert ("broker: rabbitmq at amqp://" if on_rabbitmq() else "broker: redis at redis://") in text, text
-            assert len(processes_with(var_dir)) >= 6, "web, four workers, the load generator and redis"
+            assert "attached: attached_shop, plain Celery through flowscope-agent" in text
+            assert len(processes_with(var_dir)) >= 8, "web, four workers, the load generator, redis, the shop's worker and producer"
             time.sleep(15)  # let the flows run
+            # The plain Celery shop, through the agent: its chain, group and chord in the console,
+            # and a declined card (or a rate lookup out of retries) as a dead letter of its app.
+            shown = {"process attached_shop.ship_order", "send attached_shop.notify", "process attached_shop.notify", "process attached_shop.total"}
+            database = Path(var_dir) / "flowscope.sqlite3"
+            wait_for(lambda: shown <= attached_shop_seen(database)[0] and attached_shop_seen(database)[1], timeout=180, interval=1, what="the attached shop's spans and a dead letter")
+            _, dead = attached_shop_seen(database)
+            app, message_type, queue, error_type, state = dead[0]
+            assert (app, queue, state) == ("attached_shop", "attached_shop", "dead"), dead
+            assert (message_type, error_type) in {
+                ("attached_shop.charge_card", "examples.attached_shop.shop.CardDeclined"),
+                ("attached_shop.fetch_exchange_rate", "builtins.ConnectionError"),
+            }, dead
             demo.send_signal(signal.SIGINT)
             assert demo.wait(60) == 0, log.read_text()
         finally:
@@ -96,6 +118,7 @@ def test_the_demo_starts_everything_runs_the_flows_and_stops_all_it_started_on_c
     summary = dict(re.findall(r"^\s+(\w+)\s+(.*ok=\d+.*)$", text, re.MULTILINE))
     assert {"fan_out", "saga", "request_reply", "competing_consumers", "fire_and_forget"} <= set(summary), text
     assert re.search(r"sagas by state \(all runs\): \{.*'completed': \d+", text), text
+    assert re.search(r"^attached app attached_shop \(all runs\): spans stored [1-9]\d*; dead letters \{.*'dead': [1-9]", text, re.MULTILINE), text
     wait_for(lambda: not processes_with(var_dir), timeout=20, what="every process the demo started to be gone")
     assert not healthy(f"http://127.0.0.1:{port}/healthz")
 

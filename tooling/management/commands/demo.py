@@ -3,6 +3,10 @@
 The broker is Redis unless CELERY_BROKER_URL is an AMQP URL or BROKER=rabbitmq asks for
 RabbitMQ (tooling.brokers): then a RabbitMQ that answers (the local one started if none does),
 its URL handed to every process the demo starts. The demo's queues live in the URL's vhost.
+
+Beside Flowscope's own flows runs a shop written with nothing but Celery (examples.attached_shop),
+its worker and producer started through flowscope-agent with an agent token made here: on the
+same broker in queues of its own, none of the console's settings in its environment.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import signal
 import sys
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -20,7 +25,10 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
+from django.utils import timezone
 
+from console.models import ApiToken, Role
+from examples import attached_shop
 from examples.demo import faults
 from flows.consume.stats import processed_totals
 from flows.core.brokers import RABBITMQ, kind_of
@@ -29,6 +37,7 @@ from tooling.brokers import BrokerNotReady, chosen_url, ready_url
 from tooling.devredis import ensure_redis
 from tooling.own_stores import shown
 from tooling.processes import Check, FailedToStart, LogLine, Supervisor, http_answers, port_taken
+from tooling.processes import stop as stop_processes
 from tooling.rabbitmq import answers
 from tracing.models import Span
 from tracing.sink import sink_status
@@ -43,6 +52,12 @@ WORKERS = {
     "worker-invoices-1": ("invoices", 1, []),
     "worker-invoices-2": ("invoices", 1, []),
 }
+AGENT = Path(sys.executable).parent / "flowscope-agent"
+SHOP_TOKEN_NAME = "demo: attached_shop"
+SHOP_PROCESSES = ("shop-producer", "shop-worker")
+# Blank in the shop's environment: an empty DJANGO_SETTINGS_MODULE keeps Celery's Django fix-up
+# off, an empty CELERY_BROKER_URL lets the shop's own broker setting count (Celery reads it first).
+NOT_THE_SHOPS = ("DJANGO_SETTINGS_MODULE", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL", "FLOWS_MODULES", "FLOWSCOPE_EXTRA_APPS")
 
 
 class Command(BaseCommand):
@@ -62,6 +77,8 @@ class Command(BaseCommand):
         if port_taken(HOST, port):
             other = next((p for p in range(port + 1, min(port + 100, 65536)) if not port_taken(HOST, p)), 8001)
             raise CommandError(f"port {port} on {HOST} is taken by another program (another demo?); pick another: PORT={other} make demo (or manage.py demo --port {other})")
+        if not AGENT.exists():
+            raise CommandError(f"flowscope-agent is not installed beside {sys.executable}: make setup installs it (pip install -e .)")
         broker_url = self._broker()  # before anything starts: no RabbitMQ is a one-line error
         var = settings.VAR_DIR
         configured_redis = settings.REDIS_URL
@@ -89,19 +106,24 @@ class Command(BaseCommand):
             supervisor.start("collector", [*MANAGE, "collector"])
             for name, (queues, concurrency, extra) in WORKERS.items():
                 supervisor.start(name, [*MANAGE, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra])
+            shop_env = self._shop_env(broker_url=broker_url, redis_url=redis_url, console_url=url.rstrip("/"))
+            shop_worker = ["-m", "celery", "-A", "examples.attached_shop.shop", "worker", "-l", "info", "-Q", ",".join(attached_shop.QUEUES), "-c", "1", "-n", "attached-shop@%h"]
+            supervisor.start("shop-worker", [str(AGENT), sys.executable, *shop_worker], env=shop_env)
             self.stdout.write("waiting for the web server, the collector and the workers...")
             # The web server is ready when it answers its health check: the port alone could be
             # answered by another program that took it since the check above.
             web = Check(f"{url}healthz answering", lambda: http_answers(f"{url}healthz"))
             try:
-                supervisor.wait_ready({"web": web, "collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in WORKERS}})
+                supervisor.wait_ready({"web": web, "collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in [*WORKERS, "shop-worker"]}})
             except FailedToStart as failed:
                 raise CommandError(f"the demo could not start: {failed}") from None
             # The load starts once something consumes it.
             supervisor.start("loadgen", [*MANAGE, "loadgen", "--rate", str(options["rate"])], log=False)
+            supervisor.start("shop-producer", [str(AGENT), sys.executable, "-m", "examples.attached_shop.producer", "--rate", "2"], env=shop_env)
 
             self.stdout.write(self.style.SUCCESS(f"Flowscope demo running at {url}"))
             self.stdout.write(f"  login: {username} / {password}")
+            self.stdout.write(f"  attached: {attached_shop.APP}, plain Celery through flowscope-agent (queues {', '.join(attached_shop.QUEUES)})")
             self.stdout.write(f"  logs:  {var / 'log'}/   faults: python manage.py faults --help   stop: Ctrl-C")
             self._wait(supervisor, options["duration"])
         except KeyboardInterrupt:
@@ -109,6 +131,12 @@ class Command(BaseCommand):
         finally:
             if supervisor is not None:
                 self.stdout.write("stopping the demo's processes...")
+                # The attached shop first: its agent calls the web server all the time, and a
+                # request in flight when the web server is told to stop keeps it from exiting
+                # (runserver's daphne waits for the request's thread for ever: the demo test saw it).
+                shop = [supervisor.children.pop(name) for name in SHOP_PROCESSES if name in supervisor.children]
+                if shop:
+                    self.stdout.write(f"  {stop_processes(shop)}")
                 self.stdout.write(f"  {supervisor.stop()}")
             try:
                 self._summary(before if "before" in locals() else Counter())
@@ -129,6 +157,19 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         self.stdout.write(f"broker: rabbitmq at {shown(url)}" + (" (already running)" if was_up else " (started for the demo; left running)"))
         return url
+
+    def _shop_env(self, *, broker_url: str, redis_url: str, console_url: str) -> dict[str, str]:
+        """The attached shop's environment: its broker and result store, where its agent reports,
+        with a token of the agent role (this run's; the previous runs' are revoked)."""
+        ApiToken.objects.filter(name=SHOP_TOKEN_NAME, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        _, secret = ApiToken.issue(name=SHOP_TOKEN_NAME, role=Role.AGENT, created_by="manage.py demo")
+        return {
+            **dict.fromkeys(NOT_THE_SHOPS, ""),
+            "SHOP_BROKER_URL": broker_url,
+            "SHOP_RESULT_BACKEND": redis_url,  # a chord's parts meet in the demo's Redis, on either broker
+            "FLOWSCOPE_URL": console_url,
+            "FLOWSCOPE_TOKEN": secret,
+        }
 
     def _admin(self) -> tuple[str, str]:
         username = os.environ.get("FLOWSCOPE_ADMIN_USER", "admin")
@@ -166,6 +207,8 @@ class Command(BaseCommand):
         sagas = dict(SagaInstance.objects.values_list("state").annotate(n=Count("id")).order_by())
         self.stdout.write(f"dead letters (all runs): {dead}")
         self.stdout.write(f"sagas by state (all runs): {sagas}")
+        shop_dead = dict(DeadLetter.objects.filter(app=attached_shop.APP).values_list("state").annotate(n=Count("id")).order_by())
+        self.stdout.write(f"attached app {attached_shop.APP} (all runs): spans stored {Span.objects.filter(service=attached_shop.APP).count()}; dead letters {shop_dead}")
         spans = sink_status()
         self.stdout.write(f"spans stored (all runs): {Span.objects.count()}; waiting in the sink: {spans['pending']}; dropped: {spans['dropped']}")
 
