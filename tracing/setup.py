@@ -59,19 +59,29 @@ def _build() -> TracerProvider:
 
 def provider() -> TracerProvider:
     global _provider, _tracer, _pid
-    if _pid != os.getpid():
+    # A fork clears these (_forget_after_fork), so the check on every hop is not a getpid call.
+    if _provider is None:
         with _lock:
-            if _pid != os.getpid():
-                _provider = _build()
-                _tracer = trace.NoOpTracer() if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" else _provider.get_tracer("flowscope")
-                _pid = os.getpid()
-    assert _provider is not None
+            if _provider is None:
+                made = _build()
+                _tracer = trace.NoOpTracer() if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true" else made.get_tracer("flowscope")
+                _provider, _pid = made, os.getpid()
     return _provider
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's provider (and its export thread) did not come along."""
+    global _provider, _tracer, _pid, _lock
+    _provider, _tracer, _pid, _lock = None, None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def tracer() -> trace.Tracer:
-    """The process's tracer, made once per process (get_tracer costs ~35 us, on every hop)."""
-    provider()
+    """The process's tracer, made once per process (get_tracer is too dear for every hop)."""
+    if _tracer is None:
+        provider()
     assert _tracer is not None
     return _tracer
 

@@ -42,28 +42,34 @@ return 1
 """
 
 
-def _hex(value: int, width: int) -> str:
-    return format(value, f"0{width}x")
+def _attributes(attributes: Any) -> dict[str, Any]:
+    """A plain dict of a span's attributes. The SDK's mapping copies itself in one call
+    (BoundedAttributes.copy, SDK 1.45), where dict() would read it key by key."""
+    if not attributes:
+        return {}
+    return attributes.copy() if hasattr(attributes, "copy") else dict(attributes)
 
 
 def encode(span: ReadableSpan) -> dict[str, Any]:
     """A span as the sink carries it: short keys, ids as lowercase hex, times in ns."""
     context = span.context
     assert context is not None
+    parent = span.parent
+    status = span.status
     return {
-        "t": _hex(context.trace_id, 32),
-        "s": _hex(context.span_id, 16),
-        "p": _hex(span.parent.span_id, 16) if span.parent else "",
+        "t": f"{context.trace_id:032x}",
+        "s": f"{context.span_id:016x}",
+        "p": f"{parent.span_id:016x}" if parent else "",
         "n": span.name,
         "k": span.kind.value,
         "sv": str(span.resource.attributes.get("service.name", "")),
         "st": span.start_time,
         "en": span.end_time,
-        "sc": span.status.status_code.value,
-        "sm": span.status.description or "",
-        "a": dict(span.attributes or {}),
-        "e": [[e.name, e.timestamp, dict(e.attributes or {})] for e in span.events],
-        "l": [[_hex(link.context.trace_id, 32), _hex(link.context.span_id, 16), dict(link.attributes or {})] for link in span.links],
+        "sc": status.status_code.value,
+        "sm": status.description or "",
+        "a": _attributes(span.attributes),
+        "e": [[e.name, e.timestamp, _attributes(e.attributes)] for e in span.events] if span.events else [],
+        "l": [[f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}", _attributes(link.attributes)] for link in span.links] if span.links else [],
     }
 
 

@@ -79,8 +79,9 @@ def _process(message: Message, pattern: Pattern) -> str:
         payload = _read_payload(message)
     except PoisonMessage as exc:
         return _give_up(message, pattern, exc, poison=True)
-    message = dataclasses.replace(message, payload=payload)
-    current_message.set(message)
+    if payload is not message.payload:  # a schema normalised or upcast it
+        message = dataclasses.replace(message, payload=payload)
+        current_message.set(message)
     return _run(message, pattern)
 
 

@@ -28,15 +28,21 @@ class _Counters:
         self._lock = threading.Lock()
         self._pid = 0
         self._stop = threading.Event()
+        # A fork leaves the flusher thread behind: the child starts its own on first use. Told
+        # by the fork rather than by comparing pids, which cost a getpid call on every hop.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pid = 0
 
     def identify(self, worker: str) -> None:
         """Name this process in the heartbeat that tells the console which workers are online."""
-        if self._pid != os.getpid():
+        if not self._pid:
             self._start()
         self.worker = worker
 
     def add(self, pattern: str, consumer: str, outcome: str) -> None:
-        if self._pid != os.getpid():
+        if not self._pid:
             self._start()  # first use in this process, or first after a fork
         with self._lock:
             self._counts[f"{pattern}|{consumer}|{outcome}"] += 1

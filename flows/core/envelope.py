@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,12 @@ SERIES = "series"
 
 _MAX_TYPE_LENGTH = 200
 _MAX_ID_LENGTH = 128
+# \w is what str.isalnum() accepts, plus "_" (the re module's definition for str patterns).
+_TYPE_NAME = re.compile(r"[\w.\-]+")
+# One encoder for every size check: json.dumps with these options builds a new one each call,
+# which cost more than encoding a small payload. ASCII output (ensure_ascii), so the length of
+# the text is its length in bytes.
+_SIZE_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _now() -> datetime:
@@ -100,7 +107,7 @@ class Envelope:
     def check_size(self) -> int:
         """Encode the payload once and refuse it if over FLOWS_MAX_PAYLOAD_BYTES; returns the size."""
         try:
-            size = len(json.dumps(self.payload, separators=(",", ":"), allow_nan=False).encode())
+            size = len(_SIZE_ENCODER.encode(self.payload))
         except (TypeError, ValueError) as exc:
             raise EnvelopeError(f"payload is not JSON-serialisable: {exc}") from None
         limit = settings.FLOWS_MAX_PAYLOAD_BYTES
@@ -150,7 +157,7 @@ _FIELDS = {f.name for f in dataclasses.fields(Envelope)}
 def _check_type_name(name: Any) -> None:
     if not isinstance(name, str) or not name or len(name) > _MAX_TYPE_LENGTH:
         raise EnvelopeError(f"type must be a non-empty string of at most {_MAX_TYPE_LENGTH} characters, got {name!r}")
-    if not all(ch.isalnum() or ch in "._-" for ch in name):
+    if not _TYPE_NAME.fullmatch(name):
         raise EnvelopeError(f"type {name!r} may hold only letters, digits, '.', '_' and '-'")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from flows.core.envelope import PATTERN, SAGA_ID, SAGA_PHASE, SAGA_STEP, SAGA_TYPE, TRACEPARENT, Envelope
@@ -28,6 +29,23 @@ from tracing import setup
 from tracing.redaction import redact, redact_text
 
 _CONTEXT_HEADERS = ("traceparent", "tracestate", "baggage")
+_STATUS_OK = Status(StatusCode.OK)
+
+
+class _ContextHeaders(Getter[dict[str, Any]]):
+    """An envelope's headers as a propagator reads them: only the trace context headers, and
+    only string values (headers are untrusted input). Read in place, where a filtered copy of
+    the headers and the default getter's checks cost as much as the extraction itself."""
+
+    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key) if key in _CONTEXT_HEADERS else None
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: dict[str, Any]) -> list[str]:
+        return [key for key in _CONTEXT_HEADERS if isinstance(carrier.get(key), str)]
+
+
+_CONTEXT_GETTER = _ContextHeaders()
 
 
 def message_attributes(envelope: Envelope, *, queue: str, operation: str) -> dict[str, Any]:
@@ -78,31 +96,28 @@ def traced_headers(envelope: Envelope, *, queue: str) -> Envelope:
 
 
 def context_of(headers: dict[str, Any]) -> otel_context.Context:
-    return propagate.extract({k: v for k, v in headers.items() if k in _CONTEXT_HEADERS and isinstance(v, str)})
+    return propagate.extract(headers, getter=_CONTEXT_GETTER)
 
 
-@contextlib.contextmanager
-def process_span(envelope: Envelope | None, *, queue: str, consumer: str, worker: str) -> Iterator[trace.Span]:
+def process_span(envelope: Envelope | None, *, queue: str, consumer: str, worker: str) -> contextlib.AbstractContextManager[trace.Span]:
+    """The delivery's span, current while it runs (the SDK's own context manager, unwrapped: it
+    is entered on every hop)."""
     tracer = setup.tracer()
     if envelope is None:  # not even an envelope: a root span of its own, so the failure is seen
-        with tracer.start_as_current_span(
-            "process (malformed)", kind=SpanKind.CONSUMER, attributes={"flowscope.consumer": consumer, "flowscope.worker": worker, "messaging.destination.name": queue}
-        ) as span:
-            yield span
-        return
+        return tracer.start_as_current_span("process (malformed)", kind=SpanKind.CONSUMER, attributes={"flowscope.consumer": consumer, "flowscope.worker": worker, "messaging.destination.name": queue})
     attributes = message_attributes(envelope, queue=queue, operation="process")
-    attributes.update({"messaging.consumer.group.name": consumer, "flowscope.consumer": consumer, "flowscope.worker": worker})
-    with tracer.start_as_current_span(
+    attributes["messaging.consumer.group.name"] = attributes["flowscope.consumer"] = consumer
+    attributes["flowscope.worker"] = worker
+    return tracer.start_as_current_span(
         f"process {envelope.type}", context=context_of(envelope.headers), kind=SpanKind.CONSUMER, attributes=attributes, record_exception=False, set_status_on_exception=False
-    ) as span:
-        yield span
+    )
 
 
 def set_outcome(outcome: str) -> None:
     span = trace.get_current_span()
     span.set_attribute("flowscope.outcome", outcome)
     if outcome in ("ok", "duplicate"):  # "handled" keeps the error status its attempt set
-        span.set_status(Status(StatusCode.OK))
+        span.set_status(_STATUS_OK)
 
 
 def record_failure(exc: BaseException, *, final: bool) -> None:
