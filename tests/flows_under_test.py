@@ -6,6 +6,7 @@ Loaded by the test process (conftest) and by the workers the tests start (FLOWS_
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -70,6 +71,15 @@ flows.message_type("test.command", pattern="fire_and_forget", schemas={1: Job})
 @flows.handler("test.command", consumer="t_command", queue="t.commands", max_attempts=3, backoff=QUICK)
 def t_command(message: flows.Message) -> None:
     _run_job("t_command", message)
+
+
+# -- what a pool process's garbage collector holds back (flows.consume.tasks freezes start-up) --
+flows.message_type("test.gc_probe", pattern="fire_and_forget")
+
+
+@flows.handler("test.gc_probe", consumer="t_gc_probe", queue="t.commands", max_attempts=1)
+def t_gc_probe(message: flows.Message) -> None:
+    record("t_gc_probe", str(gc.get_freeze_count()))
 
 
 # -- a queue of its own, for the flow graph test to count exactly --

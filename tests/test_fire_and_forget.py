@@ -46,3 +46,11 @@ def test_the_runtime_reports_each_outcome(worker):
     envelope = flows.send("test.command", {"key": "direct"})
     wait_for(lambda: any(e.startswith("direct|") for e in recorded("t_command")))
     assert runtime.deliver(envelope.to_dict(), "t_command", worker="test") == runtime.OK
+
+
+def test_a_pool_process_keeps_its_start_up_objects_out_of_full_collections(worker):
+    # gc.freeze at worker_process_init: full collections walk only what the hops made since.
+    flows.send("test.gc_probe", {})
+
+    (frozen,) = wait_for(lambda: recorded("t_gc_probe"), what="the probe to be handled")
+    assert int(frozen) > 10_000
