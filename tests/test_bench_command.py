@@ -113,6 +113,24 @@ def test_cpu_time_counts_a_process_with_its_children():
     assert processes.cpu_seconds(parent.pid) == 0.0, "a process gone has used nothing"
 
 
+def test_p1_rounds_alternate_which_side_drains_first_and_pair_each_bare_drain_with_its_neighbour(monkeypatch, tmp_path):
+    # The drains themselves are tested on a real worker below; here only their order.
+    order = []
+
+    def drained(side, rate):
+        def drain(n, **_):
+            order.append(side)
+            return throughput.Drained(rate, rate / 1000)
+
+        return drain
+
+    monkeypatch.setattr(throughput, "bare_rate", drained("bare", 1000.0))
+    monkeypatch.setattr(throughput, "flowscope_rate", drained("flows", 800.0))
+    pairs = throughput.paired_rates(10, 3, concurrency=1, log_dir=tmp_path, progress=lambda text: None)
+    assert order == ["bare", "flows", "flows", "bare", "bare", "flows"]
+    assert [(bare.rate, traced.rate) for bare, traced in pairs] == [(1000.0, 800.0)] * 3
+
+
 @pytest.mark.worker
 def test_a_bare_drain_on_the_runs_broker_counts_every_message_and_the_workers_cpu(monkeypatch, tmp_path):
     # The p1 measurement's bare side on whichever broker the run is on: filled, drained by a

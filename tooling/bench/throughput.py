@@ -120,8 +120,9 @@ def drain(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{run}: only {done} of {expected} messages done after {timeout:.0f}s")
             # Often until the first completion, so the CPU count starts near it (the worker's
-            # start-up left out); then no more often than the progress line needs.
-            time.sleep(0.25 if cpu_from else 0.01)
+            # start-up left out); then often enough that it also stops near the last one (an idle
+            # worker's CPU after it would count against short rounds).
+            time.sleep(0.05 if cpu_from else 0.01)
     finally:
         stop(worker)
     assert cpu_from is not None
@@ -144,6 +145,23 @@ def flowscope_rate(n: int, *, concurrency: int, log_dir: Path, progress: Progres
             flows.send("bench.ping", {"n": i})
 
     return drain("flows", ["bench.flows"], n, fill, concurrency=concurrency, log_dir=log_dir, progress=progress)
+
+
+def paired_rates(n: int, rounds: int, *, concurrency: int, log_dir: Path, progress: ProgressFn) -> list[tuple[Drained, Drained]]:
+    """`rounds` pairs of (bare, Flowscope) drains of `n` messages, back to back, the side that
+    goes first alternating (bare then Flowscope, Flowscope then bare, ...). This machine's speed
+    drifts between minutes: in a pair the two sides are neighbours, and across pairs the drift
+    falls on either side as often, so the median of the pairs' ratios leaves it out."""
+    pairs = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            bare = bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress)
+            traced = flowscope_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress)
+        else:
+            traced = flowscope_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress)
+            bare = bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=progress)
+        pairs.append((bare, traced))
+    return pairs
 
 
 def bare_setup(concurrency: int) -> str:

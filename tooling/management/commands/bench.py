@@ -148,16 +148,16 @@ class Command(BaseCommand):
 
     def _patterns(self, *, quick: bool, concurrency: int, log_dir: Path) -> dict[str, Any]:
         """Every pattern on real workers against bare Celery, the collector running throughout."""
-        # Alternating rounds, the median of back-to-back ratios: this machine's speed drifts by a
-        # quarter between minutes, so one run of each side would measure the drift.
-        n, rounds = (1_500, 1) if quick else (6_000, 3)
+        # Several short rounds, the side that goes first alternating, the median of back-to-back
+        # ratios: this machine's speed drifts by a quarter between minutes, so one run of each
+        # side would measure the drift (throughput.paired_rates).
+        per_round, rounds = (1_000, 3) if quick else (3_000, 6)
+        n = 1_500 if quick else 6_000  # the other patterns' runs
         report = self._progress
         collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            bare, traced = [], []
-            for _ in range(rounds):
-                bare.append(throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
-                traced.append(throughput.flowscope_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report))
+            pairs = throughput.paired_rates(per_round, rounds, concurrency=concurrency, log_dir=log_dir, progress=report)
+            bare, traced = [b for b, _ in pairs], [t for _, t in pairs]
             ratios = [x.rate / y.rate for x, y in zip(traced, bare)]
             cpu_ratios = [y.cpu_ms / x.cpu_ms for x, y in zip(traced, bare)]
             bare3, fanned = patterns.fanout_rates(n // 3, concurrency=concurrency, log_dir=log_dir, progress=report)
@@ -165,7 +165,7 @@ class Command(BaseCommand):
             bare_after = throughput.bare_rate(n, concurrency=concurrency, log_dir=log_dir, progress=report).rate
             figures: dict[str, Any] = {
                 "bare_celery_setup": throughput.bare_setup(concurrency),
-                "p1_messages": n,
+                "p1_messages": per_round,
                 "p1_rounds": rounds,
                 "bare_celery_per_s": round(statistics.median(d.rate for d in bare), 1),
                 "flowscope_fire_and_forget_per_s": round(statistics.median(d.rate for d in traced), 1),
@@ -176,6 +176,7 @@ class Command(BaseCommand):
                 "bare_celery_cpu_ms": round(statistics.median(d.cpu_ms for d in bare), 3),
                 "flowscope_fire_and_forget_cpu_ms": round(statistics.median(d.cpu_ms for d in traced), 3),
                 "p1_fire_and_forget_cpu_ratio": round(statistics.median(cpu_ratios), 3),
+                "p1_round_cpu_ratios": [round(r, 3) for r in cpu_ratios],
                 "bare_3_queues_per_s": round(bare3, 1),
                 "flowscope_fanout_deliveries_per_s": round(fanned, 1),
                 "p1_fanout_ratio": round(fanned / bare3, 3),
