@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import amqp
 import orjson
 import pytest
-from celery import current_app
+from celery import Celery, current_app
 from django.conf import settings
 from kombu import Connection, Producer, Queue
 
@@ -29,7 +29,7 @@ from flows.produce import rabbitmq
 from flows.produce.publishing import DELIVER_TASK, build_envelope, publish_to
 from flows.produce.rabbitmq import PublishNotConfirmed, publish_confirmed
 from tests.flows_under_test import LATER, recorded
-from tests.support.brokers import rabbitmq_only
+from tests.support.brokers import peeking, rabbitmq_only
 from tests.support.waiting import wait_for
 from tests.support.workers import Worker, session_queues
 from tooling.rabbitmq import Vhost
@@ -187,6 +187,25 @@ def list_connections(*columns: str) -> list[str]:
 def test_a_confirmed_batch_is_all_in_the_queue_when_publish_returns(scratch_queue):
     publish_confirmed([(scratch_queue, plain(n)) for n in range(50)])
     assert rabbitmq.queue_gauges([scratch_queue])[scratch_queue] == (50, 0)
+
+
+def test_task_messages_are_made_ready_only_from_celerys_protocol_2():
+    old_protocol = Celery("old", broker="amqp://", task_protocol=1, set_as_current=False)
+    with pytest.raises(ConfigurationError, match=r"in Celery's protocol 2 only, not task_protocol=1"):
+        rabbitmq.TaskMessages(old_protocol, DELIVER_TASK, argsrepr="()")
+
+
+def test_task_messages_whose_id_is_not_in_its_three_places_are_refused():
+    with pytest.raises(ConfigurationError, match=r"does not carry its id in exactly id, root_id and correlation_id"):
+        rabbitmq.TaskMessages(current_app, DELIVER_TASK, argsrepr="()", root_id=str(uuid.uuid4()))  # a root of its own
+
+
+def test_a_batch_of_many_writes_reaches_the_queue_whole_and_in_order(scratch_queue):
+    padding = "x" * 1000
+    count = 4 * rabbitmq.WRITE_BYTES // 1000  # some four writes' worth
+    publish_confirmed([(scratch_queue, amqp.Message(orjson.dumps({"n": n, "padding": padding}), content_type="application/json")) for n in range(count)])
+    with peeking(scratch_queue) as messages:
+        assert [m.decode()["n"] for m in messages] == list(range(count))
 
 
 def test_a_batch_the_broker_refuses_in_part_raises_publish_not_confirmed(bounded_queue):

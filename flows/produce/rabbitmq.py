@@ -37,7 +37,9 @@ from typing import Any
 
 import amqp
 import orjson
+from amqp import spec as amqp_spec
 from amqp.exceptions import NotFound
+from amqp.serialization import dumps as amqp_dumps
 from celery import current_app
 from kombu import Connection, Exchange, Queue
 from kombu.entity import DELIVERY_MODES
@@ -149,6 +151,46 @@ class _Encoded(amqp.Message):
         return self._encoded
 
 
+# Frames are handed to the socket in writes of about this many bytes: a write for each message
+# cost more than making its frames, and a whole batch in one write would leave the broker idle
+# until all of it had arrived.
+WRITE_BYTES = 64 * 1024
+
+
+class _Frames:
+    """Frames gathered for one write, and how many messages they hold."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.messages = 0
+
+    def write(self, frames: Any) -> None:
+        self.data += frames  # a view of the frame writer's own buffer: copied now
+
+
+def _chunks(channel: Any, messages: Sequence[tuple[str, amqp.Message]]) -> Iterator[_Frames]:
+    """The Basic.Publish frames of `messages` to the default exchange, in chunks of about
+    WRITE_BYTES: what `channel.basic_publish` would write, without a socket write per message.
+
+    py-amqp's own frame writer makes the frames (`Connection.frame_writer_cls`, given an object
+    with a `write` in place of the transport), with `spec.Basic.Publish`'s arguments encoded as
+    `basic_publish` encodes them (py-amqp 5.4.2 checked)."""
+    connection = channel.connection
+    chunk = _Frames()
+    write_frames = connection.frame_writer_cls(connection, chunk)
+    arguments: dict[str, bytes] = {}
+    for queue, message in messages:
+        if queue not in arguments:
+            arguments[queue] = amqp_dumps("Bssbb", (0, "", queue, False, False))  # ticket, exchange, routing key, mandatory, immediate
+        write_frames(1, channel.channel_id, amqp_spec.Basic.Publish, arguments[queue], message)
+        chunk.messages += 1
+        if len(chunk.data) >= WRITE_BYTES:
+            yield chunk
+            chunk.data, chunk.messages = bytearray(), 0
+    if chunk.messages:
+        yield chunk
+
+
 class ConfirmedPublisher:
     """One connection and one channel in confirm mode, for batch after batch.
 
@@ -184,11 +226,13 @@ class ConfirmedPublisher:
             self._refused = 0
             sent = 0
             try:
-                for queue, message in messages:
-                    self._tags += 1
-                    self._unsettled[self._tags] = None
-                    channel.basic_publish(message, exchange="", routing_key=queue)
-                    sent += 1
+                for chunk in _chunks(channel, messages):
+                    first = self._tags + 1
+                    self._tags += chunk.messages
+                    self._unsettled.update(dict.fromkeys(range(first, self._tags + 1)))
+                    channel.connection.transport.write(chunk.data)
+                    sent += chunk.messages
+                    self._take_answers()  # the confirms come in meanwhile: none left to pile up
                 self._await_confirms(len(messages), timeout)
             except broke as exc:
                 raise PublishNotConfirmed(f"the connection to RabbitMQ broke with {len(self._unsettled)} of {len(messages)} messages unconfirmed ({sent} sent): {exc}") from exc
@@ -262,6 +306,15 @@ class ConfirmedPublisher:
             settled = 1
         if refused:
             self._refused += settled
+
+    def _take_answers(self) -> None:
+        """Handle what the broker has sent so far (confirms), without waiting for more."""
+        assert self._connection is not None
+        while True:
+            try:
+                self._connection.drain_events(timeout=0)
+            except TimeoutError:
+                return
 
     def _await_confirms(self, count: int, timeout: float) -> None:
         connection = self._connection
