@@ -125,6 +125,7 @@ class LiveTask(models.Model):
     kwargs = models.TextField(blank=True, help_text="repr of the kwargs, redacted before it was stored")
     exception = models.TextField(blank=True)
     runtime_s = models.FloatField(null=True, blank=True)
+    retries = models.PositiveIntegerField(null=True, blank=True, help_text="Celery's retries count of the attempt the state belongs to (0: the first)")
     trace_id = models.CharField(max_length=32, blank=True)
     received_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

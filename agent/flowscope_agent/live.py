@@ -63,6 +63,11 @@ def _trace_id(traceparent: Any) -> str | None:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
+def _retries(value: Any) -> int | None:
+    """Celery's retries count of an attempt (0 for the first): orders a retry's copy after the attempt that asked for it."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 def _pool_name(consumer: Any) -> str | None:
     """ "prefork", "solo", "threads", "eventlet", "gevent": the module of the worker's pool class."""
     pool = getattr(consumer, "pool", None)
@@ -136,6 +141,7 @@ class Live:
             worker=_short(getattr(request, "hostname", None), 200),
             queue=_short(delivery.get("routing_key") or None, 200),
             trace_id=_trace_id(headers.get("traceparent") if isinstance(headers, dict) else None),
+            retries=_retries(headers.get("retries") if isinstance(headers, dict) else None),
         )
 
     def prerun(self, task_id: str | None = None, task: Any = None, **_: Any) -> None:
@@ -145,20 +151,29 @@ class Live:
             self.started.pop(next(iter(self.started)))
         self.started[str(task_id)] = time.monotonic()
         request = getattr(task, "request", None)
-        self._task(task_id, "started", name=_short(getattr(task, "name", None), 200), worker=_short(getattr(request, "hostname", None), 200))
+        self._task(task_id, "started", name=_short(getattr(task, "name", None), 200), worker=_short(getattr(request, "hostname", None), 200), retries=_retries(getattr(request, "retries", None)))
 
     def succeeded(self, sender: Any = None, **_: Any) -> None:
         request = getattr(sender, "request", None)
         task_id = getattr(request, "id", None)
-        self._task(task_id, "succeeded", runtime_s=self._runtime(task_id), name=_short(getattr(sender, "name", None), 200))
+        self._task(task_id, "succeeded", runtime_s=self._runtime(task_id), name=_short(getattr(sender, "name", None), 200), retries=_retries(getattr(request, "retries", None)))
 
     def failed(self, sender: Any = None, task_id: str | None = None, exception: BaseException | None = None, **_: Any) -> None:
         text = f"{type(exception).__name__}: {exception}" if exception is not None else None
-        self._task(task_id, "failed", runtime_s=self._runtime(task_id), exception=_short(text, MAX_EXCEPTION), name=_short(getattr(sender, "name", None), 200))
+        request = getattr(sender, "request", None)  # the failing attempt's, in the process that ran it (not where the main process reports)
+        retries = _retries(getattr(request, "retries", None)) if getattr(request, "id", None) == task_id else None
+        self._task(task_id, "failed", runtime_s=self._runtime(task_id), exception=_short(text, MAX_EXCEPTION), name=_short(getattr(sender, "name", None), 200), retries=retries)
 
     def retried(self, sender: Any = None, request: Any = None, reason: Any = None, **_: Any) -> None:
         task_id = getattr(request, "id", None)
-        self._task(task_id, "retried", runtime_s=self._runtime(task_id), exception=_short(str(reason) if reason is not None else None, MAX_EXCEPTION), name=_short(getattr(sender, "name", None), 200))
+        self._task(
+            task_id,
+            "retried",
+            runtime_s=self._runtime(task_id),
+            exception=_short(str(reason) if reason is not None else None, MAX_EXCEPTION),
+            name=_short(getattr(sender, "name", None), 200),
+            retries=_retries(getattr(request, "retries", None)),
+        )
 
     def revoked(self, sender: Any = None, request: Any = None, terminated: bool = False, signum: Any = None, expired: bool = False, **_: Any) -> None:
         task_id = getattr(request, "id", None)

@@ -37,6 +37,7 @@ class TaskChange(Strict):
     kwargs: str | None = REPR
     exception: str | None = REPR
     trace_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    retries: int | None = Field(None, ge=0, le=1_000_000, strict=True, description="Celery's retries count of this attempt: a later attempt's change wins")
 
 
 class WorkerBeat(Strict):

@@ -68,9 +68,11 @@ class TaskOut(Schema):
     kwargs: str = Field(description="repr, redacted")
     exception: str
     runtime_s: float | None
+    retries: int | None
     trace_id: str
     received_at: str | None
     started_at: str | None
+    dead_letter_id: int | None = Field(description="the dead letter it became (failed for good, reported by its agent): requeue it there")
     revoke: RevokeState | None
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
-from flows.models import LiveTask, LiveWorker, RevokeOrder
+from flows.models import DeadLetter, LiveTask, LiveWorker, RevokeOrder
 from flows.operate.live_tasks import setting
 from flows.operate.selectors import BadCursor
 
@@ -95,12 +96,29 @@ def live_summary() -> dict[str, Any]:
     return {"workers": workers_of(), "task_counts": counts, "tasks_mark": mark.isoformat() if mark else "", "revokes_pending": pending}
 
 
+def _dead_letters_of(rows: list[LiveTask]) -> dict[tuple[str, str], int]:
+    """The dead letter each failed task became, where its agent reported one: (app, task id) -> id.
+    An attached dead letter's message id is the task id when that is a UUID (Celery's own ids)."""
+    failed: dict[uuid.UUID, LiveTask] = {}
+    for r in rows:
+        if r.state == LiveTask.State.FAILED:
+            try:
+                failed[uuid.UUID(r.task_id)] = r
+            except ValueError:
+                continue
+    if not failed:
+        return {}
+    found = DeadLetter.objects.filter(message_id__in=list(failed)).exclude(app="").values_list("app", "message_id", "pk")
+    return {(app, failed[message_id].task_id): pk for app, message_id, pk in found if failed[message_id].app == app}
+
+
 def tasks_shown(rows: list[LiveTask]) -> list[dict[str, Any]]:
-    """Rows as the API and the page show them, with their newest revoke order's fate. Args and
-    kwargs were redacted before they were stored."""
+    """Rows as the API and the page show them, with their newest revoke order's fate and the dead
+    letter a failed one became. Args and kwargs were redacted before they were stored."""
     orders: dict[tuple[str, str], RevokeOrder] = {}
     for order in RevokeOrder.objects.filter(task_id__in={r.task_id for r in rows}).order_by("id"):
         orders[(order.app, order.task_id)] = order  # the newest wins
+    dead = _dead_letters_of(rows)
     shown = []
     for r in rows:
         order = orders.get((r.app, r.task_id))
@@ -119,9 +137,11 @@ def tasks_shown(rows: list[LiveTask]) -> list[dict[str, Any]]:
                 "kwargs": r.kwargs,
                 "exception": r.exception,
                 "runtime_s": r.runtime_s,
+                "retries": r.retries,
                 "trace_id": r.trace_id,
                 "received_at": r.received_at.isoformat() if r.received_at else None,
                 "started_at": r.started_at.isoformat() if r.started_at else None,
+                "dead_letter_id": dead.get((r.app, r.task_id)),
                 "revoke": None if order is None else {"order": order.pk, "terminate": order.terminate, "signal": order.signal or None, "by": order.requested_by, "sent": order.sent_at is not None},
             }
         )

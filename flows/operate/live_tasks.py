@@ -8,7 +8,10 @@ plainly that a task known from events alone carries no exact call (no exact requ
 The invariant: one row per (app, task id) holding the newest state. Events arrive out of order
 (the main process reports "received", a pool process "started" and "succeeded", each in its own
 batch), so a state moves only to a newer one: a later `at`, or at the same `at` a later step
-(received < started < retried < succeeded, failed, revoked). Details fill in whatever the order:
+(received < started < retried < succeeded, failed, revoked); and where both sides know the attempt
+(Celery's `retries`), a later attempt wins whatever the clocks say: a retry's copy may run and
+succeed in one pool process before the process that asked for the retry reports "retried".
+Details fill in whatever the order:
 the args from "received" stay when "succeeded" comes first. Args and kwargs are redacted before
 they are stored, so a secret in a call never reaches the database.
 
@@ -113,6 +116,7 @@ def _task_event(event: Any, where: str) -> dict[str, Any]:
         "kwargs": _text(event.get("kwargs"), where, "kwargs", MAX_TEXT),
         "exception": _text(event.get("exception"), where, "exception", MAX_TEXT),
         "trace_id": trace_id,
+        "retries": _count(event.get("retries"), where, "retries"),
     }
 
 
@@ -147,11 +151,19 @@ def redact_repr(text: str) -> str:
 # --- tasks ---
 
 
+def _newer(event: dict[str, Any], row: LiveTask) -> bool:
+    if event["retries"] is not None and row.retries is not None and event["retries"] != row.retries:
+        return event["retries"] > row.retries
+    return (event["at"], RANK[event["state"]]) > (row.state_at, RANK.get(row.state, 0))
+
+
 def _merge(row: LiveTask, event: dict[str, Any], source: str) -> None:
     """One event into the row: the state only forward, details filled in whatever the order."""
-    newer = (event["at"], RANK[event["state"]]) > (row.state_at, RANK.get(row.state, 0))
+    newer = _newer(event, row)
     if newer:
         row.state, row.state_at = event["state"], event["at"]
+        if event["retries"] is not None:
+            row.retries = event["retries"]
     for field in ("name", "worker", "queue", "trace_id"):
         if event[field] and (newer or not getattr(row, field)):
             setattr(row, field, event[field])
@@ -170,13 +182,13 @@ def _merge(row: LiveTask, event: dict[str, Any], source: str) -> None:
         row.source = LiveSource.AGENT
 
 
-MERGED = ["name", "state", "state_at", "source", "worker", "queue", "args", "kwargs", "exception", "runtime_s", "trace_id", "received_at", "started_at", "updated_at"]
+MERGED = ["name", "state", "state_at", "source", "worker", "queue", "args", "kwargs", "exception", "runtime_s", "retries", "trace_id", "received_at", "started_at", "updated_at"]
 
 
 def record_tasks(app: str, events: list[dict[str, Any]], *, source: str = LiveSource.AGENT) -> int:
     """Store a batch of task state changes of `app`, each
     {"id", "name", "state", "at" (epoch seconds), "worker", "queue", "runtime_s", "args", "kwargs",
-    "exception", "trace_id"} (unknown keys ignored). All or none: LiveReportError names the first
+    "exception", "trace_id"} and optionally "retries" (the attempt's; unknown keys ignored). All or none: LiveReportError names the first
     bad event. Returns how many tasks changed."""
     _check_app(app)
     _check_source(source)

@@ -19,7 +19,8 @@ const FlowscopeLive = (() => {
   }
 
   function taskRow(t, canOperate) {
-    const error = t.exception ? `<span class="error">${esc(t.exception.slice(0, 200))}</span>` : "";
+    const dead = t.dead_letter_id ? ` <a href="/deadletters/${t.dead_letter_id}/">dead letter ${t.dead_letter_id}</a>` : "";
+    const error = (t.exception ? `<span class="error">${esc(t.exception.slice(0, 200))}</span>` : "") + dead;
     const revoke = t.revoke ? `<span class="muted">${t.revoke.terminate ? "terminate" : "revoke"} ${t.revoke.sent ? "sent" : "ordered"}</span>` : "";
     const actions = canOperate && !FINISHED.has(t.state)
       ? `<button class="revoke" data-id="${esc(t.id)}" data-app="${esc(t.app)}">Revoke</button> <button class="terminate" data-id="${esc(t.id)}" data-app="${esc(t.app)}">Terminate</button> ${revoke}`
