@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -23,7 +24,7 @@ from flows.models import DeadLetter, LiveTask, LiveWorker, RevokeOrder
 from flows.operate.live_tasks import LiveReportError, prune_live, record_tasks, record_workers
 from tests.people import client_for, token_for
 from tests.support.waiting import wait_for
-from tests.test_agent import AttachedWorker, empty_shop_queue, produce  # noqa: F401  (an autouse fixture)
+from tests.test_agent import AttachedWorker, empty_shop_queue, free_port, produce, run_ticks  # noqa: F401  (an autouse fixture)
 
 T0 = float(int(time.time())) - 600  # recent: older rows are pruned by the retention
 
@@ -437,3 +438,20 @@ def test_the_live_frame_carries_attached_workers_and_a_mark_that_moves_when_a_ta
     record_tasks("shop", [event("f-1", "started", time.time())])
     second = live.snapshot()["attached"]
     assert second["tasks_mark"] > first["tasks_mark"] and second["task_counts"] == {"started": 1}
+
+
+LIVE_SHUTDOWN = re.compile(r"flowscope-agent: pid \d+ reported (\d+) task changes and heartbeats to \S+; (\d+) refused, (\d+) dropped")
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_with_the_console_down_task_reports_beyond_the_bound_are_dropped_and_counted_and_every_task_runs():
+    nowhere = {"FLOWSCOPE_URL": f"http://127.0.0.1:{free_port()}", "FLOWSCOPE_TOKEN": "fs_nothing-listens", "FLOWSCOPE_EXPORT_TIMEOUT": "1", "FLOWSCOPE_MAX_QUEUE": "5"}
+    with AttachedWorker(agent=True, **nowhere) as worker:
+        run_ticks(worker, 60)  # waits until every one ran
+        log = worker.stop()
+    counts = [tuple(map(int, line)) for line in LIVE_SHUTDOWN.findall(log)]
+    assert counts, log[-3000:]
+    sent, dropped = sum(c[0] for c in counts), sum(c[2] for c in counts)
+    assert sent == 0 and dropped > 0, counts  # 60 tasks make about 240 changes; 5 a process may wait
+    assert "Traceback" not in log.split("ready.", 1)[1], log[-3000:]

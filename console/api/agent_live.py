@@ -50,7 +50,7 @@ class WorkerBeat(Strict):
     concurrency: int | None = Field(None, ge=0, strict=True)
     active: int | None = Field(None, ge=0, strict=True)
     processed: int | None = Field(None, ge=0, strict=True)
-    dropped: int | None = Field(None, ge=0, strict=True, description="task reports the agent could not hold (its outbox full)")
+    dropped: int | None = Field(None, ge=0, strict=True, description="task reports the worker's main process could not hold (its outbox full); pool processes log theirs at exit")
 
 
 class LiveReport(Strict):
