@@ -22,11 +22,14 @@ import pytest
 import redis
 from celery.events import get_exchange
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.test import Client
 from kombu import Connection, Producer
 
 from console.models import ApiToken
 from flows.models import DeadLetter, LiveSource, LiveTask, LiveWorker
+from flows.operate.celery_events.translate import Output, Translator
+from flows.operate.celery_events.validation import checked
 from tests.support import REPO
 from tests.support.brokers import on_rabbitmq, purge
 from tests.support.waiting import wait_for
@@ -34,6 +37,8 @@ from tests.support.workers import ManagedProcess
 from tests.tracing_helpers import spans_where
 from tooling.devredis import RedisServer
 from tooling.processes import LogLine, Supervisor
+from tracing.redis import get_redis
+from tracing.sink import PENDING
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -75,8 +80,9 @@ class PlainWorker:
         self.supervisor.stop()
 
 
-def watcher(broker: str, *extra: str) -> ManagedProcess:
-    return ManagedProcess("watcher", ["watch_celery", "--broker", broker, "--app", APP, "--flush-seconds", "0.2", *extra], ready_marker="watching the events of Celery app").start()
+def watcher(broker: str, *extra: str, env: dict[str, str] | None = None) -> ManagedProcess:
+    args = ["watch_celery", "--broker", broker, "--app", APP, "--flush-seconds", "0.2", *extra]
+    return ManagedProcess("watcher", args, ready_marker="watching the events of Celery app", extra_env=env).start()
 
 
 def produce(script: str, broker: str) -> list[str]:
@@ -259,3 +265,95 @@ def test_the_watcher_says_the_broker_went_away_and_picks_up_again_when_it_is_bac
     assert run.attributes["flowscope.outcome"] == "succeeded"
     assert watch.process is not None and watch.process.returncode is not None  # it ran until told to stop, not until it crashed
     assert "reconnects 1" in watch.log_text() or "reconnects 2" in watch.log_text()
+
+
+def test_a_retried_task_is_two_attempts_in_one_trace_and_one_that_runs_out_of_retries_is_a_dead_letter_of_its_last_attempt(collector):
+    broker = broker_url()
+    watch = watcher(broker)
+    try:
+        with PlainWorker(broker):
+            flaky_id, refund_id = produce(
+                """
+                import uuid
+                from tests.attached_app import flaky, refund
+                print(flaky.delay(f"flaky:{uuid.uuid4().hex}").id)
+                print(refund.delay("R-1").id)
+                """,
+                broker,
+            )
+            flaky_runs = process_spans(2, message_id=flaky_id)
+            refund_runs = process_spans(2, message_id=refund_id)
+            dead = wait_for(lambda: DeadLetter.objects.filter(app=APP, message_type="shop.refund").first(), timeout=60, what="the refund's dead letter")
+    finally:
+        watch.stop()
+    first, second = sorted(flaky_runs, key=lambda s: s.attributes["flowscope.attempt"])
+    assert (first.attributes["flowscope.attempt"], first.attributes["flowscope.outcome"], first.attributes["flowscope.final_attempt"], first.status_code) == (1, "retried", False, ERROR)
+    assert "payment gateway timed out" in first.status_message
+    assert (second.attributes["flowscope.attempt"], second.attributes["flowscope.outcome"], second.status_code) == (2, "succeeded", OK)
+    # No task-sent event for the retry (the worker does not send them): the second attempt hangs off the first.
+    assert second.trace_id == first.trace_id == uuid.UUID(flaky_id).hex and second.parent_span_id == first.span_id
+    last = max(refund_runs, key=lambda s: s.attributes["flowscope.attempt"])
+    assert (last.attributes["flowscope.attempt"], last.attributes["flowscope.outcome"], last.attributes["flowscope.final_attempt"]) == (2, "failed", True)
+    assert (dead.attempts, str(dead.message_id), dead.envelope["requeueable"]) == (2, refund_id, False)
+    assert dead.trace_id == last.trace_id and dead.envelope["headers"]["traceparent"].split("-")[2] == last.span_id
+    assert LiveTask.objects.get(app=APP, task_id=flaky_id).state == "succeeded"
+
+
+def test_a_retry_received_before_the_retried_event_of_the_attempt_that_sent_it_still_makes_two_attempts():
+    """The order a worker's events came in (the copy is published while the first attempt runs):
+    only task-received names the attempt, so each end goes to the attempt it belongs to."""
+    translator, out = Translator(APP), Output()
+    task = str(uuid.uuid4())
+    for kind, at, extra in (
+        ("task-received", 1.0, {"retries": 0, "name": "shop.flaky", "args": "('k',)"}),
+        ("task-started", 1.1, {}),
+        ("task-received", 1.2, {"retries": 1, "name": "shop.flaky", "args": "('k',)"}),
+        ("task-retried", 1.3, {"exception": "ConnectionError('payment gateway timed out')"}),
+        ("task-started", 1.4, {}),
+        ("task-succeeded", 1.5, {"runtime": 0.1}),
+    ):
+        translator.take(checked({"type": kind, "uuid": task, "timestamp": 1_800_000_000 + at, "hostname": "w@h", **extra}), out)
+    first, second = out.spans
+    assert (first["a"]["flowscope.attempt"], first["a"]["flowscope.outcome"], second["a"]["flowscope.attempt"], second["a"]["flowscope.outcome"]) == (1, "retried", 2, "succeeded")
+    assert first["s"] != second["s"] and second["p"] == first["s"] and first["t"] == second["t"] == uuid.UUID(task).hex
+    assert (first["st"], first["en"], second["st"], second["en"]) == tuple(int((1_800_000_000 + x) * 1e9) for x in (1.1, 1.3, 1.4, 1.5))
+    assert [r["state"] for r in out.tasks] == ["received", "started", "received", "retried", "started", "succeeded"]
+
+
+def test_the_watcher_remembers_a_bounded_number_of_tasks():
+    translator, out = Translator(APP, max_tasks=100), Output()
+    for i in range(1000):
+        translator.take(checked({"type": "task-received", "uuid": f"t-{i}", "timestamp": 1_800_000_000.0, "hostname": "w@h", "name": "shop.tick"}), out)
+    assert len(translator.tasks) == 100 and translator.forgotten == 900 and "t-999" in translator.tasks and "t-0" not in translator.tasks
+
+
+def test_spans_the_full_sink_refuses_are_counted_as_dropped_and_the_task_states_still_arrive(collector):
+    broker = broker_url()
+    # The watcher's bound is one span, and one is counted as waiting for the collector (which only
+    # ever takes off what it read): every batch the watcher pushes is refused.
+    get_redis().incrby(PENDING, 1)
+    watch = watcher(broker, env={"TRACING_SINK_MAX_SPANS": "1"})
+    try:
+        with PlainWorker(broker):
+            (order_id,) = produce("from tests.attached_app import place_order\nprint(place_order.delay('full').id)", broker)
+            wait_for(lambda: LiveTask.objects.filter(app=APP, state="succeeded").count() == 2, timeout=60, what="both tasks succeeded in the live list")
+            wait_for(lambda: "span sink holds its limit" in watch.log_text(), timeout=60, what="the watcher saying the sink is full")
+    finally:
+        watch.stop()
+        get_redis().decrby(PENDING, 1)
+    assert not spans_where(message_id=order_id)
+    dropped = int(re.search(r"watcher stopped: .*dropped (\d+)", watch.log_text()).group(1))
+    assert dropped >= 2, watch.log_text()[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        (["--broker", "redis://127.0.0.1:1/0", "--app", "shop events"], "--app 'shop events'"),
+        (["--broker", "localhost:6379", "--app", "shop"], "is not a broker URL"),
+        (["--broker", "redis://127.0.0.1:1/0", "--app", "shop", "--batch", "0"], "must be above 0"),
+    ],
+)
+def test_the_command_refuses_bad_options_with_the_reason(options, complaint):
+    with pytest.raises(CommandError, match=re.escape(complaint)):
+        call_command("watch_celery", *options)

@@ -13,7 +13,7 @@ import hashlib
 import uuid
 from typing import Any
 
-from tracing.redaction import redact, redact_text
+from tracing.redaction import redact_text
 
 PRODUCER, CONSUMER = 3, 4  # the SDK's SpanKind values, as the sink carries them
 UNSET, OK, ERROR = 0, 1, 2
@@ -87,10 +87,14 @@ def span(
     attributes: dict[str, Any],
     error: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
-    """`error` is (type, message, traceback) for an exception event, as the agent records it."""
+    """`error` is (type, message, traceback) for an exception event, as the agent records it.
+
+    The attributes are this module's keys with names, ids and hosts for values, never a task's
+    data: only the exception's text, which may quote it, is redacted (the per-key redaction of
+    the OTLP receiver cost four fifths of the watcher's time, profiled at 10,000 tasks)."""
     events = []
     if error is not None:
-        events.append(["exception", ns(end), redact({"exception.type": error[0], "exception.message": error[1][:2000], "exception.stacktrace": error[2][-8000:]})])
+        events.append(["exception", ns(end), {"exception.type": error[0], "exception.message": redact_text(error[1][:2000]), "exception.stacktrace": redact_text(error[2][-8000:])}])
     return {
         "t": trace_id,
         "s": span_id,
@@ -102,7 +106,7 @@ def span(
         "en": ns(max(start, end)),
         "sc": status,
         "sm": redact_text(message)[:500],
-        "a": redact(attributes),
+        "a": attributes,
         "e": events,
         "l": [],
     }

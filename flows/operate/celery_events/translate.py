@@ -16,6 +16,7 @@ from typing import Any
 from flows.operate.celery_events import spans as s
 
 MAX_TASKS = 50_000
+MAX_OPEN_ATTEMPTS = 4
 MAX_REPR = 2_000  # args and kwargs reprs kept per task: Celery truncates its own, a custom one may not
 
 # Event type -> (the live task list's state, Celery's state name as the agent's flowscope.state has it).
@@ -31,24 +32,56 @@ ENDS = {"task-succeeded": "succeeded", "task-failed": "failed", "task-retried": 
 
 
 @dataclasses.dataclass(slots=True)
+class Attempt:
+    """One execution of a task: what its own events said."""
+
+    retries: int
+    sent_at: float | None = None  # from its task-sent event, when the app sends them
+    received_at: float | None = None
+    started_at: float | None = None
+    worker: str = ""
+
+
+@dataclasses.dataclass(slots=True)
 class Memo:
-    """What earlier events said of one task (its current attempt)."""
+    """What earlier events said of one task, and of its attempts not yet ended.
+
+    Only task-sent and task-received name the attempt (retries); started, retried, succeeded
+    and failed do not, and a retry's task-received may come before the task-retried of the
+    attempt that sent it (the copy is published while that attempt still runs). So an attempt
+    starts at the lowest open attempt not yet started, task-retried ends the lowest open one,
+    and a final outcome the highest."""
 
     name: str = ""
     root_id: str = ""
     parent_id: str = ""
     args: str = ""
     kwargs: str = ""
-    retries: int = 0
+    retries: int = 0  # the highest attempt seen
     queue: str = ""
     exchange: str = ""
     routing_key: str = ""
     eta: str = ""
-    sent_at: float | None = None  # of the current attempt, from its task-sent event
-    received_at: float | None = None
-    started_at: float | None = None
     worker: str = ""
     ran: int | None = None  # retries of its last execution that ended: its children's parent span
+    open: dict[int, Attempt] = dataclasses.field(default_factory=dict)
+
+    def attempt(self, retries: int) -> Attempt:
+        found = self.open.get(retries)
+        if found is None:
+            if len(self.open) >= MAX_OPEN_ATTEMPTS:  # attempts whose end never came
+                self.open.pop(min(self.open))
+            found = self.open[retries] = Attempt(retries)
+        return found
+
+    def to_start(self) -> Attempt:
+        waiting = [a for r, a in sorted(self.open.items()) if a.started_at is None]
+        return waiting[0] if waiting else self.attempt(self.retries)
+
+    def to_end(self, *, final: bool) -> Attempt:
+        if not self.open:
+            return self.attempt(self.retries)
+        return self.open.pop(max(self.open) if final else min(self.open))
 
 
 @dataclasses.dataclass
@@ -103,25 +136,33 @@ class Translator:
         task_id, at = event["uuid"], float(event["timestamp"])
         memo = self.memo(task_id)
         self._note(memo, event)
-        if event.get("hostname") and kind != "task-sent":
-            memo.worker = event["hostname"]
-            self.task_events[memo.worker] = self.task_events.get(memo.worker, 0) + 1
+        hostname = (event.get("hostname") or "") if kind != "task-sent" else ""  # a producer's host is no worker
+        if hostname:
+            memo.worker = hostname
+            self.task_events[hostname] = self.task_events.get(hostname, 0) + 1
         if kind == "task-sent":
             self.sent_events += 1
-            memo.sent_at = at
-            out.spans.append(self._send_span(task_id, memo, at))
-        elif kind == "task-received":
-            memo.received_at, memo.started_at = at, None
+            attempt = memo.attempt(event.get("retries") or 0)
+            attempt.sent_at = at
+            out.spans.append(self._send_span(task_id, memo, attempt, at))
+            return
+        if kind == "task-received":
+            attempt = memo.attempt(event.get("retries") or 0)
+            attempt.received_at = at
         elif kind == "task-started":
-            memo.started_at = at
-        if kind in ENDS:
-            out.spans.append(self._process_span(task_id, memo, event, at))
+            attempt = memo.to_start()
+            attempt.started_at = at
+        elif kind in ENDS:
+            attempt = memo.to_end(final=kind != "task-retried")
+            memo.ran = attempt.retries
+            out.spans.append(self._process_span(task_id, memo, attempt, event, at))
+        else:
+            return
+        attempt.worker = hostname or attempt.worker
         if kind in STATES:
-            out.tasks.append(self._task_row(task_id, memo, event, at))
+            out.tasks.append(self._task_row(task_id, memo, attempt, event, at))
         if kind == "task-failed":
-            out.deaths.append(self._death(task_id, memo, event))
-        if kind in ENDS:
-            memo.ran, memo.sent_at, memo.received_at, memo.started_at = memo.retries, None, None, None
+            out.deaths.append(self._death(task_id, memo, attempt, event))
 
     @staticmethod
     def _note(memo: Memo, event: dict[str, Any]) -> None:
@@ -133,21 +174,21 @@ class Translator:
             if event.get(field):
                 setattr(memo, field, event[field][:MAX_REPR])
         if isinstance(event.get("retries"), int):
-            memo.retries = event["retries"]
+            memo.retries = max(memo.retries, event["retries"])
 
-    def _send_span(self, task_id: str, memo: Memo, at: float) -> dict[str, Any]:
+    def _send_span(self, task_id: str, memo: Memo, attempt: Attempt, at: float) -> dict[str, Any]:
         name = memo.name or "unknown"
         attributes = s.common(app=self.app, name=name, task_id=task_id, operation="send", queue=memo.queue or memo.routing_key, root_id=memo.root_id)
         parent_memo = self.tasks.get(memo.parent_id) if memo.parent_id else None
         attributes[s.PRODUCER_NAME] = f"handler:{parent_memo.name}" if parent_memo is not None and parent_memo.name else f"service:{self.app}"
-        attributes[s.ATTEMPT] = memo.retries + 1
+        attributes[s.ATTEMPT] = attempt.retries + 1
         if memo.eta:
             attributes[s.SCHEDULED], attributes[s.SCHEDULED_FOR] = True, memo.eta
         # A retry is sent by the attempt that failed; a first attempt by the task it was sent from.
-        parent = s.span_id_of(task_id, "process", memo.retries - 1) if memo.retries else self.parent_execution(memo)
+        parent = s.span_id_of(task_id, "process", attempt.retries - 1) if attempt.retries else self.parent_execution(memo)
         return s.span(
             trace_id=self.trace_of(task_id, memo),
-            span_id=s.span_id_of(task_id, "send", memo.retries),
+            span_id=s.span_id_of(task_id, "send", attempt.retries),
             parent=parent,
             name=f"send {name}",
             kind=s.PRODUCER,
@@ -158,21 +199,21 @@ class Translator:
             attributes=attributes,
         )
 
-    def _process_span(self, task_id: str, memo: Memo, event: dict[str, Any], at: float) -> dict[str, Any]:
+    def _process_span(self, task_id: str, memo: Memo, attempt: Attempt, event: dict[str, Any], at: float) -> dict[str, Any]:
         kind, name = event["type"], memo.name or "unknown"
         outcome = ENDS[kind]
         runtime = event.get("runtime")
-        start = memo.started_at or (at - runtime if runtime is not None else memo.received_at or at)
+        start = attempt.started_at or (at - runtime if runtime is not None else attempt.received_at or at)
         attributes = s.common(app=self.app, name=name, task_id=task_id, operation="process", queue=memo.queue or memo.routing_key, root_id=memo.root_id)
-        attributes.update({s.CONSUMER_GROUP: name, s.CONSUMER_NAME: name, s.WORKER: memo.worker, s.ATTEMPT: memo.retries + 1, s.OUTCOME: outcome})
+        attributes.update({s.CONSUMER_GROUP: name, s.CONSUMER_NAME: name, s.WORKER: attempt.worker or memo.worker, s.ATTEMPT: attempt.retries + 1, s.OUTCOME: outcome})
         if kind in STATES:
             attributes[s.STATE] = STATES[kind][1]
         if kind in ("task-failed", "task-retried"):
             attributes[s.FINAL] = kind == "task-failed"
         if runtime is not None:
             attributes[s.RUNTIME_MS] = round(runtime * 1000, 3)
-        if memo.sent_at is not None and memo.started_at is not None:
-            attributes[s.QUEUE_WAIT_MS] = round(max(0.0, memo.started_at - memo.sent_at) * 1000, 3)
+        if attempt.sent_at is not None and attempt.started_at is not None:
+            attributes[s.QUEUE_WAIT_MS] = round(max(0.0, attempt.started_at - attempt.sent_at) * 1000, 3)
         if memo.eta:
             attributes[s.SCHEDULED], attributes[s.SCHEDULED_FOR] = True, memo.eta
         error, status, message = None, s.OK, ""
@@ -185,10 +226,13 @@ class Translator:
             if kind == "task-revoked":
                 message = "expired" if event.get("expired") else ("terminated" if event.get("terminated") else "revoked")
         # Its own send span when the app sends task-sent events; else the execution it was sent from.
-        parent = s.span_id_of(task_id, "send", memo.retries) if memo.sent_at is not None else (s.span_id_of(task_id, "process", memo.retries - 1) if memo.retries else self.parent_execution(memo))
+        if attempt.sent_at is not None:
+            parent = s.span_id_of(task_id, "send", attempt.retries)
+        else:
+            parent = s.span_id_of(task_id, "process", attempt.retries - 1) if attempt.retries else self.parent_execution(memo)
         return s.span(
             trace_id=self.trace_of(task_id, memo),
-            span_id=s.span_id_of(task_id, "process", memo.retries),
+            span_id=s.span_id_of(task_id, "process", attempt.retries),
             parent=parent,
             name=f"process {name}",
             kind=s.CONSUMER,
@@ -201,13 +245,13 @@ class Translator:
             error=error,
         )
 
-    def _task_row(self, task_id: str, memo: Memo, event: dict[str, Any], at: float) -> dict[str, Any]:
+    def _task_row(self, task_id: str, memo: Memo, attempt: Attempt, event: dict[str, Any], at: float) -> dict[str, Any]:
         return {
             "id": task_id,
             "name": memo.name,
             "state": STATES[event["type"]][0],
             "at": at,
-            "worker": memo.worker,
+            "worker": attempt.worker or memo.worker,
             "queue": memo.queue or memo.routing_key,
             "runtime_s": event.get("runtime"),
             "args": memo.args,
@@ -216,7 +260,7 @@ class Translator:
             "trace_id": self.trace_of(task_id, memo),
         }
 
-    def _death(self, task_id: str, memo: Memo, event: dict[str, Any]) -> dict[str, Any]:
+    def _death(self, task_id: str, memo: Memo, attempt: Attempt, event: dict[str, Any]) -> dict[str, Any]:
         """The agent's dead-letter report (console.api.agent.Death), from what events tell: no call."""
         exception, traceback = event.get("exception") or "", event.get("traceback") or ""
         error_type = s.exception_type(exception, traceback)
@@ -236,11 +280,11 @@ class Translator:
             "error_message": message[:20_000],
             "traceback": traceback[-100_000:],
             "frames": [],
-            "attempts": memo.retries + 1,
-            "traceparent": f"00-{trace_id}-{s.span_id_of(task_id, 'process', memo.retries)}-01",
+            "attempts": attempt.retries + 1,
+            "traceparent": f"00-{trace_id}-{s.span_id_of(task_id, 'process', attempt.retries)}-01",
             "root_id": memo.root_id,
             "parent_id": memo.parent_id,
-            "worker": memo.worker,
+            "worker": attempt.worker or memo.worker,
         }
 
     def _worker(self, event: dict[str, Any], out: Output) -> None:
