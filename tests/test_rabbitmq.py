@@ -242,6 +242,19 @@ def test_a_connection_the_broker_closed_between_batches_is_opened_anew_and_nothi
     assert rabbitmq.queue_gauges([scratch_queue])[scratch_queue] == (50, 0)
 
 
+def test_a_batch_to_a_queue_deleted_since_the_last_batch_is_not_confirmed_and_the_next_one_declares_it_again(scratch_queue):
+    with rabbitmq.one_confirm_channel() as publisher:
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(5)])
+        with current_app.connection_for_write() as connection:
+            connection.default_channel.queue_delete(scratch_queue)
+        with pytest.raises(PublishNotConfirmed, match=r"RabbitMQ routed 10 of 10 messages to no queue"):
+            publish_confirmed([(scratch_queue, plain(n)) for n in range(5, 15)])
+        assert publisher.connection is None
+        publish_confirmed([(scratch_queue, plain(n)) for n in range(15, 18)])
+    with peeking(scratch_queue) as messages:
+        assert [m.decode()["n"] for m in messages] == [15, 16, 17], "the deleted queue's five gone with it, the ten refused, the last three kept"
+
+
 def test_after_a_refused_batch_the_next_batch_in_the_block_goes_on_a_new_connection(bounded_queue, scratch_queue):
     with rabbitmq.one_confirm_channel() as publisher:
         with pytest.raises(PublishNotConfirmed, match="RabbitMQ refused 2 of 3 messages"):

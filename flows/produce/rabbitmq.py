@@ -181,7 +181,9 @@ def _chunks(channel: Any, messages: Sequence[tuple[str, amqp.Message]]) -> Itera
     arguments: dict[str, bytes] = {}
     for queue, message in messages:
         if queue not in arguments:
-            arguments[queue] = amqp_dumps("Bssbb", (0, "", queue, False, False))  # ticket, exchange, routing key, mandatory, immediate
+            # Mandatory: a message no queue takes (its queue deleted since it was declared) comes
+            # back, rather than being confirmed and lost.
+            arguments[queue] = amqp_dumps("Bssbb", (0, "", queue, True, False))  # ticket, exchange, routing key, mandatory, immediate
         write_frames(1, channel.channel_id, amqp_spec.Basic.Publish, arguments[queue], message)
         chunk.messages += 1
         if len(chunk.data) >= WRITE_BYTES:
@@ -197,7 +199,9 @@ class ConfirmedPublisher:
     Opened at the first batch; checked before each later one and opened anew if the broker or
     the network closed it meanwhile (nothing of that batch is sent yet, so nothing is sent twice);
     given up after any failure of a batch, whose messages' fate is then unknown (the caller's
-    retry sends them again).
+    retry sends them again). Each queue is declared once a connection (a quorum queue's declare
+    costs a round through its leader), and every message is mandatory, so that one whose queue
+    was deleted since comes back as a failure of its batch instead of being confirmed and lost.
     """
 
     def __init__(self, app: Any) -> None:
@@ -207,6 +211,8 @@ class ConfirmedPublisher:
         self._tags = 0  # delivery tags this channel has given so far
         self._unsettled: OrderedDict[int, None] = OrderedDict()  # published, neither confirmed nor refused
         self._refused = 0
+        self._returned = 0  # messages the broker could route to no queue
+        self._declared: set[str] = set()  # queues declared on this connection
 
     @property
     def connection(self) -> Connection | None:
@@ -222,8 +228,10 @@ class ConfirmedPublisher:
         broke = self._connection.connection_errors  # type: ignore[union-attr]
         try:
             for name in dict.fromkeys(queue for queue, _ in messages):
-                work_queue(name).bind(channel).declare()  # a message to a queue that is not there would be confirmed, and lost
-            self._refused = 0
+                if name not in self._declared:
+                    work_queue(name).bind(channel).declare()  # the queue may not be there yet: nothing would take the message
+                    self._declared.add(name)
+            self._refused = self._returned = 0
             sent = 0
             try:
                 for chunk in _chunks(channel, messages):
@@ -258,12 +266,14 @@ class ConfirmedPublisher:
                 channel = connection.channel()
                 channel.events["basic_ack"].add(self._on_ack)
                 channel.events["basic_nack"].add(self._on_nack)
+                channel.events["basic_return"].add(self._on_return)
                 channel.confirm_select()
             except BaseException:
                 connection.collect()
                 raise
             self._connection, self._channel, self._tags = connection, channel, 0
             self._unsettled.clear()
+            self._declared.clear()
         return self._channel
 
     def _usable(self) -> bool:
@@ -292,6 +302,9 @@ class ConfirmedPublisher:
 
     def _on_nack(self, tag: int, multiple: bool, *_: Any) -> None:
         self._settle(tag, multiple, refused=True)
+
+    def _on_return(self, *_: Any) -> None:
+        self._returned += 1  # its confirm follows, as for any message
 
     def _settle(self, tag: int, multiple: bool, *, refused: bool) -> None:
         # RabbitMQ does not promise to confirm in the order of publishing, so a tag settles only
@@ -330,6 +343,8 @@ class ConfirmedPublisher:
                 continue
         if self._refused:
             raise PublishNotConfirmed(f"RabbitMQ refused {self._refused} of {count} messages")
+        if self._returned:
+            raise PublishNotConfirmed(f"RabbitMQ routed {self._returned} of {count} messages to no queue (a queue deleted since it was declared?)")
 
 
 _current: ContextVar[ConfirmedPublisher | None] = ContextVar("flows_confirmed_publisher", default=None)
