@@ -24,7 +24,7 @@ from flows.models import DeadLetter, LiveTask, LiveWorker, RevokeOrder
 from flows.operate.live_tasks import LiveReportError, prune_live, record_tasks, record_workers
 from tests.people import client_for, token_for
 from tests.support.waiting import wait_for
-from tests.test_agent import AttachedWorker, empty_shop_queue, free_port, produce, run_ticks  # noqa: F401  (an autouse fixture)
+from tests.test_agent import RUNTIME, AttachedWorker, empty_shop_queue, free_port, produce, run_ticks  # noqa: F401  (an autouse fixture)
 
 T0 = float(int(time.time())) - 600  # recent: older rows are pruned by the retention
 
@@ -449,6 +449,9 @@ def test_with_the_console_down_task_reports_beyond_the_bound_are_dropped_and_cou
     nowhere = {"FLOWSCOPE_URL": f"http://127.0.0.1:{free_port()}", "FLOWSCOPE_TOKEN": "fs_nothing-listens", "FLOWSCOPE_EXPORT_TIMEOUT": "1", "FLOWSCOPE_MAX_QUEUE": "5"}
     with AttachedWorker(agent=True, **nowhere) as worker:
         run_ticks(worker, 60)  # waits until every one ran
+        # and until the main process has every result: a pool process stopped while it hands one
+        # back would be a lost worker, which is the stop's doing, not the agent's
+        wait_for(lambda: len(RUNTIME.findall(worker.log())) >= 60, timeout=60, what="the worker logging all 60 results")
         log = worker.stop()
     counts = [tuple(map(int, line)) for line in LIVE_SHUTDOWN.findall(log)]
     assert counts, log[-3000:]
