@@ -199,9 +199,10 @@ class ConfirmedPublisher:
     Opened at the first batch; checked before each later one and opened anew if the broker or
     the network closed it meanwhile (nothing of that batch is sent yet, so nothing is sent twice);
     given up after any failure of a batch, whose messages' fate is then unknown (the caller's
-    retry sends them again). Each queue is declared once a connection (a quorum queue's declare
-    costs a round through its leader), and every message is mandatory, so that one whose queue
-    was deleted since comes back as a failure of its batch instead of being confirmed and lost.
+    retry sends them again). Each queue is declared once a connection, not once a batch (a round
+    trip each, through the leader on a quorum queue), and every message is mandatory, so that
+    one whose queue was deleted since comes back as a failure of its batch instead of being
+    confirmed and lost.
     """
 
     def __init__(self, app: Any) -> None:
