@@ -199,6 +199,9 @@ def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_trace
     assert answer.status_code == 409, answer.content
     assert DeadLetter.objects.get(pk=dead.pk).state == "dead"  # nothing changed
     assert "watching the events of Celery app 'shop-events'" in log and "malformed 0, oversized 0" in log, log[-2000:]
+    queue = re.search(r"queue (\S+)", log).group(1)
+    with Connection(broker) as connection, pytest.raises(connection.channel_errors):  # the watcher's queue went with it
+        connection.default_channel.queue_declare(queue, passive=True)
 
 
 def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_goes_on(collector):
@@ -209,15 +212,16 @@ def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_go
             events = get_exchange(connection)  # Celery's event exchange as its workers publish to it (fanout on Redis)
             producer = Producer(connection.default_channel)
             for body in (
-                {"type": "task-succeeded", "uuid": 42, "timestamp": 1.0},  # an id that is not text
+                {"type": "task-succeeded", "uuid": 42, "timestamp": 1_800_000_000.0},  # an id that is not text
                 {"type": "task-failed", "uuid": "x", "timestamp": "yesterday"},  # a time that is not a number
+                {"type": "task-started", "uuid": "y", "timestamp": 5.0},  # a time before any Celery ran
                 ["not an object"],
                 {"no": "type"},
                 {"type": "task-received", "uuid": "big", "timestamp": 1_800_000_000.0, "args": "x" * 600_000},  # over the size limit
             ):
                 producer.publish(body, exchange=events, routing_key="task.succeeded", serializer="json", declare=[events])
             producer.publish(b"\xff not json", exchange=events, routing_key="task.failed", content_type="application/json", content_encoding="binary")
-        wait_for(lambda: "skipped an event" in watch.log_text() and watch.log_text().count("skipped an event") >= 6, timeout=60, what="six skipped events in the watcher's log")
+        wait_for(lambda: "skipped an event" in watch.log_text() and watch.log_text().count("skipped an event") >= 7, timeout=60, what="seven skipped events in the watcher's log")
         # Still watching: a real task after them is seen.
         with PlainWorker(broker):
             (order_id,) = produce("from tests.attached_app import charge_card\nprint(charge_card.delay('after').id)", broker)
@@ -225,9 +229,9 @@ def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_go
     finally:
         watch.stop()
     log = watch.log_text()
-    assert "malformed 5, oversized 1" in log, log[-3000:]
-    assert "uuid is int, not text" in log and "timestamp is 'yesterday'" in log and "over 524288" in log
-    assert not LiveTask.objects.filter(task_id__in=["x", "big"]).exists()
+    assert "malformed 6, oversized 1" in log, log[-3000:]
+    assert "uuid is int, not text" in log and "timestamp is 'yesterday'" in log and "timestamp 5.0 is not between 2000 and 2100" in log and "over 524288" in log
+    assert not LiveTask.objects.filter(task_id__in=["x", "y", "big"]).exists()
 
 
 def test_a_worker_that_sends_no_task_events_is_named_at_start_up(collector):

@@ -10,6 +10,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a message of events (a worker's buffered 
 MAX_EVENT_CHARS = 512 * 1024  # one event's text fields together, tracebacks included
 MAX_ID = 200
 MAX_NAME = 300
+EARLIEST, LATEST = 946_684_800.0, 4_102_444_800.0  # 2000 and 2100 in epoch seconds, as the live task list takes them
 TASK_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded", "task-failed", "task-retried", "task-revoked", "task-rejected")
 WORKER_EVENTS = ("worker-online", "worker-heartbeat", "worker-offline")
 
@@ -46,6 +47,12 @@ def _number(event: dict[str, Any], field: str, *, required: bool = False) -> flo
     return float(value)
 
 
+def _moment(event: dict[str, Any]) -> None:
+    at = _number(event, "timestamp", required=True)
+    if not EARLIEST <= at <= LATEST:  # type: ignore[operator]
+        raise Malformed(f"{event.get('type')}: timestamp {at!r} is not between 2000 and 2100 in epoch seconds")
+
+
 def checked(event: Any) -> dict[str, Any] | None:
     """The event with its fields checked, or None for a type the watcher does not use;
     Malformed (Oversized) with the reason otherwise. Text fields Celery sends as reprs (args,
@@ -61,7 +68,7 @@ def checked(event: Any) -> dict[str, Any] | None:
     if size > MAX_EVENT_CHARS:
         raise Oversized(f"{kind}: {size} characters of text, over {MAX_EVENT_CHARS}")
     _text(event, "hostname", MAX_NAME, required=kind in WORKER_EVENTS)
-    _number(event, "timestamp", required=True)
+    _moment(event)
     if kind in WORKER_EVENTS:
         for field in ("active", "processed"):
             value = event.get(field)

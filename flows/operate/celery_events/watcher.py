@@ -1,8 +1,10 @@
 """The watcher's loop: consume an app's events from its broker, translate, write in batches.
 
 1. Connect with a Celery app object of the watcher's own (the broker URL, nothing of the app's)
-   and consume through `app.events.Receiver`: an auto-deleted queue bound to the app's event
-   exchange, so the watcher takes nothing from the app's queues.
+   and consume through `app.events.Receiver`: a queue of the watcher's own bound to the app's
+   event exchange, so it takes nothing from the app's queues. The queue is kept across
+   reconnects (on RabbitMQ, events that come meanwhile wait in it, each up to QUEUE_TTL_S) and
+   deleted when the watcher stops; one left by a killed watcher expires after QUEUE_EXPIRES_S.
 2. Check each event (validation.checked); a malformed or oversized one is counted and skipped.
 3. Translate (translate.Translator) into an Output; write it every `flush_seconds` or once it
    holds `batch` items, whichever comes first, also while no event comes.
@@ -19,6 +21,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +37,8 @@ from tracing.sink import SinkFull
 
 log = logging.getLogger("flows.celery_events")
 MAX_HELD = 20_000  # spans, tasks and dead letters held for a retry while their store is away
+QUEUE_TTL_S = 60.0  # an event waits this long in the watcher's queue (Celery's default, 5 s, loses events behind one slow write)
+QUEUE_EXPIRES_S = 600.0  # the queue outlives its consumer by this long: a reconnect finds what came meanwhile (RabbitMQ)
 REASONS_LOGGED = 20  # malformed events described in the log; the rest only counted
 STATS_EVERY_S = 60.0
 
@@ -82,6 +87,7 @@ class Watcher:
         self.last_flush = self.last_stats = time.monotonic()
         self.heartbeats: dict[str, tuple[int, int]] = {}  # hostname -> processed at first and latest heartbeat
         self.warned: set[str] = set()
+        self.node_id = f"flowscope-watch-{uuid.uuid4().hex[:12]}"  # one queue for the life of this watcher, reconnects included
 
     # --- the broker ---
 
@@ -99,6 +105,7 @@ class Watcher:
                     backoff = 1.0
                     for _ in receiver.consume(limit=None, timeout=None, safety_interval=min(1.0, self.flush_seconds)):
                         pass
+                    receiver.queue.bind(connection.default_channel).delete()  # stopped: nothing is to wait in it
             except errors as exc:
                 self.counts.reconnects += 1
                 log.warning("broker %s unreachable (%s: %s); reconnecting in %.0fs", self.where, type(exc).__name__, exc, backoff)
@@ -135,9 +142,9 @@ class Watcher:
                     # Said once the first wait for events is over: by then the subscription is in
                     # place on every transport (Redis subscribes to its fanout channel there),
                     # so what is sent after this line is seen.
-                    log.info("watching the events of Celery app %r on %s%s", watcher.app_name, watcher.where, " (reconnected)" if watcher.counts.reconnects else "")
+                    log.info("watching the events of Celery app %r on %s, queue %s%s", watcher.app_name, watcher.where, self.queue.name, " (reconnected)" if watcher.counts.reconnects else "")
 
-        receiver = Receiver(connection, app=self.celery)
+        receiver = Receiver(connection, app=self.celery, node_id=self.node_id, queue_ttl=QUEUE_TTL_S, queue_expires=QUEUE_EXPIRES_S, queue_durable=True, queue_exclusive=False)
         receiver.waited = 0
         return receiver
 
@@ -223,6 +230,9 @@ class Watcher:
             except LiveReportError as exc:  # an event the live list refuses: this batch is lost, the next is not
                 self.counts.dropped += len(chunk)
                 log.warning("the live task list refused %d %s: %s", len(chunk), what, exc)
+            except Exception:  # noqa: BLE001 - a store failing in a way not foreseen loses this batch, not the watch
+                self.counts.dropped += len(chunk)
+                log.exception("could not write %d %s; dropped", len(chunk), what.replace("_", " "))
             else:
                 if hasattr(self.counts, what):
                     setattr(self.counts, what, getattr(self.counts, what) + len(chunk))
