@@ -66,6 +66,7 @@ class DeadLetter(models.Model):
             models.Index(fields=["message_id"], name="deadletter_message"),
             models.Index(fields=["trace_id"], name="deadletter_trace"),
             models.Index(fields=["requeue_trace_id"], name="deadletter_requeue_trace"),
+            models.Index(fields=["app", "dead_at", "id"], name="deadletter_app_recent"),  # the ?app= filter, newest first (the page orders by dead_at, id)
         ]
 
     def __str__(self) -> str:
