@@ -7,7 +7,7 @@ import dataclasses
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 from console.models import RANK, ApiToken, Role, UserRole
-from tracing.otlp import Bearer
+from tracing.otlp import Bearer, Verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +46,10 @@ def set_role(user: AbstractBaseUser, role: str) -> None:
     UserRole.objects.update_or_create(user=user, defaults={"role": Role(role)})
 
 
-def otlp_bearer(secret: str) -> Bearer:
-    """The OTLP receiver's verifier (settings.TRACING_OTLP_AUTH): only agent tokens report."""
+def otlp_bearer(secret: str) -> Verdict:
+    """The OTLP receiver's verifier (settings.TRACING_OTLP_AUTH): only agent tokens report, and
+    one tied to an app only that app's spans."""
     token = ApiToken.active(secret)
     if token is None:
-        return Bearer.UNKNOWN
-    return Bearer.REPORTER if token.role == Role.AGENT else Bearer.NOT_A_REPORTER
+        return Verdict(Bearer.UNKNOWN)
+    return Verdict(Bearer.REPORTER, token.app) if token.role == Role.AGENT else Verdict(Bearer.NOT_A_REPORTER)

@@ -233,3 +233,17 @@ def test_create_token_makes_agent_tokens():
 def test_check_deploy_warns_when_the_receiver_is_opened():
     result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION, TRACING_OTLP_OPEN="1")
     assert result.returncode != 0 and "console.W001" in result.stdout + result.stderr and "takes spans from anyone" in result.stdout + result.stderr
+
+
+def test_a_token_tied_to_an_app_sends_only_that_apps_spans_and_a_mixed_report_is_refused_whole(client, closed, collector):
+    _, secret = ApiToken.issue(name="shop agent", role="agent", created_by="tests", app="edge")  # otlp_json's service
+    _, other = ApiToken.issue(name="billing agent", role="agent", created_by="tests", app="billing")
+    own, foreign = "b1" * 16, "b2" * 16
+    response = post_span(client, foreign, **bearer(other))
+    assert response.status_code == 403 and "reports for the app 'billing' only; spans of 'edge' refused" in response.json()["message"]
+    mixed = json.loads(otlp_json(json_span(foreign, "cd" * 8)))
+    mixed["resourceSpans"].append({"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "billing"}}]}, "scopeSpans": [{"spans": [json_span(foreign, "ce" * 8)]}]})
+    assert client.post("/v1/traces", json.dumps(mixed), content_type="application/json", headers=bearer(other)).status_code == 403
+    assert post_span(client, own, **bearer(secret)).status_code == 200
+    wait_spans(1, trace_id=own)  # stored after the refused ones would have been
+    assert not spans_where(trace_id=foreign)

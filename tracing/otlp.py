@@ -33,6 +33,15 @@ class Bearer(enum.Enum):
     NOT_A_REPORTER = 403  # a real token whose role may not send spans
 
 
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """A verifier's answer: the Bearer, and for a token tied to one attached app, that app, whose
+    spans (service.name) are the only ones it may send."""
+
+    bearer: Bearer
+    app: str = ""
+
+
 class OtlpError(ValueError):
     """The request as a whole cannot be read."""
 

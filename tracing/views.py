@@ -61,8 +61,9 @@ def _verifier(path: str) -> Callable[[str], otlp.Bearer]:
     return import_string(path)
 
 
-def _refusal(request: HttpRequest) -> tuple[int, str] | None:
-    """Why this caller may not send spans (status, reason), or None if it may.
+def _refusal(request: HttpRequest) -> tuple[tuple[int, str] | None, str]:
+    """Why this caller may not send spans (status, reason), or None if it may; and the one app
+    whose spans it may send, for a token tied to an app ("" for any).
 
     The shared TRACING_OTLP_TOKEN and the API tokens the console's verifier accepts (the agent
     role) both open the door. Without a shared token, TRACING_OTLP_OPEN (on with DEBUG, off in
@@ -72,17 +73,26 @@ def _refusal(request: HttpRequest) -> tuple[int, str] | None:
     bearer = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
     shared = settings.TRACING_OTLP_TOKEN
     if shared and bearer and hmac.compare_digest(bearer.encode(), shared.encode()):
-        return None
-    if not shared and settings.TRACING_OTLP_OPEN:
-        return None
+        return None, ""
     if not bearer:
-        return 401, "a bearer token is needed: 'Authorization: Bearer <token>' with an API token of the agent role (manage.py create_token --role agent)"
-    verdict = _verifier(settings.TRACING_OTLP_AUTH)(bearer) if settings.TRACING_OTLP_AUTH else otlp.Bearer.UNKNOWN
-    if verdict is otlp.Bearer.REPORTER:
-        return None
-    if verdict is otlp.Bearer.NOT_A_REPORTER:
-        return 403, "this token's role may not send spans; only agent tokens may (manage.py create_token --role agent)"
-    return 401, "unknown or revoked bearer token"
+        if not shared and settings.TRACING_OTLP_OPEN:
+            return None, ""
+        return (401, "a bearer token is needed: 'Authorization: Bearer <token>' with an API token of the agent role (manage.py create_token --role agent)"), ""
+    verdict = _verifier(settings.TRACING_OTLP_AUTH)(bearer) if settings.TRACING_OTLP_AUTH else otlp.Verdict(otlp.Bearer.UNKNOWN)
+    if isinstance(verdict, otlp.Bearer):  # a verifier of before app-tied tokens
+        verdict = otlp.Verdict(verdict)
+    if verdict.bearer is otlp.Bearer.REPORTER:
+        return None, verdict.app
+    if not shared and settings.TRACING_OTLP_OPEN:
+        return None, ""  # an open receiver takes spans from anyone, as if no token had been given
+    if verdict.bearer is otlp.Bearer.NOT_A_REPORTER:
+        return (403, "this token's role may not send spans; only agent tokens may (manage.py create_token --role agent)"), ""
+    return (401, "unknown or revoked bearer token"), ""
+
+
+def _foreign_services(spans: list[dict], app: str) -> list[str]:
+    """The services (apps) in a report other than the one its token is tied to."""
+    return sorted({span["sv"] for span in spans if span["sv"] != app})
 
 
 @csrf_exempt
@@ -91,13 +101,14 @@ def receive_traces(request: HttpRequest) -> HttpResponse:
     """POST /v1/traces: an OTLP ExportTraceServiceRequest, protobuf or JSON.
 
     200 with ExportTraceServiceResponse (partial_success names rejected spans); 400 unreadable;
-    401 without a token that may report (see _refusal), 403 with a token of a role that may not;
+    401 without a token that may report (see _refusal), 403 with a token of a role that may not,
+    or one tied to another app than the spans' service.name;
     413 too large; 415 other content types;
     503 with Retry-After when the span sink is full or unreachable (the exporter retries).
     """
     content_type = request.content_type or ""
     reply_type = otlp.PROTOBUF if content_type == otlp.PROTOBUF else otlp.JSON
-    refusal = _refusal(request)
+    refusal, app = _refusal(request)
     if refusal is not None:
         return _error(*refusal, reply_type)
     if content_type not in (otlp.PROTOBUF, otlp.JSON):
@@ -108,6 +119,9 @@ def receive_traces(request: HttpRequest) -> HttpResponse:
         return _error(413, str(exc), reply_type)
     except (ValueError, gzip.BadGzipFile) as exc:
         return _error(400, str(exc), reply_type)
+    foreign = _foreign_services(decoded.spans, app) if app else []
+    if foreign:  # refused whole: an agent sends one app's spans, so a mixed report is not its own
+        return _error(403, f"this token reports for the app {app!r} only; spans of {', '.join(map(repr, foreign[:5]))} refused, none stored", reply_type)
     try:
         sink.push(decoded.spans)
     except sink.SinkFull as exc:
