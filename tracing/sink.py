@@ -47,7 +47,9 @@ def _attributes(attributes: Any) -> dict[str, Any]:
     (BoundedAttributes.copy, SDK 1.45), where dict() would read it key by key."""
     if not attributes:
         return {}
-    return attributes.copy() if hasattr(attributes, "copy") else dict(attributes)
+    copy = getattr(attributes, "copy", None)
+    copied = copy() if copy is not None else None
+    return copied if type(copied) is dict else dict(attributes)  # anything else: read it out
 
 
 def encode(span: ReadableSpan) -> dict[str, Any]:
