@@ -8,9 +8,16 @@ out of the task's request on execution; the process span is the current span whi
 runs, so a task sent from a task is a child of it: one trace from the first publish to the last
 task (a new trace per task is opentelemetry-python-contrib #609).
 
-Nothing here changes the app: no setting, route, serializer or task behaviour. The only write is
-two message headers (the trace context and the publish time, for queue wait), the same ones
-every OpenTelemetry propagator adds. A handler that fails logs and lets the task go on.
+Nothing here changes the app: no setting, route, serializer or task behaviour. The only writes
+are message headers: the trace context (the ones every OpenTelemetry propagator adds), the
+publish time (for queue wait) and who sent it (the flow graph's task-to-task edge: the worker
+running the task cannot tell otherwise which task, or which producer, sent it). A handler that
+fails logs and lets the task go on.
+
+Canvases need nothing of their own: Celery 5.7 sends a chain's next step, and (with a result
+backend that joins chords natively, such as Redis) a chord's callback from on_chord_part_return,
+inside the trace of the task that just finished, before task_postrun: its process span is still
+current, so that task is the sender. A group is one send per member from whoever applied it.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from flowscope_agent.requeues import Poller
 log = logging.getLogger("flowscope_agent")
 PROPAGATOR = TraceContextTextMapPropagator()
 PUBLISHED = "flowscope_published"  # header: epoch seconds of the publish, for queue wait
+SENT_BY = "flowscope_sent_by"  # header: the sender's graph node, handler:<task> or service:<app>
 CONTEXT_HEADERS = ("traceparent", "tracestate")
 MAX_RECEIVED = 4096  # requests noted on receipt in a worker's main process; past it the oldest is forgotten
 MAX_OPEN = 10_000  # spans open at once per process; past it the oldest is ended (a publish that raised)
@@ -257,6 +265,10 @@ class Agent:
         span = self.reporter().tracer.start_span(f"send {name}", kind=SpanKind.PRODUCER, attributes=attributes)
         PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         headers[PUBLISHED] = time.time()
+        # A retry's republish carries its first sender on (when Celery kept the headers): the
+        # graph counts every attempt of a task on the edge from whoever sent it first.
+        if not (attributes[ATTEMPT] > 1 and isinstance(headers.get(SENT_BY), str)):
+            headers[SENT_BY] = attributes[PRODUCER]
         if task_id:
             self._hold(self.publishing, str(task_id), span)
         else:
@@ -289,6 +301,9 @@ class Agent:
         published = _get(request, PUBLISHED)
         if isinstance(published, (int, float)):
             attributes[QUEUE_WAIT_MS] = round(max(0.0, started - published) * 1000, 3)
+        sent_by = _get(request, SENT_BY)
+        if isinstance(sent_by, str) and sent_by:
+            attributes[PRODUCER] = sent_by[:300]
         span = self.reporter().tracer.start_span(f"process {task.name}", context=_context_of(request), kind=SpanKind.CONSUMER, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
         self._hold(self.running, str(task_id), (span, token))
