@@ -18,7 +18,7 @@ from django.utils import timezone
 from flows.consume.stats import workers_online
 from flows.models import RequeueJob
 from flows.operate.live_selectors import live_summary
-from flows.operate.selectors import DeadLetterFilter, dead_letter_counts, dead_letter_groups, saga_counts
+from flows.operate.selectors import OWN_FLOWS, DeadLetterFilter, dead_letter_counts, dead_letter_groups, saga_counts
 from flows.produce.backpressure import queue_statuses
 from tracing import histogram
 from tracing.models import EdgeStat
@@ -37,6 +37,14 @@ def _cached(name: str, seconds: float, compute: Callable[[], Any]) -> Any:
         hit = (now, compute())
         _cache[name] = hit
     return hit[1]
+
+
+def graph_app(chosen: str) -> str | None:
+    """The flow graph's app filter from a page's or request's ?app=: None for every app, "" for
+    Flowscope's own flows (chosen as OWN_FLOWS, as on the dead-letter page), else the app."""
+    if not chosen:
+        return None
+    return "" if chosen == OWN_FLOWS else chosen
 
 
 def series(window: timedelta = WINDOW) -> dict[str, Any]:

@@ -61,7 +61,12 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 @page()
 def graph(request: HttpRequest) -> HttpResponse:
-    return render(request, "console/graph.html", page_context(request, frame=live.snapshot(), nav="graph"))
+    """Every app's edges come with each live frame; ?app= narrows what the page draws (the select
+    lists apps the console knows and apps with edges in the frame)."""
+    frame = live.snapshot()
+    chosen = request.GET.get("app", "").strip()[:100]
+    apps = sorted(set(known_apps()) | {n["app"] for n in frame["graph"]["nodes"] if n["app"]})
+    return render(request, "console/graph.html", page_context(request, frame=frame, nav="graph", app=chosen, apps=apps, own_flows=OWN_FLOWS, graph_filter={"app": chosen, "own": OWN_FLOWS}))
 
 
 def _filters(request: HttpRequest) -> DeadLetterFilter:

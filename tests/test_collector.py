@@ -102,7 +102,7 @@ def test_the_flow_graph_counts_a_known_workload_exactly():
     assert consume["error_rate"] == pytest.approx(4 / 11) and consume["dead_rate"] == pytest.approx(1 / 11)
     assert 8 <= consume["p50_ms"] <= 13 and 80 <= consume["p95_ms"] <= 125
     assert edges[("service:shop", "queue:q.graph")]["count"] == 1
-    assert {"id": "queue:q.graph", "kind": "queue", "label": "q.graph"} in graph["nodes"]
+    assert {"id": "queue:q.graph", "kind": "queue", "label": "q.graph", "app": ""} in graph["nodes"]
 
 
 def test_the_flow_graph_of_real_traffic_has_producer_queue_and_handler_edges(worker, collector):

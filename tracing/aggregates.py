@@ -1,9 +1,13 @@
 """The flow graph's rolling aggregates, kept by the collector as spans arrive.
 
-Each send span is an edge from its producer (a service, or the handler it ran in) to a queue;
-each process span an edge from a queue to a handler. Per edge and time bucket: how many, how
-many failed, how many ended in a dead letter, and a latency histogram. The console reads these
-rows, never the span table.
+Each send span is an edge from its sender (a service, or the handler it ran in) to a queue.
+Each process span is an edge to its handler: from the sender when the span names it (an attached
+app's agent carries the sender through the message, so a chain, a group or a chord's callback is
+drawn task to task, through its queue), else from the queue. Edges are kept per app
+(`flowscope.app`; empty for Flowscope's own flows), so two apps' queues of one name stay apart.
+Per edge and time bucket: how many, how many failed, how many ended in a dead letter, a latency
+histogram and, where spans say it, a queue-wait histogram. The console reads these rows, never
+the span table.
 """
 
 from __future__ import annotations
@@ -27,18 +31,36 @@ class _Tally:
     errors: int = 0
     dead: int = 0
     histogram: list[int] = dataclasses.field(default_factory=histogram.empty)
+    waits: list[int] = dataclasses.field(default_factory=list)  # filled only when a span says its queue wait
 
 
-def edge_of(span: dict[str, Any]) -> tuple[str, str] | None:
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    app: str
+    source: str
+    target: str
+    queue: str = ""  # the queue a sender -> handler edge went through
+
+
+Key = tuple[datetime, str, str, str, str]  # bucket, app, source, target, queue
+
+
+def edge_of(span: dict[str, Any]) -> Edge | None:
     attributes = span.get("a") or {}
     queue = attributes.get("messaging.destination.name")
     if not queue:
         return None
+    app = str(attributes.get("flowscope.app") or "")
     if span.get("k") == PRODUCER:
-        return str(attributes.get("flowscope.producer") or f"service:{span.get('sv') or 'unknown'}"), f"queue:{queue}"
+        return Edge(app, str(attributes.get("flowscope.producer") or f"service:{span.get('sv') or 'unknown'}"), f"queue:{queue}")
     if span.get("k") == CONSUMER:
         consumer = attributes.get("flowscope.consumer") or attributes.get("messaging.consumer.group.name")
-        return (f"queue:{queue}", f"handler:{consumer}") if consumer else None
+        if not consumer:
+            return None
+        sender = attributes.get("flowscope.producer")
+        if sender and app:  # an attached app's execution that names its sender: task to task
+            return Edge(app, str(sender), f"handler:{consumer}", str(queue))
+        return Edge(app, f"queue:{queue}", f"handler:{consumer}")
     return None
 
 
@@ -48,8 +70,8 @@ def bucket_start(end_ns: int) -> datetime:
     return datetime.fromtimestamp(seconds - seconds % size, UTC)
 
 
-def tally(spans: Iterable[dict[str, Any]]) -> dict[tuple[datetime, str, str], _Tally]:
-    tallies: dict[tuple[datetime, str, str], _Tally] = {}
+def tally(spans: Iterable[dict[str, Any]]) -> dict[Key, _Tally]:
+    tallies: dict[Key, _Tally] = {}
     buckets: dict[int, datetime] = {}  # a batch spans a few seconds: one datetime per second
     for span in spans:
         edge = edge_of(span)
@@ -59,14 +81,20 @@ def tally(spans: Iterable[dict[str, Any]]) -> dict[tuple[datetime, str, str], _T
         bucket = buckets.get(second)
         if bucket is None:
             bucket = buckets[second] = bucket_start(span["en"])
-        key = (bucket, *edge)
+        key = (bucket, edge.app, edge.source, edge.target, edge.queue)
         item = tallies.get(key)
         if item is None:
             item = tallies[key] = _Tally()
+        attributes = span.get("a") or {}
         item.count += 1
         item.errors += span.get("sc") == ERROR
-        item.dead += (span.get("a") or {}).get("flowscope.outcome") == "dead"
+        item.dead += attributes.get("flowscope.outcome") == "dead"
         histogram.add(item.histogram, max(0, span["en"] - span["st"]) / 1e6)
+        wait = attributes.get("flowscope.queue_wait_ms")
+        if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+            if not item.waits:
+                item.waits = histogram.empty()
+            histogram.add(item.waits, max(0.0, float(wait)))
     return tallies
 
 
@@ -76,20 +104,27 @@ def apply(spans: Iterable[dict[str, Any]]) -> int:
     if not tallies:
         return 0
     existing = {
-        (row.bucket, row.source, row.target): row
-        for row in EdgeStat.objects.select_for_update().filter(bucket__in={k[0] for k in tallies}, source__in={k[1] for k in tallies}, target__in={k[2] for k in tallies})
+        (row.bucket, row.app, row.source, row.target, row.queue): row
+        for row in EdgeStat.objects.select_for_update().filter(
+            bucket__in={k[0] for k in tallies}, app__in={k[1] for k in tallies}, source__in={k[2] for k in tallies}, target__in={k[3] for k in tallies}
+        )
     }
     updated, created = [], []
     for key, item in tallies.items():
         row = existing.get(key)
         if row is None:
-            created.append(EdgeStat(bucket=key[0], source=key[1], target=key[2], count=item.count, errors=item.errors, dead=item.dead, histogram=item.histogram))
+            bucket, app, source, target, queue = key
+            created.append(
+                EdgeStat(bucket=bucket, app=app, source=source, target=target, queue=queue, count=item.count, errors=item.errors, dead=item.dead, histogram=item.histogram, waits=item.waits)
+            )
         else:
             row.count += item.count
             row.errors += item.errors
             row.dead += item.dead
             row.histogram = histogram.merge(list(row.histogram), item.histogram)
+            if item.waits:
+                row.waits = histogram.merge(list(row.waits), item.waits)
             updated.append(row)
     EdgeStat.objects.bulk_create(created)
-    EdgeStat.objects.bulk_update(updated, ["count", "errors", "dead", "histogram"])
+    EdgeStat.objects.bulk_update(updated, ["count", "errors", "dead", "histogram", "waits"])
     return len(tallies)

@@ -57,16 +57,22 @@ class SpanLink(models.Model):
 
 
 class EdgeStat(models.Model):
-    """Counts and a latency histogram for one flow-graph edge over one time bucket."""
+    """Counts and a latency histogram for one flow-graph edge of one app over one time bucket.
+
+    An edge is sender -> queue (a publish), queue -> handler (an execution whose sender is not
+    known), or sender -> handler through `queue` (an attached app's execution: task to task)."""
 
     bucket = models.DateTimeField(help_text="start of the bucket (EDGE_BUCKET_SECONDS long)")
+    app = models.CharField(max_length=100, blank=True, default="", help_text="the attached app (flowscope.app); empty for Flowscope's own flows")
     source = models.CharField(max_length=300)
     target = models.CharField(max_length=300)
+    queue = models.CharField(max_length=300, blank=True, default="", help_text="the queue a sender -> handler edge went through; empty otherwise")
     count = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
     dead = models.BigIntegerField(default=0)
     histogram = models.JSONField(default=list, help_text="latency counts per bucket of tracing.histogram.BOUNDS_MS")
+    waits = models.JSONField(default=list, blank=True, help_text="queue-wait counts per bucket of tracing.histogram.BOUNDS_MS; empty when no span said")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["bucket", "source", "target"], name="edgestat_once")]
+        constraints = [models.UniqueConstraint(fields=["bucket", "app", "source", "target", "queue"], name="edgestat_once")]
         indexes = [models.Index(fields=["bucket"], name="edgestat_time")]

@@ -92,26 +92,46 @@ def recent_traces(*, app: str, window: timedelta = timedelta(hours=24), limit: i
     return list(rows)
 
 
-def flow_graph(*, since: datetime | None = None, until: datetime | None = None, window: timedelta = timedelta(minutes=15)) -> dict[str, Any]:
-    """Nodes (producers, queues, handlers) and edges with rate, error rate, dead-letter rate,
-    p50 and p95 latency over [since, until), whole buckets."""
+def node_id(app: str, name: str) -> str:
+    """A graph node's id: `kind:name` for Flowscope's own flows, `app|kind:name` for an attached
+    app's, so two apps' queues (or tasks) of one name are two nodes."""
+    return f"{app}|{name}" if app else name
+
+
+def flow_graph(*, since: datetime | None = None, until: datetime | None = None, window: timedelta = timedelta(minutes=15), app: str | None = None) -> dict[str, Any]:
+    """Nodes (senders, queues, handlers) and edges with rate, error rate, dead-letter rate,
+    p50 and p95 latency and p95 queue wait over [since, until), whole buckets. `app`: None for
+    every app, "" for Flowscope's own flows, else that attached app's edges only.
+
+    An edge with a `queue` is an attached app's task-to-task edge (sender -> handler through that
+    queue); its queue is a node too, so the edge can be drawn through it."""
     until = until or timezone.now()
     since = since or until - window
     first = bucket_start(int(since.timestamp() * 1e9))
     seconds = max((until - first).total_seconds(), 1.0)
-    merged: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"count": 0, "errors": 0, "dead": 0, "histogram": histogram.empty()})
-    for row in EdgeStat.objects.filter(bucket__gte=first, bucket__lt=until):
-        edge = merged[(row.source, row.target)]
+    rows = EdgeStat.objects.filter(bucket__gte=first, bucket__lt=until)
+    if app is not None:
+        rows = rows.filter(app=app)
+    merged: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(lambda: {"count": 0, "errors": 0, "dead": 0, "histogram": histogram.empty(), "waits": histogram.empty()})
+    for row in rows:
+        edge = merged[(row.app, row.source, row.target, row.queue)]
         edge["count"] += row.count
         edge["errors"] += row.errors
         edge["dead"] += row.dead
         histogram.merge(edge["histogram"], row.histogram)
-    edges = []
-    for (source, target), e in sorted(merged.items()):
+        if row.waits:
+            histogram.merge(edge["waits"], row.waits)
+    edges, nodes = [], {}
+    for (edge_app, source, target, queue), e in sorted(merged.items()):
+        names = [source, target] + ([f"queue:{queue}"] if queue else [])
+        for name in names:
+            nodes[node_id(edge_app, name)] = {"id": node_id(edge_app, name), "kind": name.split(":", 1)[0], "label": name.split(":", 1)[-1], "app": edge_app}
         edges.append(
             {
-                "source": source,
-                "target": target,
+                "source": node_id(edge_app, source),
+                "target": node_id(edge_app, target),
+                "app": edge_app,
+                "queue": node_id(edge_app, f"queue:{queue}") if queue else None,
                 "count": e["count"],
                 "errors": e["errors"],
                 "dead": e["dead"],
@@ -120,8 +140,7 @@ def flow_graph(*, since: datetime | None = None, until: datetime | None = None, 
                 "dead_rate": e["dead"] / e["count"] if e["count"] else 0.0,
                 "p50_ms": histogram.percentile(e["histogram"], 0.50),
                 "p95_ms": histogram.percentile(e["histogram"], 0.95),
+                "queue_wait_p95_ms": histogram.percentile(e["waits"], 0.95),
             }
         )
-    names = sorted({e["source"] for e in edges} | {e["target"] for e in edges})
-    nodes = [{"id": name, "kind": name.split(":", 1)[0], "label": name.split(":", 1)[-1]} for name in names]
-    return {"since": first.isoformat(), "until": until.isoformat(), "nodes": nodes, "edges": edges}
+    return {"since": first.isoformat(), "until": until.isoformat(), "nodes": [nodes[k] for k in sorted(nodes)], "edges": edges}

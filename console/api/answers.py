@@ -197,14 +197,17 @@ class TraceOut(Schema):
 
 
 class GraphNode(Schema):
-    id: str
+    id: str = Field(description="kind:name for Flowscope's own flows, app|kind:name for an attached app's")
     kind: str
     label: str
+    app: str = Field(description="the attached app; empty for Flowscope's own flows")
 
 
 class GraphEdge(Schema):
     source: str
     target: str
+    app: str = Field(description="the attached app; empty for Flowscope's own flows")
+    queue: str | None = Field(description="a task-to-task edge's queue node (source sent target through it); null for an edge to or from a queue")
     count: int
     errors: int
     dead: int
@@ -213,6 +216,7 @@ class GraphEdge(Schema):
     dead_rate: float
     p50_ms: float | None = Field(description="null without traffic")
     p95_ms: float | None
+    queue_wait_p95_ms: float | None = Field(description="p95 time from publish to start; null where spans do not say (Flowscope's own flows)")
 
 
 class FlowGraph(Schema):

@@ -15,6 +15,7 @@ from console.api.auth import need
 from console.api.errors import answers
 from console.api.schemas import MessageIn
 from console.audit import audit
+from console.live import graph_app
 from console.models import Role
 from flows.patterns.sending import send
 from flows.produce.backpressure import queue_statuses
@@ -24,10 +25,12 @@ router = Router(tags=["system"])
 
 
 @router.get("/graph", response=answers(200, FlowGraph, 422))
-def get_flow_graph(request: HttpRequest, minutes: float = Query(15, gt=0, le=24 * 60)) -> dict[str, Any]:
-    """Producers, queues and handlers; edges with rate, error rate, dead-letter rate, p50 and p95."""
+def get_flow_graph(request: HttpRequest, minutes: float = Query(15, gt=0, le=24 * 60), app: str = Query("", max_length=100)) -> dict[str, Any]:
+    """Senders, queues and handlers; edges with rate, error rate, dead-letter rate, p50, p95 and
+    p95 queue wait. `app`: one attached app's edges, "(flowscope)" for Flowscope's own flows,
+    empty for all. 422 for a window out of range or an app name over 100 characters."""
     need(request, Role.VIEWER)
-    return flow_graph(window=timedelta(minutes=minutes))
+    return flow_graph(window=timedelta(minutes=minutes), app=graph_app(app))
 
 
 @router.get("/queues", response=answers(200, list[QueueOut], 503))
