@@ -45,3 +45,11 @@ def weigh(parcel: int) -> int:
 @app.task(name="canvas.total")
 def total(weights: list[int]) -> int:
     return sum(weights)
+
+
+@app.task(name="canvas.label", bind=True, max_retries=1, default_retry_delay=0)
+def label(self, order: str) -> str:
+    """Asks for one retry, then succeeds: both attempts count on the edge from its first sender."""
+    if self.request.retries == 0:
+        raise self.retry(exc=ConnectionError(f"label printer busy for {order}"))
+    return order

@@ -108,7 +108,7 @@ def empty_brokers() -> Iterator[None]:
 
 CANVASES = """
     from celery import chain, chord, group
-    from tests.attached_canvas import pack, reserve, ship, total, weigh
+    from tests.attached_canvas import label, pack, reserve, ship, total, weigh
 
     good = chain(reserve.s("o-1"), pack.s(), ship.s())()
     assert good.get(timeout=90) == "o-1"
@@ -117,6 +117,7 @@ CANVASES = """
     assert bad.parent.failed(), bad.parent.state
     assert group(weigh.s(i) for i in range(3))().get(timeout=90) == [0, 1, 2]
     assert chord([weigh.s(i) for i in (1, 2, 3)], total.s())().get(timeout=90) == 6
+    assert label.delay("o-2").get(timeout=90) == "o-2"
 """
 
 LEDGER = """
@@ -142,9 +143,9 @@ def test_a_chain_a_group_and_a_chord_are_drawn_task_to_task_and_two_apps_queues_
     with CanvasWorker("canvas", reporting), CanvasWorker("ledger", reporting):
         produce("canvas", reporting, CANVASES)
         produce("ledger", reporting, LEDGER)
-        # 12 executions of canvas (chains 3 + 2, group 3, chord 3 + its callback), 2 of ledger.
+        # 14 executions of canvas (chains 3 + 2, group 3, chord 3 + its callback, a retried task 2), 2 of ledger.
         executions = lambda app: sum(e["count"] for e in graph_api(viewer, app=app)["edges"] if e["target"].startswith(f"{app}|handler:"))  # noqa: E731
-        wait_for(lambda: executions("canvas") >= 12 and executions("ledger") >= 2, timeout=120, interval=0.5, what="every execution of both apps in the graph")
+        wait_for(lambda: executions("canvas") >= 14 and executions("ledger") >= 2, timeout=120, interval=0.5, what="every execution of both apps in the graph")
 
     q, svc = "canvas|queue:parcels", "canvas|service:canvas"
     task = lambda name: f"canvas|handler:canvas.{name}"  # noqa: E731
@@ -156,8 +157,10 @@ def test_a_chain_a_group_and_a_chord_are_drawn_task_to_task_and_two_apps_queues_
         (task("pack"), task("ship"), q): (1, 0),  # ...and stops: ship is sent once
         (svc, task("weigh"), q): (6, 0),  # the group's three and the chord header's three: a fan-out from the producer
         (task("weigh"), task("total"), q): (1, 0),  # the chord's callback, sent by the last header task's worker (fan-in)
+        (svc, task("label"), q): (2, 1),  # a retry counts on the edge from its first sender: two attempts, one failed
         # Publishes, sender -> queue.
-        (svc, q, None): (8, 0),
+        (svc, q, None): (9, 0),
+        (task("label"), q, None): (1, 0),  # the retry's republish, by the attempt that failed
         (task("reserve"), q, None): (2, 0),
         (task("pack"), q, None): (1, 0),
         (task("weigh"), q, None): (1, 0),

@@ -255,7 +255,8 @@ class Agent:
         queues = [q.name for q in declare or () if getattr(q, "name", None)]
         attributes = self._common(name, queues[0] if queues else (routing_key or exchange), task_id, "send")
         # Sent from a running task (its process span is current): the task is the producer.
-        parent_name = (getattr(trace.get_current_span(), "attributes", None) or {}).get(CONSUMER)
+        running = getattr(trace.get_current_span(), "attributes", None) or {}
+        parent_name = running.get(CONSUMER)
         attributes[PRODUCER] = f"handler:{parent_name}" if parent_name else f"service:{self.app_name()}"
         attributes[ATTEMPT] = int(headers.get("retries") or 0) + 1
         if headers.get("root_id"):
@@ -265,10 +266,10 @@ class Agent:
         span = self.reporter().tracer.start_span(f"send {name}", kind=SpanKind.PRODUCER, attributes=attributes)
         PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         headers[PUBLISHED] = time.time()
-        # A retry's republish carries its first sender on (when Celery kept the headers): the
+        # A retry, republished by the failing attempt itself, carries that attempt's sender on: the
         # graph counts every attempt of a task on the edge from whoever sent it first.
-        if not (attributes[ATTEMPT] > 1 and isinstance(headers.get(SENT_BY), str)):
-            headers[SENT_BY] = attributes[PRODUCER]
+        retry = attributes[ATTEMPT] > 1 and parent_name == name and isinstance(running.get(PRODUCER), str)
+        headers[SENT_BY] = running[PRODUCER] if retry else attributes[PRODUCER]
         if task_id:
             self._hold(self.publishing, str(task_id), span)
         else:
