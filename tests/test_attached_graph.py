@@ -232,3 +232,15 @@ def test_the_graph_page_offers_the_apps_with_edges_and_keeps_the_chosen_one_for_
     assert '{"app": "canvas", "own": "(flowscope)"}' in html  # the script narrows every live frame to it
     frame = page.context["frame"]["graph"]  # the frame itself carries every app, each node saying whose
     assert {(n["id"], n["app"]) for n in frame["nodes"]} >= {("canvas|handler:h", "canvas"), ("handler:h", "")}
+
+
+def test_an_app_or_sender_that_is_not_text_or_too_long_is_counted_under_its_text_cut_to_fit():
+    odd = span(4, app="7", producer="x")
+    odd["a"].update({"flowscope.app": 7, "flowscope.producer": 8})  # any JSON value can come over OTLP
+    aggregates.apply([odd])
+    aggregates.apply([odd])  # the second batch finds the row the first made
+    long = span(4, app="a" * 150, producer="x", queue="q" * 400)
+    aggregates.apply([long])  # cut to the columns' lengths, not refused by the database
+    rows = {r.app: r for r in EdgeStat.objects.all()}
+    assert (rows["7"].source, rows["7"].target, rows["7"].queue, rows["7"].count) == ("8", "handler:h", "q", 2)
+    assert (len(rows["a" * 100].queue), rows["a" * 100].count) == (300, 1)

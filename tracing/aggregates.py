@@ -34,33 +34,35 @@ class _Tally:
     waits: list[int] = dataclasses.field(default_factory=list)  # filled only when a span says its queue wait
 
 
-@dataclasses.dataclass(frozen=True)
-class Edge:
-    app: str
-    source: str
-    target: str
-    queue: str = ""  # the queue a sender -> handler edge went through
+Edge = tuple[str, str, str, str]  # app, source, target, and the queue a sender -> handler edge went through ("" otherwise)
+Key = tuple[datetime, str, str, str, str]  # bucket, then the edge
 
 
-Key = tuple[datetime, str, str, str, str]  # bucket, app, source, target, queue
+def _text(value: Any) -> str:
+    return value if type(value) is str else "" if value is None else str(value)
 
 
 def edge_of(span: dict[str, Any]) -> Edge | None:
+    """A plain tuple: one is made for every span the collector stores, and a named one showed in its time."""
     attributes = span.get("a") or {}
     queue = attributes.get("messaging.destination.name")
     if not queue:
         return None
-    app = str(attributes.get("flowscope.app") or "")
-    if span.get("k") == PRODUCER:
-        return Edge(app, str(attributes.get("flowscope.producer") or f"service:{span.get('sv') or 'unknown'}"), f"queue:{queue}")
-    if span.get("k") == CONSUMER:
+    app = attributes.get("flowscope.app") or ""
+    if type(app) is not str:  # any JSON value may come over OTLP; the rows' keys are strings
+        app = str(app)
+    app = app[:100]  # EdgeStat.app's length (the whole string itself when shorter: no copy)
+    kind = span.get("k")
+    if kind == PRODUCER:
+        return app, _text(attributes.get("flowscope.producer")) or f"service:{span.get('sv') or 'unknown'}", f"queue:{queue}", ""
+    if kind == CONSUMER:
         consumer = attributes.get("flowscope.consumer") or attributes.get("messaging.consumer.group.name")
         if not consumer:
             return None
-        sender = attributes.get("flowscope.producer")
+        sender = _text(attributes.get("flowscope.producer"))
         if sender and app:  # an attached app's execution that names its sender: task to task
-            return Edge(app, str(sender), f"handler:{consumer}", str(queue))
-        return Edge(app, f"queue:{queue}", f"handler:{consumer}")
+            return app, sender, f"handler:{consumer}", _text(queue)[:300]
+        return app, f"queue:{queue}", f"handler:{consumer}", ""
     return None
 
 
@@ -81,7 +83,7 @@ def tally(spans: Iterable[dict[str, Any]]) -> dict[Key, _Tally]:
         bucket = buckets.get(second)
         if bucket is None:
             bucket = buckets[second] = bucket_start(span["en"])
-        key = (bucket, edge.app, edge.source, edge.target, edge.queue)
+        key = (bucket, *edge)
         item = tallies.get(key)
         if item is None:
             item = tallies[key] = _Tally()
@@ -91,7 +93,7 @@ def tally(spans: Iterable[dict[str, Any]]) -> dict[Key, _Tally]:
         item.dead += attributes.get("flowscope.outcome") == "dead"
         histogram.add(item.histogram, max(0, span["en"] - span["st"]) / 1e6)
         wait = attributes.get("flowscope.queue_wait_ms")
-        if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+        if type(wait) is float or type(wait) is int:  # a number, not a bool or text
             if not item.waits:
                 item.waits = histogram.empty()
             histogram.add(item.waits, max(0.0, float(wait)))
