@@ -170,7 +170,11 @@ def test_dead_letter_answers_fit_their_schema_and_carry_every_field_the_presente
     if "detail" in cancelled:
         assert cancelled["detail"] == f"job {job['id']} is done, not running"
     else:
-        assert cancelled["state"] == "cancelled" and cancelled == as_json(job_summary(RequeueJob.objects.get(pk=job["id"])))
+        # A slice already under way when the cancel came may still count its batch after the
+        # answer: the counts may move, nothing else.
+        moving = ("done", "skipped", "progress")
+        stored = as_json(job_summary(RequeueJob.objects.get(pk=job["id"])))
+        assert cancelled["state"] == "cancelled" and {k: v for k, v in cancelled.items() if k not in moving} == {k: v for k, v in stored.items() if k not in moving}
     # A dead letter the job never saw, for the discard.
     spare = stored_dead_letter(message_id="6f1c2c1e-4444-4a4a-9b9b-0123456789ab", fingerprint="d" * 16)
     discarded = conforms(doc, "/api/v1/deadletters/{dead_letter_id}/discard", "post", post(operator, f"/api/v1/deadletters/{spare.pk}/discard", {"reason": "seen"}))
