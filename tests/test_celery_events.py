@@ -166,6 +166,9 @@ def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_trace
     order_run = next(s for s in in_order if s.name == "process shop.place_order")
     charge_run = next(s for s in in_order if s.name == "process shop.charge_card")
     assert charge_run.parent_span_id == order_run.span_id and order_run.attributes["messaging.destination.name"] == "shop"
+    # Who sent each run, as the agent says it: the flow graph draws the app task to task.
+    assert (order_run.attributes["flowscope.producer"], charge_run.attributes["flowscope.producer"]) == (f"service:{APP}", "handler:shop.place_order")
+    assert sorted(s.attributes["flowscope.producer"] for s in in_chain if s.kind == CONSUMER) == ["handler:shop.charge_card"] * 3 + [f"service:{APP}"]
     assert "messaging.destination.name" not in charge_run.attributes  # no task-sent event: its queue is not known
 
     # The failure: an error span with its exception, a failed task, a dead letter that cannot be requeued.

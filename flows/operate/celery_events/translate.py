@@ -179,8 +179,7 @@ class Translator:
     def _send_span(self, task_id: str, memo: Memo, attempt: Attempt, at: float) -> dict[str, Any]:
         name = memo.name or "unknown"
         attributes = s.common(app=self.app, name=name, task_id=task_id, operation="send", queue=memo.queue or memo.routing_key, root_id=memo.root_id)
-        parent_memo = self.tasks.get(memo.parent_id) if memo.parent_id else None
-        attributes[s.PRODUCER_NAME] = f"handler:{parent_memo.name}" if parent_memo is not None and parent_memo.name else f"service:{self.app}"
+        attributes[s.PRODUCER_NAME] = self._sender(memo)
         attributes[s.ATTEMPT] = attempt.retries + 1
         if memo.eta:
             attributes[s.SCHEDULED], attributes[s.SCHEDULED_FOR] = True, memo.eta
@@ -199,13 +198,21 @@ class Translator:
             attributes=attributes,
         )
 
+    def _sender(self, memo: Memo) -> str:
+        """Who sent the task: the task it was sent from, else the app's producer (a retry keeps its first sender)."""
+        parent_memo = self.tasks.get(memo.parent_id) if memo.parent_id else None
+        return f"handler:{parent_memo.name}" if parent_memo is not None and parent_memo.name else f"service:{self.app}"
+
     def _process_span(self, task_id: str, memo: Memo, attempt: Attempt, event: dict[str, Any], at: float) -> dict[str, Any]:
         kind, name = event["type"], memo.name or "unknown"
         outcome = ENDS[kind]
         runtime = event.get("runtime")
         start = attempt.started_at or (at - runtime if runtime is not None else attempt.received_at or at)
         attributes = s.common(app=self.app, name=name, task_id=task_id, operation="process", queue=memo.queue or memo.routing_key, root_id=memo.root_id)
-        attributes.update({s.CONSUMER_GROUP: name, s.CONSUMER_NAME: name, s.WORKER: attempt.worker or memo.worker, s.ATTEMPT: attempt.retries + 1, s.OUTCOME: outcome})
+        # The sender too, as the agent's process spans carry it: the flow graph draws task to task.
+        attributes.update(
+            {s.CONSUMER_GROUP: name, s.CONSUMER_NAME: name, s.PRODUCER_NAME: self._sender(memo), s.WORKER: attempt.worker or memo.worker, s.ATTEMPT: attempt.retries + 1, s.OUTCOME: outcome}
+        )
         if kind in STATES:
             attributes[s.STATE] = STATES[kind][1]
         if kind in ("task-failed", "task-retried"):
