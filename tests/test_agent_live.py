@@ -7,17 +7,22 @@ server), on the run's broker (Redis, or RabbitMQ with BROKER=rabbitmq).
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import re
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
+from flowscope_agent import config as agent_config
+from flowscope_agent.live import LiveOutbox
 
 from console.models import ApiToken, AuditEntry
 from flows.models import DeadLetter, LiveTask, LiveWorker, RevokeOrder
@@ -64,6 +69,17 @@ def test_a_later_attempt_wins_over_the_retry_report_of_the_attempt_before_whatev
 
 
 @pytest.mark.django_db
+def test_a_change_an_agent_folded_keeps_the_receipt_and_the_start_it_folded_in():
+    record_tasks("shop", [event("f1", "succeeded", T0 + 2, received_at=T0, started_at=T0 + 1, runtime_s=0.5)])
+    row = LiveTask.objects.get(task_id="f1")
+    assert (row.state, row.received_at.timestamp(), row.started_at.timestamp(), row.runtime_s) == ("succeeded", T0, T0 + 1, 0.5)
+    # The first receipt and the last start stay, whichever report says them.
+    record_tasks("shop", [event("f1", "received", T0 + 0.5), event("f1", "retried", T0 + 0.6, started_at=T0 + 0.5)])
+    row.refresh_from_db()
+    assert (row.state, row.received_at.timestamp(), row.started_at.timestamp()) == ("succeeded", T0, T0 + 1)
+
+
+@pytest.mark.django_db
 def test_at_one_instant_a_later_step_wins_and_an_unchanged_event_changes_nothing():
     record_tasks("shop", [event("t2", "started", T0), event("t2", "received", T0)])
     assert LiveTask.objects.get(task_id="t2").state == "started"
@@ -104,6 +120,8 @@ def test_a_task_known_from_events_says_so_until_its_agent_reports_it():
         (event("x", "received", T0, runtime_s=-1), "'runtime_s' must be a number"),
         (event("x", "received", T0, args=["a"]), "'args' must be a string or null"),
         (event("x", "received", T0, trace_id="nothex"), "'trace_id' must be 32 lowercase hex digits"),
+        (event("x", "succeeded", T0, started_at="soon"), "'started_at' must be a number of epoch seconds"),
+        (event("x", "succeeded", T0, received_at=1e13), "'received_at'=10000000000000.0 is not between 2000 and 2100"),
         ("not an object", "a task event is an object"),
     ],
 )
@@ -211,6 +229,7 @@ def test_a_cursor_the_api_did_not_give_out_is_a_400():
         ({"app": "shop", "tasks": [event("t", "received", "soon")]}, 422, "at"),
         ({"app": "shop", "tasks": [event("t", "received", T0, trace_id="xyz")]}, 422, "trace_id"),
         ({"app": "shop", "tasks": [event("t", "received", T0, colour="red")]}, 422, "colour"),
+        ({"app": "shop", "tasks": [event("t", "succeeded", T0, started_at=1e13)]}, 422, "started_at"),
         ({"app": "shop", "workers": [beat(online="yes")]}, 422, "online"),
         ({"app": "shop", "workers": [beat(active=-1)]}, 422, "active"),
         ({"app": "shop", "tasks": [event(f"t{i}", "received", T0) for i in range(1001)]}, 422, "tasks"),
@@ -318,6 +337,85 @@ def test_a_revoke_that_cannot_be_carried_out_is_refused_with_its_reason():
     viewer = api("POST", "/api/v1/tasks/twin/revoke", token_for("viewer"), {"app": "shop"})
     assert viewer.status_code == 403 and "needs the operator role" in viewer.json()["detail"]
     assert not RevokeOrder.objects.exists() and not AuditEntry.objects.filter(action__in=["revoke_task", "terminate_task"]).exists()
+
+
+# --- the agent's live outbox, in this process, reporting to the real console ---
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_outbox_folds_the_changes_of_a_task_that_wait_together_into_one_entry_that_keeps_its_start(live_server):
+    secret = ApiToken.issue(name="shop agent", role="agent", app="shop", created_by="tests")[1]
+    outbox = LiveOutbox(agent_config.read({}, url=live_server.url, token=secret), "shop")
+    now = time.time()
+    with outbox.cond:  # the sender cannot take a batch until every change is in: they wait together
+        for i in range(20):
+            assert outbox.put("task", {"id": f"o{i}", "state": "received", "at": now + i, "name": "shop.tick", "args": f"({i},)"})
+            assert outbox.put("task", {"id": f"o{i}", "state": "started", "at": now + i + 0.25, "worker": "w1@h"})
+            assert outbox.put("task", {"id": f"o{i}", "state": "succeeded", "at": now + i + 0.5, "runtime_s": 0.25})
+        outbox.put("worker", beat(processed=1))
+        outbox.put("worker", beat(processed=20))
+    assert outbox.close() == {"queued": 21, "folded": 41, "sent": 21, "failed": 0, "dropped": 0}
+    rows = sorted(LiveTask.objects.filter(app="shop"), key=lambda r: int(r.task_id[1:]))
+    assert [(r.state, r.name, r.args, r.worker, r.runtime_s) for r in rows] == [("succeeded", "shop.tick", f"[{i}]", "w1@h", 0.25) for i in range(20)]
+    assert [(r.received_at.timestamp(), r.started_at.timestamp(), r.state_at.timestamp()) for r in rows] == [pytest.approx((now + i, now + i + 0.25, now + i + 0.5)) for i in range(20)]
+    assert LiveWorker.objects.get(app="shop", hostname="w1@h").processed == 20
+
+
+class _CountingConsole(http.server.ThreadingHTTPServer):
+    """Answers every POST 200 and notes the client port it came from (one port a connection);
+    with `hang_up` set it closes the connection after answering, without saying so, as a server's
+    idle timeout does."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _CountingHandler)
+        self.ports: list[int] = []
+        self.hang_up = False
+
+
+class _CountingHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _CountingConsole
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.ports.append(self.client_address[1])
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+        self.close_connection = self.server.hang_up
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_console() -> Iterator[_CountingConsole]:
+    server = _CountingConsole()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_outbox_keeps_one_connection_and_opens_a_new_one_when_the_console_closed_it(counting_console):
+    outbox = LiveOutbox(agent_config.read({}, url=f"http://127.0.0.1:{counting_console.server_port}"), "shop")
+
+    def report(n: int) -> None:
+        outbox.put("task", {"id": f"k{n}", "state": "received", "at": time.time()})
+        wait_for(lambda: outbox.counts["sent"] == n, timeout=30, what=f"report {n} sent")
+
+    report(1)
+    report(2)
+    counting_console.hang_up = True
+    report(3)  # answered, then the console hangs up
+    counting_console.hang_up = False
+    report(4)  # the kept connection is dead: sent again on a new one, not failed nor held back
+    first, second, third, fourth = counting_console.ports
+    assert first == second == third != fourth
+    assert outbox.close() == {"queued": 4, "folded": 0, "sent": 4, "failed": 0, "dropped": 0}
 
 
 # --- end to end: a real agent-wrapped worker reporting to the real console ---

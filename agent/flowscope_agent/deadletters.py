@@ -9,21 +9,23 @@ attempts, the exception and the trace context of the failing execution.
 
 The task's thread only builds the report and appends it to a bounded deque (FLOWSCOPE_MAX_QUEUE
 reports; past it a report is dropped and counted); one thread per process posts batches to
-FLOWSCOPE_URL/api/v1/agent/reports. While the console is away a batch waits and is retried with
-a growing pause; a batch the console refuses (4xx) is counted as failed, not retried.
+FLOWSCOPE_URL/api/v1/agent/reports over one kept-alive HTTP connection (opened again after an
+error). While the console is away a batch waits and is retried with a growing pause; a batch the
+console refuses (4xx) is counted as failed, not retried.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import logging
 import os
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
+import urllib.parse
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,15 @@ def requeue_of(value: Any) -> dict[str, int] | None:
 class Outbox:
     """This process's reports waiting for the console: bounded, sent by one thread of its own.
 
-    A kind of report names where it goes (PATH), how many go in one request (BATCH) and the body
-    (`body`): dead letters here, live task changes and heartbeats in flowscope_agent.live."""
+    A kind of report names where it goes (PATH), how many go in one request (BATCH), how long the
+    thread lingers for a batch to fill (LINGER: each request costs the process CPU that its tasks
+    could use, so frequent reports wait to travel together), the body (`body`), and which reports
+    still waiting a newer one may be folded into (`key`, `fold`): dead letters here, live task
+    changes and heartbeats in flowscope_agent.live."""
 
     PATH = "/api/v1/agent/reports"
     BATCH = MAX_BATCH
+    LINGER = 0.0  # seconds; a dead letter is rare and an operator may be waiting for it
     THREAD = "flowscope-agent-deadletters"
     WHAT = "dead letters and resolutions"
 
@@ -83,83 +89,158 @@ class Outbox:
         self.app_name = app_name
         self.url = config.url + self.PATH
         self.items: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self.waiting: dict[Hashable, dict[str, Any]] = {}  # key -> its report still in `items`, to fold a newer one into
         self.cond = threading.Condition()
-        self.counts = {"queued": 0, "sent": 0, "failed": 0, "dropped": 0}
+        self.counts = {"queued": 0, "folded": 0, "sent": 0, "failed": 0, "dropped": 0}
         self.closing = False
+        self.flushing = False  # close() is waiting: no lingering
         self.sending = 0
         self.thread: threading.Thread | None = None
+        self.connection: http.client.HTTPConnection | None = None  # the sending thread's only
+
+    def key(self, kind: str, report: dict[str, Any]) -> Hashable | None:
+        """What a report is about, when a newer report on it may replace it while both wait; None never folds."""
+        return None
+
+    def fold(self, held: dict[str, Any], report: dict[str, Any]) -> None:
+        """Fold `report` into `held`, an older report of the same key still waiting (in place)."""
+        held.update(report)
 
     def put(self, kind: str, report: dict[str, Any]) -> bool:
         """Hand a report on; never waits beyond the lock. False when it was dropped (buffer full)."""
+        key = self.key(kind, report)
         with self.cond:
-            if len(self.items) + self.sending >= self.config.max_queue or not self.config.url or self.closing:
+            if not self.config.url or self.closing:
+                self.counts["dropped"] += 1
+                return False
+            held = self.waiting.get(key) if key is not None else None
+            if held is not None:  # takes no room: the buffer's bound is not in question
+                self.fold(held, report)
+                self.counts["folded"] += 1
+                return True
+            if len(self.items) + self.sending >= self.config.max_queue:
                 self.counts["dropped"] += 1
                 return False
             self.items.append((kind, report))
+            if key is not None:
+                self.waiting[key] = report
             self.counts["queued"] += 1
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name=self.THREAD, daemon=True)
                 self.thread.start()
-            self.cond.notify()
+            if len(self.items) == 1 or len(self.items) == self.BATCH:  # what the sender waits for; waking it more only takes the task's CPU
+                self.cond.notify()
         return True
+
+    def _take(self) -> list[tuple[str, dict[str, Any]]] | None:
+        """The next batch, once BATCH reports wait or the first has lingered; None when closed and empty."""
+        with self.cond:
+            while not self.items and not self.closing:
+                self.cond.wait()
+            if self.LINGER > 0:
+                self.cond.wait_for(lambda: len(self.items) >= self.BATCH or self.closing or self.flushing, timeout=self.LINGER)
+            if not self.items:
+                return None
+            batch = [self.items.popleft() for _ in range(min(self.BATCH, len(self.items)))]
+            for kind, report in batch:  # on its way: a newer report is a new entry
+                key = self.key(kind, report)
+                if key is not None and self.waiting.get(key) is report:
+                    del self.waiting[key]
+            self.sending = len(batch)
+        return batch
 
     def _run(self) -> None:
         pause = 0.0
-        while True:
-            with self.cond:
-                while not self.items and not self.closing:
-                    self.cond.wait()
-                if not self.items:
-                    return
-                batch = [self.items.popleft() for _ in range(min(self.BATCH, len(self.items)))]
-                self.sending = len(batch)
-            outcome = self._post(batch)
-            with self.cond:
-                self.sending = 0
-                if outcome == "retry" and not self.closing:
-                    self.items.extendleft(reversed(batch))  # first in, first out, when the console is back
-                elif outcome == "retry":
-                    self.counts["failed"] += len(batch)
-                else:
-                    self.counts[outcome] += len(batch)
-                self.cond.notify_all()
-            if outcome == "retry":
-                pause = min(30.0, max(0.5, pause * 2))
+        try:
+            while (batch := self._take()) is not None:
+                outcome = self._post(batch)
                 with self.cond:
-                    self.cond.wait_for(lambda: self.closing, timeout=pause)
-            else:
-                pause = 0.0
+                    self.sending = 0
+                    if outcome == "retry" and not self.closing:
+                        self.items.extendleft(reversed(batch))  # first in, first out, when the console is back
+                    elif outcome == "retry":
+                        self.counts["failed"] += len(batch)
+                    else:
+                        self.counts[outcome] += len(batch)
+                    self.cond.notify_all()
+                if outcome == "retry":
+                    pause = min(30.0, max(0.5, pause * 2))
+                    with self.cond:
+                        self.cond.wait_for(lambda: self.closing, timeout=pause)
+                else:
+                    pause = 0.0
+        finally:
+            self._disconnect()
 
     def body(self, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         return {"app": self.app_name, "dead": [r for k, r in batch if k == "dead"], "resolved": [r for k, r in batch if k == "resolved"]}
 
-    def _post(self, batch: list[tuple[str, dict[str, Any]]]) -> str:
-        body = self.body(batch)
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.connection is None:
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"FLOWSCOPE_URL must be an http(s) URL, got {self.config.url!r}")
+            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            self.connection = kind(parts.hostname, parts.port, timeout=self.config.export_timeout)
+        return self.connection
+
+    def _disconnect(self) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.close()
+
+    def _exchange(self, data: bytes) -> tuple[int, bytes]:
+        """POST one body on the kept connection. A connection the console closed while it idled
+        fails before any answer: that one is opened again and the body sent once more."""
+        parts = urllib.parse.urlsplit(self.url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
         headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.config.token}"} if self.config.token else {})}
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        for attempt in (1, 2):
+            reused = self.connection is not None and self.connection.sock is not None
+            connection = self._connect()
+            try:
+                connection.request("POST", target, body=data, headers=headers)
+                answer = connection.getresponse()
+                content = answer.read()  # read whole, or the connection cannot carry the next request
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._disconnect()
+                if reused and attempt == 1:
+                    continue
+                raise
+            except (OSError, http.client.HTTPException):
+                self._disconnect()
+                raise
+            if answer.will_close:
+                self._disconnect()
+            return answer.status, content
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    def _post(self, batch: list[tuple[str, dict[str, Any]]]) -> str:
         try:
-            with urllib.request.urlopen(request, timeout=self.config.export_timeout) as answer:
-                answer.read()
-            return "sent"
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode(errors="replace")
-            if exc.code >= 500 or exc.code == 429:
-                log.warning("flowscope-agent: the console answered %d to %d reports; trying again later: %s", exc.code, len(batch), detail)
-                return "retry"
-            log.error("flowscope-agent: the console refused %d reports (%d): %s", len(batch), exc.code, detail)
-            return "failed"
-        except (OSError, ValueError) as exc:  # unreachable, timed out
+            status, content = self._exchange(json.dumps(self.body(batch)).encode())
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # unreachable, timed out, not HTTP
             log.warning("flowscope-agent: could not reach the console for %d reports (%s); trying again later", len(batch), exc)
             return "retry"
+        if 200 <= status < 300:
+            return "sent"
+        detail = content[:500].decode(errors="replace")
+        if status >= 500 or status == 429:
+            log.warning("flowscope-agent: the console answered %d to %d reports; trying again later: %s", status, len(batch), detail)
+            return "retry"
+        log.error("flowscope-agent: the console refused %d reports (%d): %s", len(batch), status, detail)
+        return "failed"
 
     def close(self) -> dict[str, int]:
         """Send what is held, within the export timeout, and give the counts (unsent counted as dropped)."""
         deadline = time.monotonic() + self.config.export_timeout + 1
         with self.cond:
+            self.flushing = True
+            self.cond.notify_all()
             self.cond.wait_for(lambda: not self.items and not self.sending, timeout=max(0.0, deadline - time.monotonic()))
             self.closing = True
             self.counts["dropped"] += len(self.items)  # a batch still in flight counts as it ends
             self.items.clear()
+            self.waiting.clear()
             self.cond.notify_all()
             counts = dict(self.counts)
         if counts["queued"]:

@@ -10,8 +10,12 @@
 
 A change is a dict appended to this process's bounded outbox (FLOWSCOPE_MAX_QUEUE; past it the
 change is dropped and counted, a task never waits); one thread sends batches to
-FLOWSCOPE_URL/api/v1/agent/live. The console keeps the newest state per task, so changes sent by
-the main and pool processes in any order end in the right state.
+FLOWSCOPE_URL/api/v1/agent/live, lingering up to LiveOutbox.LINGER for a batch to fill. A change
+of a task whose last change is still waiting is folded into it: one entry with the newest state
+and every detail reported, carrying `started_at` (and `received_at`) when it folded a "started"
+(a "received") in, which the console records as if it had come alone. A pool process so sends
+one entry per task instead of "started" and "succeeded" apart. The console keeps the newest
+state per task, so changes sent by the main and pool processes in any order end in the right state.
 
 The worker's main process also sends a heartbeat every FLOWSCOPE_HEARTBEAT_S (5) seconds from a
 thread of its own, off the task path: pool, concurrency, active and processed counts from
@@ -40,12 +44,29 @@ MAX_TIMED = 4096  # tasks timed at once per process; past it the oldest is forgo
 
 
 class LiveOutbox(Outbox):
-    """Task changes and heartbeats: 200 a request keeps a full batch well under the console's 1 MiB."""
+    """Task changes and heartbeats: 200 a request keeps a full batch well under the console's 1 MiB.
+
+    A change a task makes while its last one waits replaces it (a heartbeat, the worker's last):
+    the console keeps only the newest state, and a request per change took more of a worker's
+    main process than handing tasks to its pool did."""
 
     PATH = "/api/v1/agent/live"
     BATCH = 200
+    LINGER = 0.5
     THREAD = "flowscope-agent-live"
     WHAT = "task changes and heartbeats"
+
+    def key(self, kind: str, report: dict[str, Any]) -> tuple[str, str] | None:
+        return (kind, report["id"]) if kind == "task" else (kind, report.get("hostname", "")) if kind == "worker" else None
+
+    def fold(self, held: dict[str, Any], report: dict[str, Any]) -> None:
+        """A newer change of one task over its older one, in one process (so in order). The
+        steps the console times a task by stay as their own times: the first receipt, the last start."""
+        if held.get("state") == "received":
+            held["received_at"] = min(held["at"], held.get("received_at", held["at"]))
+        elif held.get("state") == "started":
+            held["started_at"] = held["at"]
+        held.update(report)
 
     def body(self, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
         return {"app": self.app_name, "tasks": [r for k, r in batch if k == "task"], "workers": [r for k, r in batch if k == "worker"]}

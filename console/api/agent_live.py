@@ -38,6 +38,8 @@ class TaskChange(Strict):
     exception: str | None = REPR
     trace_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
     retries: int | None = Field(None, ge=0, le=1_000_000, strict=True, description="Celery's retries count of this attempt: a later attempt's change wins")
+    received_at: float | None = Field(None, ge=EPOCH_2000, le=EPOCH_2100, description="when it was received, if this change folds a 'received' in")
+    started_at: float | None = Field(None, ge=EPOCH_2000, le=EPOCH_2100, description="when it started, if this change folds a 'started' in")
 
 
 class WorkerBeat(Strict):

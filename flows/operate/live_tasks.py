@@ -64,12 +64,12 @@ def setting(name: str, default: float) -> float:
 # --- checking what comes in ---
 
 
-def _when(value: Any, where: str) -> datetime:
+def _when(value: Any, where: str, field: str = "at") -> datetime:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise LiveReportError(f"{where}: 'at' must be a number of epoch seconds, got {value!r}")
+        raise LiveReportError(f"{where}: {field!r} must be a number of epoch seconds, got {value!r}")
     at = datetime.fromtimestamp(value, tz=UTC) if EARLIEST.timestamp() <= value <= LATEST.timestamp() else None
     if at is None:
-        raise LiveReportError(f"{where}: 'at'={value!r} is not between 2000 and 2100 in epoch seconds")
+        raise LiveReportError(f"{where}: {field!r}={value!r} is not between 2000 and 2100 in epoch seconds")
     return at
 
 
@@ -117,6 +117,9 @@ def _task_event(event: Any, where: str) -> dict[str, Any]:
         "exception": _text(event.get("exception"), where, "exception", MAX_TEXT),
         "trace_id": trace_id,
         "retries": _count(event.get("retries"), where, "retries"),
+        # An agent folds a task's changes that waited together into the newest: the steps it folded keep their times.
+        "received_at": _when(event["received_at"], where, "received_at") if event.get("received_at") is not None else None,
+        "started_at": _when(event["started_at"], where, "started_at") if event.get("started_at") is not None else None,
     }
 
 
@@ -174,10 +177,12 @@ def _merge(row: LiveTask, event: dict[str, Any], source: str) -> None:
         row.exception = redact_text(event["exception"])
     if event["runtime_s"] is not None and (newer or row.runtime_s is None):
         row.runtime_s = event["runtime_s"]
-    if event["state"] == "received" and (row.received_at is None or event["at"] < row.received_at):
-        row.received_at = event["at"]
-    if event["state"] == "started" and (row.started_at is None or event["at"] > row.started_at):
-        row.started_at = event["at"]
+    received = event["at"] if event["state"] == "received" else event["received_at"]
+    if received is not None and (row.received_at is None or received < row.received_at):
+        row.received_at = received
+    started = event["at"] if event["state"] == "started" else event["started_at"]
+    if started is not None and (row.started_at is None or started > row.started_at):
+        row.started_at = started
     if source == LiveSource.AGENT:  # the agent knows the exact call; events alone never take that back
         row.source = LiveSource.AGENT
 
@@ -188,7 +193,8 @@ MERGED = ["name", "state", "state_at", "source", "worker", "queue", "args", "kwa
 def record_tasks(app: str, events: list[dict[str, Any]], *, source: str = LiveSource.AGENT) -> int:
     """Store a batch of task state changes of `app`, each
     {"id", "name", "state", "at" (epoch seconds), "worker", "queue", "runtime_s", "args", "kwargs",
-    "exception", "trace_id"} and optionally "retries" (the attempt's; unknown keys ignored). All or none: LiveReportError names the first
+    "exception", "trace_id"} and optionally "retries" (the attempt's), "received_at" and "started_at"
+    (epoch seconds of the steps an agent folded into this change; unknown keys ignored). All or none: LiveReportError names the first
     bad event. Returns how many tasks changed."""
     _check_app(app)
     _check_source(source)
