@@ -159,6 +159,7 @@ def test_a_task_that_sends_a_task_is_one_trace_of_send_and_process_spans_in_the_
         assert (a["messaging.system"], a["messaging.destination.name"], a["flowscope.app"], span.service) == ("celery", "shop", "shop", "shop"), a
         assert a["flowscope.message_type"] == span.name.split(" ", 1)[1] and a["flowscope.attempt"] == 1
         assert a["messaging.message.conversation_id"] == order_id  # the root task's id ties the tree together
+        assert not {"messaging.operation.name", "messaging.consumer.group.name"} & set(a), a  # repeats of other keys, not sent
     assert send_order.message_id == run_order.message_id == order_id
     assert send_charge.message_id == run_charge.message_id != order_id
     assert (send_order.attributes["messaging.operation.type"], send_order.attributes["flowscope.producer"]) == ("send", "service:shop")

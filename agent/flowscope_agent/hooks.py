@@ -53,9 +53,11 @@ CONTEXT_HEADERS = ("traceparent", "tracestate")
 MAX_RECEIVED = 4096  # requests noted on receipt in a worker's main process; past it the oldest is forgotten
 MAX_OPEN = 10_000  # spans open at once per process; past it the oldest is ended (a publish that raised)
 
-# Attribute keys (OpenTelemetry messaging conventions, flowscope.* for the rest).
+# Attribute keys (OpenTelemetry messaging conventions, flowscope.* for the rest). Every span is
+# encoded in the app's process and decoded by the console, so a key that only repeats another
+# is left out: messaging.operation.name (= the operation type) and messaging.consumer.group.name
+# (= flowscope.consumer, which the console's graph reads first).
 SYSTEM, DESTINATION, OPERATION, MESSAGE_ID, CONVERSATION = "messaging.system", "messaging.destination.name", "messaging.operation.type", "messaging.message.id", "messaging.message.conversation_id"
-CONSUMER_GROUP = "messaging.consumer.group.name"
 MESSAGE_TYPE, APP, PRODUCER, CONSUMER, WORKER = "flowscope.message_type", "flowscope.app", "flowscope.producer", "flowscope.consumer", "flowscope.worker"
 ATTEMPT, OUTCOME, FINAL, STATE = "flowscope.attempt", "flowscope.outcome", "flowscope.final_attempt", "flowscope.state"
 SCHEDULED, SCHEDULED_FOR, QUEUE_WAIT_MS = "flowscope.scheduled", "flowscope.scheduled_for", "flowscope.queue_wait_ms"
@@ -228,7 +230,7 @@ class Agent:
         self.shutdown()
 
     def _common(self, name: str, queue: str | None, task_id: str | None, operation: str) -> dict[str, Any]:
-        attributes: dict[str, Any] = {SYSTEM: "celery", OPERATION: operation, "messaging.operation.name": operation, MESSAGE_TYPE: name, APP: self.app_name()}
+        attributes: dict[str, Any] = {SYSTEM: "celery", OPERATION: operation, MESSAGE_TYPE: name, APP: self.app_name()}
         if queue:
             attributes[DESTINATION] = queue
         if task_id:
@@ -293,7 +295,7 @@ class Agent:
         started = time.time()
         delivery = getattr(request, "delivery_info", None) or {}
         attributes = self._common(task.name, delivery.get("routing_key") or delivery.get("exchange"), task_id, "process")
-        attributes.update({CONSUMER_GROUP: task.name, CONSUMER: task.name, WORKER: str(getattr(request, "hostname", "") or ""), ATTEMPT: int(getattr(request, "retries", 0) or 0) + 1})
+        attributes.update({CONSUMER: task.name, WORKER: str(getattr(request, "hostname", "") or ""), ATTEMPT: int(getattr(request, "retries", 0) or 0) + 1})
         if getattr(request, "root_id", None):
             attributes[CONVERSATION] = str(request.root_id)
         eta = getattr(request, "eta", None)
