@@ -129,7 +129,7 @@ class Live:
 
     def stats(self) -> dict[str, int]:
         outbox = self._outbox
-        return dict(outbox.counts) if outbox is not None and outbox.pid == os.getpid() else {"queued": 0, "sent": 0, "failed": 0, "dropped": 0}
+        return dict(outbox.counts) if outbox is not None and outbox.pid == os.getpid() else {"queued": 0, "folded": 0, "sent": 0, "failed": 0, "dropped": 0}
 
     def close(self) -> dict[str, int] | None:
         beating, self.beating = self.beating, None
