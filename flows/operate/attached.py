@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import timedelta
 from typing import Any
 
 import orjson
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span
@@ -34,9 +33,8 @@ from flows.consume.dead_letters import without_nul
 from flows.core import telemetry
 from flows.core.errors import EnvelopeError
 from flows.models import AttachedRequeue, DeadLetter
-
-# The claim and its spans are the requeue's own: one claim for every kind of dead letter.
-from flows.operate.requeue import claim_dead
+from flows.operate.leases import lease_pending
+from flows.operate.requeue import claim_dead  # the requeue's own claim and spans: one for every kind of dead letter
 
 LEASE_SECONDS = 60.0  # as long as a requeue's in-flight note waits before it is recovered
 MAX_CALL_BYTES = 256 * 1024  # an edited call's args and kwargs, as JSON
@@ -208,22 +206,15 @@ def _order(pk: int, series: int, app: str, stored: dict[str, Any], call: dict[st
 def orders_lease(*, app: str, limit: int = 50, lease_seconds: float = LEASE_SECONDS) -> list[dict[str, Any]]:
     """Lease `app`'s pending orders (never sent, unleased or their lease run out) to the calling
     agent: each order goes to one agent at a time, however many of the app's workers ask."""
-    now = timezone.now()
-    token = uuid.uuid4().hex
-    pending = AttachedRequeue.objects.filter(app=app, sent_at__isnull=True).filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
-    ids = list(pending.order_by("id").values_list("pk", flat=True)[:limit])
-    if not ids:
-        return []
-    pending.filter(pk__in=ids).update(lease=token, leased_until=now + timedelta(seconds=lease_seconds))  # a rival's lease wins its rows
     orders, moved_on = [], []
-    for order in AttachedRequeue.objects.filter(lease=token, pk__in=ids).select_related("dead_letter").order_by("id"):
+    for order in lease_pending(AttachedRequeue, app=app, limit=limit, lease_seconds=lease_seconds).select_related("dead_letter"):
         dead = order.dead_letter
         if dead.state == DeadLetter.State.REQUEUED and dead.series == order.series:
             orders.append({"id": order.pk, **order.call})
         else:  # resolved, dead again or requeued again since: this series needs no send
             moved_on.append(order.pk)
     if moved_on:
-        AttachedRequeue.objects.filter(pk__in=moved_on).update(sent_at=now)
+        AttachedRequeue.objects.filter(pk__in=moved_on).update(sent_at=timezone.now())
     return orders
 
 

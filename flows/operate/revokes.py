@@ -10,14 +10,12 @@ idempotent on the workers' side, so sending it twice is harmless.
 
 from __future__ import annotations
 
-import uuid
-from datetime import timedelta
 from typing import Any
 
-from django.db.models import Q
 from django.utils import timezone
 
 from flows.models import RevokeOrder
+from flows.operate.leases import lease_pending
 
 LEASE_SECONDS = 60.0
 # The signals an operator may send a task's pool process with terminate (Celery takes a name
@@ -48,14 +46,7 @@ def revoke_order(*, app: str, task_id: str, terminate: bool, signal: str | None,
 
 def revokes_lease(*, app: str, limit: int = 50, lease_seconds: float = LEASE_SECONDS) -> list[dict[str, Any]]:
     """Lease `app`'s pending revoke orders to the calling agent, each to one agent at a time."""
-    now = timezone.now()
-    token = uuid.uuid4().hex
-    pending = RevokeOrder.objects.filter(app=app, sent_at__isnull=True).filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
-    ids = list(pending.order_by("id").values_list("pk", flat=True)[:limit])
-    if not ids:
-        return []
-    pending.filter(pk__in=ids).update(lease=token, leased_until=now + timedelta(seconds=lease_seconds))  # a rival's lease wins its rows
-    return [{"id": o.pk, "task_id": o.task_id, "terminate": o.terminate, "signal": o.signal or None} for o in RevokeOrder.objects.filter(lease=token, pk__in=ids).order_by("id")]
+    return [{"id": o.pk, "task_id": o.task_id, "terminate": o.terminate, "signal": o.signal or None} for o in lease_pending(RevokeOrder, app=app, limit=limit, lease_seconds=lease_seconds)]
 
 
 def revokes_ack(*, app: str, ids: list[int]) -> int:
