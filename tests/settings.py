@@ -30,3 +30,9 @@ TRACING_OTLP_OPEN = True
 # (tests/reliability/kill_on_take.py); every other process runs on the configured one.
 if os.environ.get("FLOWS_TEST_BROKER_TRANSPORT"):
     CELERY_BROKER_TRANSPORT = os.environ["FLOWS_TEST_BROKER_TRANSPORT"]
+
+# On PostgreSQL a test database named per run (SQLite's file already is, in console.settings):
+# Django's fixed test_<name> made two runs on one server drop each other's database, and a
+# second run fail at creation while the first one used it.
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"[:63]}  # noqa: F405

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import redis
 from django.conf import settings
+from django.db import transaction
 
 from console.models import ApiToken
 from flows.operate.selectors import OWN_FLOWS
@@ -208,10 +209,15 @@ def span(kind: int, *, app: str = "", queue: str = "q", producer: str = "", cons
     return {"k": kind, "a": attributes, "st": end - 2_000_000, "en": end, "sc": 2 if error else 1, "sv": app or "flowscope"}
 
 
+def applied(spans: list[dict[str, Any]]) -> None:
+    with transaction.atomic():  # as the collector does: the aggregates lock their rows (PostgreSQL refuses that outside one)
+        aggregates.apply(spans)
+
+
 def test_aggregates_keep_apps_apart_add_queue_waits_across_batches_and_leave_own_flows_queue_to_handler():
     with_wait = [span(4, app="a", producer="handler:x", wait=w) for w in (5.0, 5.0, 400.0)]
-    aggregates.apply(with_wait[:2] + [span(4, app="b", producer="handler:x", wait=1.0), span(4, producer="handler:x")])
-    aggregates.apply(with_wait[2:] + [span(4, app="a", producer="handler:x", error=True)])  # the same rows, updated
+    applied(with_wait[:2] + [span(4, app="b", producer="handler:x", wait=1.0), span(4, producer="handler:x")])
+    applied(with_wait[2:] + [span(4, app="a", producer="handler:x", error=True)])  # the same rows, updated
     rows = {(r.app, r.source, r.target, r.queue): r for r in EdgeStat.objects.all()}
     assert set(rows) == {("a", "handler:x", "handler:h", "q"), ("b", "handler:x", "handler:h", "q"), ("", "queue:q", "handler:h", "")}
     a = rows[("a", "handler:x", "handler:h", "q")]
@@ -223,7 +229,7 @@ def test_aggregates_keep_apps_apart_add_queue_waits_across_batches_and_leave_own
 
 
 def test_the_graph_page_offers_the_apps_with_edges_and_keeps_the_chosen_one_for_its_live_frames():
-    aggregates.apply([span(4, app="canvas", producer="service:canvas"), span(4)])
+    applied([span(4, app="canvas", producer="service:canvas"), span(4)])
     page = client_for("viewer").get("/graph/", {"app": "canvas"})
     assert page.status_code == 200
     html = page.content.decode()
@@ -237,10 +243,10 @@ def test_the_graph_page_offers_the_apps_with_edges_and_keeps_the_chosen_one_for_
 def test_an_app_or_sender_that_is_not_text_or_too_long_is_counted_under_its_text_cut_to_fit():
     odd = span(4, app="7", producer="x")
     odd["a"].update({"flowscope.app": 7, "flowscope.producer": 8})  # any JSON value can come over OTLP
-    aggregates.apply([odd])
-    aggregates.apply([odd])  # the second batch finds the row the first made
+    applied([odd])
+    applied([odd])  # the second batch finds the row the first made
     long = span(4, app="a" * 150, producer="x", queue="q" * 400)
-    aggregates.apply([long])  # cut to the columns' lengths, not refused by the database
+    applied([long])  # cut to the columns' lengths, not refused by the database
     rows = {r.app: r for r in EdgeStat.objects.all()}
     assert (rows["7"].source, rows["7"].target, rows["7"].queue, rows["7"].count) == ("8", "handler:h", "q", 2)
     assert (len(rows["a" * 100].queue), rows["a" * 100].count) == (300, 1)
