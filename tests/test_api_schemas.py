@@ -381,3 +381,24 @@ def test_generated_requests_get_answers_that_keep_to_the_document():
             check_conformance(operation, auth, own_token, failures)
     purge("flows.control")  # bulk requeue jobs it may have started
     assert not failures, "\n".join(failures[:20])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/deadletters?app=shop%00",
+        "/api/v1/deadletters?message_type=a%00b",
+        "/api/v1/deadletters/groups?queue=%00",
+        "/api/v1/traces?correlation_id=c%00",
+        "/api/v1/traces?app=%00",
+        "/api/v1/sagas?saga_type=s%00",
+        "/api/v1/graph?app=%00",
+        "/api/v1/tasks?name=t%00",
+    ],
+)
+def test_a_nul_character_in_a_text_filter_is_a_422_naming_it_not_a_database_error(path):
+    """PostgreSQL's text holds no NUL: unchecked, such a filter failed inside the query as a 500
+    (the generated requests found it on the dead-letter list's app filter)."""
+    response = client_for("viewer").get(path)
+    assert response.status_code == 422, (path, response.content)
+    assert "contains a NUL character" in json.dumps(response.json()), response.content

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from console.api.auth import need
 from console.api.errors import answers
+from console.api.schemas import QueryText
 from console.audit import audit
 from console.models import Role
 from flows.models import LiveSource, LiveTask, LiveWorker
@@ -84,8 +85,8 @@ class TaskPage(Schema):
 class TaskQuery(Schema):
     app: str = Field("", max_length=100, pattern=r"^[\w.:@-]*$")
     state: LiveTask.State | None = None
-    name: str = Field("", max_length=200)
-    worker: str = Field("", max_length=200)
+    name: QueryText = Field("", max_length=200)
+    worker: QueryText = Field("", max_length=200)
 
     def to_filter(self) -> TaskFilter:
         return TaskFilter(app=self.app, state=self.state.value if self.state else "", name=self.name, worker=self.worker)

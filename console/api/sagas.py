@@ -10,6 +10,7 @@ from ninja import Query, Router
 from console.api.answers import SagaDetail, SagaSummary
 from console.api.auth import need
 from console.api.errors import answers
+from console.api.schemas import QueryText
 from console.models import Role
 from console.presenters import saga_detail, saga_summary
 from flows.models import SagaInstance
@@ -19,7 +20,7 @@ router = Router(tags=["sagas"])
 
 
 @router.get("/sagas", response=answers(200, list[SagaSummary], 422))
-def list_sagas(request: HttpRequest, saga_type: str = "", state: SagaInstance.State | None = None, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+def list_sagas(request: HttpRequest, saga_type: QueryText = "", state: SagaInstance.State | None = None, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Newest first, by type and state, with age and current step."""
     need(request, Role.VIEWER)
     return [saga_summary(s) for s in sagas_page(saga_type=saga_type, state=state.value if state else "", limit=limit)]

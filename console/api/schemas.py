@@ -6,11 +6,20 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from ninja import Schema
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
 from flows.models import DeadLetter
 from flows.operate.selectors import DeadLetterFilter
 
+
+def _without_nul(value: str) -> str:
+    if "\x00" in value:  # PostgreSQL's text holds none: the query would fail as a 500
+        raise ValueError("contains a NUL character, which no stored name, id or app holds")
+    return value
+
+
+# A name, id or app a list is filtered by, as a query parameter: no NUL character.
+QueryText = Annotated[str, AfterValidator(_without_nul)]
 # A row id as the database can hold it (BigAutoField): a larger number is a 422, not an overflow.
 RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 # In a JSON body numbers are numbers: strict, so `false` is not taken for 0 nor `"5"` for 5.
@@ -32,12 +41,12 @@ class FilterQuery(Schema):
 
     since: datetime | None = None
     until: datetime | None = None
-    message_type: str = ""
-    queue: str = ""
-    consumer: str = ""
+    message_type: QueryText = ""
+    queue: QueryText = ""
+    consumer: QueryText = ""
     state: DeadLetter.State | None = None
-    fingerprint: str = ""
-    app: str = Field("", max_length=100, description="an attached Celery app's name; \"(flowscope)\" for Flowscope's own flows; empty for all")
+    fingerprint: QueryText = ""
+    app: QueryText = Field("", max_length=100, description="an attached Celery app's name; \"(flowscope)\" for Flowscope's own flows; empty for all")
 
     @field_validator("since", "until", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from ninja.responses import Status
 from console.api.answers import FlowGraph, Published, QueueOut
 from console.api.auth import need
 from console.api.errors import answers
-from console.api.schemas import MessageIn
+from console.api.schemas import MessageIn, QueryText
 from console.audit import audit
 from console.live import graph_app
 from console.models import Role
@@ -21,11 +21,12 @@ from flows.patterns.sending import send
 from flows.produce.backpressure import queue_statuses
 from tracing.selectors import flow_graph
 
+APP_FILTER = Query("", max_length=100)  # an attached app's name; "(flowscope)" for Flowscope's own flows
 router = Router(tags=["system"])
 
 
 @router.get("/graph", response=answers(200, FlowGraph, 422))
-def get_flow_graph(request: HttpRequest, minutes: float = Query(15, gt=0, le=24 * 60), app: str = Query("", max_length=100)) -> dict[str, Any]:
+def get_flow_graph(request: HttpRequest, minutes: float = Query(15, gt=0, le=24 * 60), app: QueryText = APP_FILTER) -> dict[str, Any]:
     """Senders, queues and handlers; edges with rate, error rate, dead-letter rate, p50, p95 and
     p95 queue wait. `app`: one attached app's edges, "(flowscope)" for Flowscope's own flows,
     empty for all. 422 for a window out of range or an app name over 100 characters."""

@@ -10,17 +10,19 @@ from ninja.errors import HttpError
 from console.api.answers import TraceFound, TraceOut
 from console.api.auth import need
 from console.api.errors import answers
+from console.api.schemas import QueryText
 from console.models import Role
 from tracing.redaction import redact
 from tracing.selectors import recent_traces, trace_tree, traces_for
 
+APP_FILTER = Query("", max_length=100)  # an attached app's name; "(flowscope)" for Flowscope's own flows
 router = Router(tags=["traces"])
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @router.get("/traces", response=answers(200, list[TraceFound], 400, 422))
 def search_traces(
-    request: HttpRequest, correlation_id: str = "", message_id: str = "", saga_id: str = "", app: str = Query("", max_length=100), limit: int = Query(50, ge=1, le=500)
+    request: HttpRequest, correlation_id: QueryText = "", message_id: QueryText = "", saga_id: QueryText = "", app: QueryText = APP_FILTER, limit: int = Query(50, ge=1, le=500)
 ) -> list[dict[str, Any]]:
     """Traces holding a span of this conversation, message or saga, of one attached app if `app`
     is given; with `app` alone, that app's latest traces (the last 24 hours). 400 if none is named."""
