@@ -25,7 +25,7 @@ from django.test import Client
 from django.utils import timezone
 
 from console.models import ApiToken, AuditEntry
-from flows.models import DeadLetter, RequeueJob
+from flows.models import DeadLetter, LiveSource, LiveWorker, RequeueJob, RevokeOrder
 from flows.produce.backpressure import backpressure
 from tests.people import client_for, token_for
 from tests.reliability.doors import SAFE, api_operations, call, console_routes
@@ -126,6 +126,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/admin/retention/prune"): {"days": 30},
     ("POST", "/api/v1/agent/reports"): {"app": "access-check", "dead": [], "resolved": []},
     ("POST", "/api/v1/agent/requeues/ack"): {"app": "access-check", "ids": []},
+    ("POST", "/api/v1/agent/live"): {"app": "access-check", "tasks": [], "workers": []},
+    ("POST", "/api/v1/agent/revokes/ack"): {"app": "access-check", "ids": []},
+    ("POST", "/api/v1/tasks/{task_id}/revoke"): {"app": "access-check"},
 }
 # An attached app's agent reports its deaths and acknowledges its orders with a token of the
 # agent role, and nothing else may: every other role, admin included, is refused. What it sends
@@ -150,6 +153,10 @@ class World:
         self.dead = self.fresh_dead()
         self.job = self.fresh_job()
         self.token = ApiToken.issue(name="to revoke", role="viewer", created_by="tests")[0]
+        # A task revoke needs an agent of its app reporting: a worker of the access check's app.
+        now = timezone.now()
+        LiveWorker.objects.get_or_create(app="access-check", hostname="celery@access", defaults={"source": LiveSource.AGENT, "heartbeat_at": now, "first_seen_at": now})
+        self.task_id = str(uuid.uuid4())
 
     @staticmethod
     def fresh_dead() -> DeadLetter:
@@ -176,11 +183,16 @@ class World:
         return RequeueJob.objects.create(created_by="tests", max_id=0, total=5)
 
     def url(self, template: str) -> str:
-        ids = {"dead_letter_id": self.dead.pk, "job_id": self.job.pk, "token_id": self.token.pk}
+        ids = {"dead_letter_id": self.dead.pk, "job_id": self.job.pk, "token_id": self.token.pk, "task_id": self.task_id}
         return re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), template)
 
     def unchanged(self) -> bool:
-        return all(d.state == "dead" for d in DeadLetter.objects.all()) and RequeueJob.objects.get(pk=self.job.pk).state == "running" and ApiToken.objects.get(pk=self.token.pk).revoked_at is None
+        return (
+            all(d.state == "dead" for d in DeadLetter.objects.all())
+            and RequeueJob.objects.get(pk=self.job.pk).state == "running"
+            and ApiToken.objects.get(pk=self.token.pk).revoked_at is None
+            and not RevokeOrder.objects.exists()
+        )
 
 
 def forget_published() -> None:
