@@ -42,6 +42,11 @@ def page(role: str = Role.VIEWER) -> Callable[[View], View]:
             if not principal.can(role):
                 return render(request, "console/forbidden.html", {"needed": role, "principal": principal}, status=403)
             request.principal = principal  # type: ignore[attr-defined]
+            # Every page's filters come from its query: PostgreSQL's text holds no NUL, so such a
+            # filter would fail inside the query as a 500. Refused here once for every page.
+            named = next((name for name, values in request.GET.lists() if any("\x00" in v for v in [name, *values])), None)
+            if named is not None:
+                return render(request, "console/error.html", page_context(request, message=f"the query's {named!r} contains a NUL character, which no stored name, id or app holds"), status=400)
             return view(request, *args, **kwargs)
 
         return checked

@@ -120,3 +120,9 @@ def test_trace_pages_check_the_id():
 
 def test_a_bad_cursor_on_the_dead_letter_list_is_a_400():
     assert client_for("viewer").get("/deadletters/?cursor=garbage").status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/deadletters/?app=shop%00", "/deadletters/?message_type=a%00", "/tasks/?name=t%00", "/graph/?app=%00"])
+def test_a_nul_character_in_a_page_filter_is_a_400_naming_it_not_a_database_error(path):
+    response = client_for("viewer").get(path)
+    assert response.status_code == 400 and b"contains a NUL character" in response.content, (path, response.status_code)
