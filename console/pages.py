@@ -11,7 +11,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_safe
@@ -23,7 +23,6 @@ from console.roles import principal_for_user
 from flows.models import DeadLetter, SagaInstance
 from flows.operate.selectors import OWN_FLOWS, BadCursor, DeadLetterFilter, dead_letters_page, known_apps, sagas_page
 from tracing.models import Span
-from tracing.selectors import recent_traces, traces_for
 
 View = Callable[..., HttpResponse]
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -62,16 +61,6 @@ def page_context(request: HttpRequest, **extra: Any) -> dict[str, Any]:
 @page()
 def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "console/overview.html", page_context(request, frame=live.snapshot(), nav="overview"))
-
-
-@page()
-def graph(request: HttpRequest) -> HttpResponse:
-    """Every app's edges come with each live frame; ?app= narrows what the page draws (the select
-    lists apps the console knows and apps with edges in the frame)."""
-    frame = live.snapshot()
-    chosen = request.GET.get("app", "").strip()[:100]
-    apps = sorted(set(known_apps()) | {n["app"] for n in frame["graph"]["nodes"] if n["app"]})
-    return render(request, "console/graph.html", page_context(request, frame=frame, nav="graph", app=chosen, apps=apps, own_flows=OWN_FLOWS, graph_filter={"app": chosen, "own": OWN_FLOWS}))
 
 
 def _filters(request: HttpRequest) -> DeadLetterFilter:
@@ -162,32 +151,6 @@ def sagas(request: HttpRequest) -> HttpResponse:
 def saga(request: HttpRequest, saga_id: uuid.UUID) -> HttpResponse:
     detail = saga_detail(get_object_or_404(SagaInstance, pk=saga_id))
     return render(request, "console/saga.html", page_context(request, nav="sagas", s=detail, data_json=json.dumps(detail["data"], indent=2, sort_keys=True)))
-
-
-@page()
-def traces(request: HttpRequest) -> HttpResponse:
-    """A search by message or conversation (within one app if one is chosen), or an app's latest traces."""
-    q = {k: request.GET.get(k, "").strip() for k in ("trace_id", "message_id", "correlation_id", "app")}
-    if q["trace_id"]:
-        return redirect("trace", trace_id=q["trace_id"].lower())
-    if q["message_id"] or q["correlation_id"]:
-        results = traces_for(message_id=q["message_id"], correlation_id=q["correlation_id"], app=q["app"])
-    elif q["app"]:
-        results = recent_traces(app=q["app"], limit=50)
-    else:
-        results = []
-    searched = bool(q["message_id"] or q["correlation_id"] or q["app"])
-    return render(request, "console/traces.html", page_context(request, nav="traces", q=q, results=results, searched=searched, apps=known_apps()))
-
-
-@page()
-def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
-    if not TRACE_ID.match(trace_id):
-        return render(request, "console/error.html", page_context(request, message="a trace id is 32 lowercase hexadecimal characters"), status=400)
-    count = Span.objects.filter(trace_id=trace_id).count()
-    if not count:
-        raise Http404(f"no spans stored for trace {trace_id}")
-    return render(request, "console/trace.html", page_context(request, nav="traces", trace_id=trace_id, span_count=count))
 
 
 @page()

@@ -4,19 +4,19 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import extensions, live_pages, pages, views
+from console import extensions, graph_pages, live_pages, pages, trace_pages, trace_search_pages, views
 from console.api.api import api
 from tracing.views import receive_traces
 
 urlpatterns = [
     path("", pages.overview, name="overview"),
-    path("graph/", pages.graph, name="graph"),
+    path("graph/", graph_pages.graph, name="graph"),
     path("deadletters/", pages.dead_letters, name="dead-letters"),
     path("deadletters/<int:dead_letter_id>/", pages.dead_letter, name="dead-letter"),
     path("sagas/", pages.sagas, name="sagas"),
     path("sagas/<uuid:saga_id>/", pages.saga, name="saga"),
-    path("traces/", pages.traces, name="traces"),
-    path("traces/<str:trace_id>/", pages.trace, name="trace"),
+    path("traces/", trace_search_pages.traces, name="traces"),
+    path("traces/<str:trace_id>/", trace_pages.trace, name="trace"),
     path("search/", pages.search, name="search"),
     path("audit/", pages.audit_log, name="audit"),
     path("workers/", live_pages.workers, name="workers"),
