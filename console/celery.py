@@ -8,4 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
 
 app = Celery("flowscope")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["flows", "tracing"])
+app.autodiscover_tasks(["flows", "tracing", "console.alerts"])

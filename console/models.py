@@ -103,3 +103,9 @@ class UserRole(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role}"
+
+
+# Alerting's models live with its code (console/alerts/); imported here so Django finds them.
+from console.alerts.models import Alert, AlertRule, Channel, Delivery, Silence  # noqa: E402
+
+__all__ = ["Alert", "AlertRule", "ApiToken", "AuditEntry", "Channel", "Delivery", "Role", "Silence", "UserRole"]

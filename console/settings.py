@@ -190,6 +190,19 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "flows.control"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# --- Alerts: how often the rules are evaluated, and how hard a notice is retried ---
+ALERTS_EVALUATE_SECONDS = envfloat("ALERTS_EVALUATE_SECONDS", 2.0)
+ALERTS_DELIVERY_ATTEMPTS = envint("ALERTS_DELIVERY_ATTEMPTS", 5, minimum=1)
+ALERTS_DELIVERY_BACKOFF_SECONDS = envfloat("ALERTS_DELIVERY_BACKOFF_SECONDS", 2.0)  # doubled after each failed attempt
+# E-mail channels go through Django's e-mail backend (SMTP unless EMAIL_BACKEND says otherwise).
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = envint("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "flowscope@localhost")
 CELERY_BEAT_SCHEDULE = {
     "sweep-stalled-sagas": {"task": "flows.sweep_stalled_sagas", "schedule": 10.0},
     # A requeue claimed by a process that died before sending it would otherwise wait for the
@@ -197,6 +210,9 @@ CELERY_BEAT_SCHEDULE = {
     "recover-requeues": {"task": "flows.recover_requeues", "schedule": 30.0},
     "prune-old-spans": {"task": "tracing.prune_spans", "schedule": 3600.0},
     "prune-live-tasks": {"task": "flows.prune_live_tasks", "schedule": 3600.0},
+    # Alert rules (console.alerts): a notice within seconds of its condition; a run that would
+    # start after the next one is due is dropped rather than queued behind it.
+    "evaluate-alerts": {"task": "console.alerts.evaluate", "schedule": ALERTS_EVALUATE_SECONDS, "options": {"expires": ALERTS_EVALUATE_SECONDS}},
 }
 
 # --- The engine ---

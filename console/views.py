@@ -8,6 +8,7 @@ from django.db.models import Count, Sum
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_safe
 
+from console.alerts.models import Alert, AlertRule, AlertState, Delivery, DeliveryState
 from console.api.auth import principal_of
 from console.models import Role
 from flows.consume.idempotency import duplicate_counts
@@ -82,4 +83,9 @@ def metrics(request: HttpRequest) -> HttpResponse:
     metric("flowscope_span_ingest_pending", "gauge", "Spans waiting for the collector (ingest lag).", [({}, sink["pending"])])
     metric("flowscope_spans_dropped_total", "counter", "Spans dropped at the sink's bound or with Redis away.", [({}, sink["dropped"])])
     metric("flowscope_workers_online", "gauge", "Worker processes with a recent heartbeat.", [({}, len(workers_online()))])
+    firing = dict(Alert.objects.filter(state=AlertState.FIRING).values_list("rule_id").annotate(n=Count("id")).order_by())
+    rules = AlertRule.objects.order_by("id").values_list("id", "name", "kind")
+    metric("flowscope_alerts_firing", "gauge", "Alerts firing now, per alert rule.", [({"rule_id": str(i), "rule": n, "kind": k}, firing.get(i, 0)) for i, n, k in rules])
+    failed = Delivery.objects.filter(state=DeliveryState.FAILED).values_list("channel_id", "channel__name").annotate(n=Count("id")).order_by()
+    metric("flowscope_alert_delivery_failures_total", "counter", "Alert notices that failed for good, per channel.", [({"channel_id": str(c), "channel": n}, k) for c, n, k in failed])
     return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")

@@ -1,0 +1,72 @@
+"""Notices of an alert: one Delivery per channel, each sent by a Celery task of its own once the
+transaction that made it commits (no notice for an alert that was rolled back)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from console.alerts.models import Alert, Channel, Delivery, DeliveryKind, DeliveryState
+from flows.operate.requeue_jobs import CONTROL_QUEUE
+
+DELIVER_TASK = "console.alerts.deliver"
+
+
+def channels_for(alert: Alert) -> list[Channel]:
+    chosen = list(alert.rule.channels.filter(enabled=True))
+    return chosen or list(Channel.objects.filter(enabled=True))
+
+
+def dispatch(delivery: Delivery) -> None:
+    """Send it from a worker after commit. The retry policy travels with the task, so the process
+    that decided to notify (and its settings) decides how hard to try."""
+    args = [delivery.pk, settings.ALERTS_DELIVERY_ATTEMPTS, settings.ALERTS_DELIVERY_BACKOFF_SECONDS]
+    transaction.on_commit(lambda: current_app.send_task(DELIVER_TASK, args=args, queue=CONTROL_QUEUE))
+
+
+def notify(alert: Alert, kind: str, *, muted: bool = False) -> list[Delivery]:
+    """A delivery per channel; muted ones are recorded and never sent."""
+    made = []
+    for channel in channels_for(alert):
+        delivery = Delivery.objects.create(alert=alert, channel=channel, kind=kind, state=DeliveryState.MUTED if muted else DeliveryState.PENDING)
+        if not muted:
+            dispatch(delivery)
+        made.append(delivery)
+    return made
+
+
+def send_test(channel: Channel) -> Delivery:
+    delivery = Delivery.objects.create(channel=channel, kind=DeliveryKind.TEST)
+    dispatch(delivery)
+    return delivery
+
+
+def notice(delivery: Delivery) -> dict[str, Any]:
+    """The generic JSON body: what happened, to which rule, what it saw."""
+    sent_at = int(time.time())
+    alert = delivery.alert
+    if alert is None:
+        return {"event": "test", "summary": f"a test from Flowscope to channel {delivery.channel.name!r}", "delivery_id": delivery.pk, "sent_at": sent_at, "alert": None}
+    rule = alert.rule
+    return {
+        "event": delivery.kind,
+        "summary": alert.summary,
+        "delivery_id": delivery.pk,
+        "sent_at": sent_at,
+        "alert": {
+            "id": alert.pk,
+            "state": alert.state,
+            "subject": alert.subject,
+            "started_at": alert.started_at.isoformat(),
+            "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+            "observed": alert.observed,
+            "last_observed": alert.last_observed,
+            "rule": {"id": rule.pk, "name": rule.name, "kind": rule.kind, "scope": rule.scope, "scope_value": rule.scope_value, "threshold": rule.threshold, "window_seconds": rule.window_seconds},
+        },
+        "at": timezone.now().isoformat(),
+    }
