@@ -1,20 +1,24 @@
-"""Notices of an alert: one Delivery per channel, each sent by a Celery task of its own once the
-transaction that made it commits (no notice for an alert that was rolled back)."""
+"""Notices of an alert: one Delivery per channel, each sent by a Celery task of its own (`deliver`,
+here beside what dispatches it) once the transaction that made it commits: no notice for an
+alert that was rolled back. A failed attempt is retried after backoff * 2^(attempt - 1) seconds,
+up to the attempts the dispatching process's settings allow, each reason kept on the Delivery."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from celery import current_app
+from celery import Task, shared_task
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from console.alerts.models import Alert, Channel, Delivery, DeliveryKind, DeliveryState
+from console.alerts.transports import DeliveryFailed, send
 from flows.operate.requeue_jobs import CONTROL_QUEUE
 
-DELIVER_TASK = "console.alerts.deliver"
+log = logging.getLogger(__name__)
 
 
 def channels_for(alert: Alert) -> list[Channel]:
@@ -26,7 +30,7 @@ def dispatch(delivery: Delivery) -> None:
     """Send it from a worker after commit. The retry policy travels with the task, so the process
     that decided to notify (and its settings) decides how hard to try."""
     args = [delivery.pk, settings.ALERTS_DELIVERY_ATTEMPTS, settings.ALERTS_DELIVERY_BACKOFF_SECONDS]
-    transaction.on_commit(lambda: current_app.send_task(DELIVER_TASK, args=args, queue=CONTROL_QUEUE))
+    transaction.on_commit(lambda: deliver.apply_async(args=args, queue=CONTROL_QUEUE))
 
 
 def notify(alert: Alert, kind: str, *, muted: bool = False) -> list[Delivery]:
@@ -70,3 +74,25 @@ def notice(delivery: Delivery) -> dict[str, Any]:
         },
         "at": timezone.now().isoformat(),
     }
+
+
+@shared_task(name="console.alerts.deliver", bind=True, acks_late=True, max_retries=None)
+def deliver(self: Task, delivery_id: int, max_attempts: int, backoff_seconds: float) -> str:
+    """Send one notice, once: a delivery no longer pending (sent by a redelivered task, or muted
+    since) is left alone."""
+    delivery = Delivery.objects.select_related("channel", "alert__rule").filter(pk=delivery_id, state=DeliveryState.PENDING).first()
+    if delivery is None:
+        return "gone"
+    attempt = delivery.attempts + 1
+    try:
+        send(delivery.channel, notice(delivery))
+    except DeliveryFailed as exc:
+        reason = f"attempt {attempt} of {max_attempts}: {exc}"
+        if attempt >= max_attempts:
+            Delivery.objects.filter(pk=delivery.pk).update(attempts=attempt, state=DeliveryState.FAILED, last_error=reason, updated_at=timezone.now())
+            log.warning("alert delivery %s to channel %s failed for good: %s", delivery.pk, delivery.channel_id, exc)
+            return "failed"
+        Delivery.objects.filter(pk=delivery.pk).update(attempts=attempt, last_error=reason, updated_at=timezone.now())
+        raise self.retry(countdown=backoff_seconds * 2 ** (attempt - 1), exc=exc) from None
+    Delivery.objects.filter(pk=delivery.pk).update(attempts=attempt, state=DeliveryState.SENT, sent_at=timezone.now(), last_error="", updated_at=timezone.now())
+    return "sent"
