@@ -5,7 +5,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from tracing.models import EdgeStat, Span, SpanLink
+from tracing import summaries
+from tracing.models import EdgeStat, Span, SpanLink, TraceSummary
 from tracing.retention import prune_spans
 
 pytestmark = pytest.mark.django_db
@@ -15,16 +16,18 @@ def make_span(i: int, age: timedelta) -> Span:
     return Span(trace_id=f"{i:032x}", span_id=f"{i:016x}", name="op", start_time=timezone.now() - age, duration_us=1)
 
 
-def test_spans_links_and_aggregates_older_than_the_retention_go_in_batches_and_the_rest_stay():
+def test_spans_links_aggregates_and_summaries_older_than_the_retention_go_in_batches_and_the_rest_stay():
     Span.objects.bulk_create([make_span(i, timedelta(days=10)) for i in range(23)] + [make_span(100 + i, timedelta(hours=1)) for i in range(5)])
+    summaries.rebuild()
     SpanLink.objects.create(trace_id="a" * 32, span_id="b" * 16, linked_trace_id="c" * 32, linked_span_id="d" * 16, start_time=timezone.now() - timedelta(days=9))
     EdgeStat.objects.create(bucket=timezone.now() - timedelta(days=8), source="a", target="b", count=1)
     EdgeStat.objects.create(bucket=timezone.now(), source="a", target="b", count=1)
 
     deleted = prune_spans(older_than=timedelta(days=7), batch=5)
 
-    assert deleted == {"spans": 23, "links": 1, "edge_stats": 1}
+    assert deleted == {"spans": 23, "links": 1, "edge_stats": 1, "trace_summaries": 23}
     assert Span.objects.count() == 5 and SpanLink.objects.count() == 0 and EdgeStat.objects.count() == 1
+    assert sorted(TraceSummary.objects.values_list("trace_id", flat=True)) == [f"{100 + i:032x}" for i in range(5)]
 
 
 def test_the_command_uses_the_configured_retention_and_checks_its_arguments(settings):
@@ -32,7 +35,7 @@ def test_the_command_uses_the_configured_retention_and_checks_its_arguments(sett
     Span.objects.bulk_create([make_span(1, timedelta(days=2)), make_span(2, timedelta(hours=2))])
     out = io.StringIO()
     call_command("prune_spans", stdout=out)
-    assert out.getvalue().strip() == "deleted 1 spans, deleted 0 links, deleted 0 edge stats"
+    assert out.getvalue().strip() == "deleted 1 spans, deleted 0 links, deleted 0 edge stats, deleted 0 trace summaries"
     with pytest.raises(CommandError, match="--days must not be negative"):
         call_command("prune_spans", "--days", "-1")
     with pytest.raises(CommandError, match="--batch must be at least 1"):

@@ -2,9 +2,9 @@
 
 1. Read a few batches from the stream through a consumer group (first our own unacknowledged
    ones, left by a crash, then new ones; also those another collector left idle too long).
-2. Insert spans and links and update the aggregates in one transaction, skipping spans already
-   stored (a batch redelivered after a crash, an OTLP client's retry), so the aggregates count
-   each span once.
+2. Insert spans and links and update the aggregates and the traces' summaries in one
+   transaction, skipping spans already stored (a batch redelivered after a crash, an OTLP
+   client's retry), so the aggregates and summaries count each span once.
 3. Acknowledge and delete the batches, and lower the sink's pending count.
 """
 
@@ -22,7 +22,7 @@ import orjson
 import redis
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, reset_queries, transaction
 
-from tracing import aggregates
+from tracing import aggregates, summaries
 from tracing.bulk import insert_rows
 from tracing.models import Span, SpanLink
 from tracing.redis import get_redis
@@ -175,6 +175,7 @@ def store(spans: list[dict[str, Any]]) -> int:
             fresh = [s for s in fresh if (s["t"], s["s"]) not in seen]
             _insert(fresh)
         aggregates.apply(fresh)
+        summaries.apply(fresh)
     return len(fresh)
 
 

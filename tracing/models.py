@@ -76,3 +76,34 @@ class EdgeStat(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["bucket", "app", "source", "target", "queue"], name="edgestat_once")]
         indexes = [models.Index(fields=["bucket"], name="edgestat_time")]
+
+
+class TraceSummary(models.Model):
+    """One row per trace, kept by the collector as its spans arrive (tracing.summaries), so the
+    trace search reads one row a trace instead of aggregating the span table.
+
+    `tags` holds what a search filters on, as "kind:value" (service, app, type, queue, handler,
+    name), so one containment test (a GIN index on PostgreSQL) answers any mix of them."""
+
+    trace_id = models.CharField(max_length=32, primary_key=True)
+    start_time = models.DateTimeField(help_text="start of the trace's earliest span")
+    end_time = models.DateTimeField(help_text="end of the trace's latest span")
+    duration_us = models.BigIntegerField()
+    root_name = models.CharField(max_length=300, blank=True)
+    root_start = models.DateTimeField(help_text="start of the span root_name was taken from")
+    rooted = models.BooleanField(default=False, help_text="root_name is a span without a parent (else the earliest span seen so far)")
+    spans = models.IntegerField(default=0)
+    errors = models.IntegerField(default=0)
+    wait_us = models.BigIntegerField(default=0, help_text="queue wait its process spans reported (flowscope.queue_wait_ms), summed")
+    work_us = models.BigIntegerField(default=0, help_text="time in its process (consumer) spans, summed")
+    tags = models.JSONField(default=list)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["start_time", "trace_id"], name="tracesummary_start"),
+            models.Index(fields=["duration_us", "trace_id"], name="tracesummary_duration"),
+        ]
+
+    @property
+    def services(self) -> list[str]:
+        return [t.split(":", 1)[1] for t in self.tags if t.startswith("service:")]
