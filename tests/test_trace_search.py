@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from tests.people import client_for
+from tooling.bench.trace_search import MARK, trace_search_p95_ms
 from tracing import summaries
 from tracing.collector import store
-from tracing.models import TraceSummary
+from tracing.models import Span, TraceSummary
 
 pytestmark = pytest.mark.django_db
 
@@ -227,3 +228,10 @@ def test_bad_input_on_the_page_is_a_400_that_names_the_field():
     for params, field in (({"attr": "novalue"}, "attr"), ({"min_duration_ms": "9", "max_duration_ms": "1"}, "max_duration_ms"), ({"since": "soon"}, "since")):
         response = viewer.get("/traces/", params)
         assert response.status_code == 400 and field in response.content.decode()
+
+
+def test_the_benchmark_builds_its_store_asks_every_search_and_leaves_no_row_behind():
+    figures = trace_search_p95_ms(3_000, lambda text: None, runs=1)
+    assert figures["p9_spans"] == 3_000 and 3_000 / 16 <= figures["p9_traces"] <= 3_000 / 4
+    assert 0 < figures["p9_trace_search_median_ms"] <= figures["p9_trace_search_p95_ms"]
+    assert not Span.objects.filter(trace_id__startswith=MARK).exists() and not TraceSummary.objects.filter(trace_id__startswith=MARK).exists()

@@ -24,6 +24,7 @@ from tracing.bulk import db_datetime, insert_rows
 from tracing.models import Span, TraceSummary
 
 CONSUMER, ERROR = 4, 2
+LOOKUP_CHUNK = 500  # trace ids a query names: within every database's limit on parameters
 MAX_TAGS = 500  # a trace of many distinct span names keeps the first 500 tags: a bounded row
 TAG_VALUE_LIMIT = 300
 OWN_APP = ""  # spans without flowscope.app: Flowscope's own flows, tagged "app:"
@@ -126,23 +127,9 @@ def _stored(row: TraceSummary) -> Partial:
     )
 
 
-def apply(spans: Iterable[dict[str, Any]]) -> int:
-    """Merge newly stored spans into their traces' summaries; call inside the transaction that
-    stores them, with each span once. Returns how many summaries it wrote."""
-    merged = partials(spans)
-    if not merged:
-        return 0
-    ids = sorted(merged)  # locked in one order, so two collectors cannot deadlock on a pair
-    stored = TraceSummary.objects.select_for_update().filter(trace_id__in=ids).order_by("trace_id")
-    existing = {row.trace_id: _stored(row) for row in stored}
-    for trace_id, row in existing.items():
-        row.merge(merged[trace_id])
-        merged[trace_id] = row
-    if existing:
-        # Rewritten whole rather than updated column by column: a raw delete and one bulk insert
-        # cost far less than Django's bulk_update of a CASE per column and row.
-        TraceSummary.objects.filter(trace_id__in=list(existing))._raw_delete(TraceSummary.objects.db)
-    rows = [
+def rows_of(merged: dict[str, Partial]) -> list[tuple[Any, ...]]:
+    """Summary rows in COLUMNS order, for a raw insert."""
+    return [
         (
             trace_id,
             _time(p.start_us),
@@ -159,8 +146,29 @@ def apply(spans: Iterable[dict[str, Any]]) -> int:
         )
         for trace_id, p in sorted(merged.items())
     ]
-    insert_rows(TraceSummary._meta.db_table, COLUMNS, rows)
-    return len(rows)
+
+
+def apply(spans: Iterable[dict[str, Any]]) -> int:
+    """Merge newly stored spans into their traces' summaries; call inside the transaction that
+    stores them, with each span once. Returns how many summaries it wrote."""
+    merged = partials(spans)
+    if not merged:
+        return 0
+    ids = sorted(merged)  # locked in one order, so two collectors cannot deadlock on a pair
+    existing: dict[str, Partial] = {}
+    for i in range(0, len(ids), LOOKUP_CHUNK):
+        stored = TraceSummary.objects.select_for_update().filter(trace_id__in=ids[i : i + LOOKUP_CHUNK]).order_by("trace_id")
+        existing.update((row.trace_id, _stored(row)) for row in stored)
+    for trace_id, row in existing.items():
+        row.merge(merged[trace_id])
+        merged[trace_id] = row
+    stale = list(existing)
+    for i in range(0, len(stale), LOOKUP_CHUNK):
+        # Rewritten whole rather than updated column by column: a raw delete and one bulk insert
+        # cost far less than Django's bulk_update of a CASE per column and row.
+        TraceSummary.objects.filter(trace_id__in=stale[i : i + LOOKUP_CHUNK])._raw_delete(TraceSummary.objects.db)
+    insert_rows(TraceSummary._meta.db_table, COLUMNS, rows_of(merged))
+    return len(merged)
 
 
 def as_collected(span: Span) -> dict[str, Any]:
