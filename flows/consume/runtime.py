@@ -90,7 +90,11 @@ def _read_payload(message: Message) -> dict[str, Any]:
     if envelope.type != handler.message_type:
         raise PoisonMessage(f"consumer {handler.consumer!r} handles {handler.message_type!r}, not {envelope.type!r}")
     mtype = catalog.message_type(envelope.type)
-    return mtype.read(envelope.schema_version, envelope.payload, target=handler.target_version(mtype))
+    target = handler.target_version(mtype)
+    payload = mtype.read(envelope.schema_version, envelope.payload, target=target)
+    if envelope.schema_version < target:  # recorded once read: a version it cannot read is poison, not an upcast
+        telemetry.record_upcast(target)
+    return payload
 
 
 def _run(message: Message, pattern: Pattern) -> str:

@@ -29,6 +29,11 @@ from tracing import setup
 from tracing.redaction import redact, redact_text
 
 _CONTEXT_HEADERS = ("traceparent", "tracestate", "baggage")
+# On a process span whose payload was read at a newer schema version than it was sent in: the
+# version the consumer read it at (flowscope.schema_version keeps the version sent).
+UPCAST_TO = "flowscope.upcast_to"
+# On an "await reply" span: how the wait ended, "ok", "timeout" or "failed".
+REPLY_OUTCOME = "flowscope.reply"
 _STATUS_OK = Status(StatusCode.OK)
 
 
@@ -118,6 +123,10 @@ def set_outcome(outcome: str) -> None:
     span.set_attribute("flowscope.outcome", outcome)
     if outcome in ("ok", "duplicate"):  # "handled" keeps the error status its attempt set
         span.set_status(_STATUS_OK)
+
+
+def record_upcast(target_version: int) -> None:
+    trace.get_current_span().set_attribute(UPCAST_TO, target_version)
 
 
 def record_failure(exc: BaseException, *, final: bool) -> None:

@@ -58,12 +58,18 @@ class PendingReply:
         return str(self.envelope.message_id)
 
     def result(self) -> dict[str, Any]:
-        with telemetry.child_span(f"await reply {self.envelope.type}", parent_headers=self.trace_headers, kind=SpanKind.CLIENT) as span:
+        attributes = {"messaging.message.id": self.message_id, "flowscope.message_type": self.envelope.type}
+        with telemetry.child_span(f"await reply {self.envelope.type}", parent_headers=self.trace_headers, kind=SpanKind.CLIENT, attributes=attributes) as span:
             try:
-                return self._wait()
+                reply = self._wait()
             except (ReplyTimeout, RequestFailed) as exc:
+                # The outcome, so the console can count timeouts per request type (and so per
+                # responder: a request type has exactly one handler).
+                span.set_attribute(telemetry.REPLY_OUTCOME, "timeout" if isinstance(exc, ReplyTimeout) else "failed")
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
                 raise
+            span.set_attribute(telemetry.REPLY_OUTCOME, "ok")
+            return reply
 
     def _wait(self) -> dict[str, Any]:
         redis = get_redis()
