@@ -7,6 +7,7 @@ from typing import Any
 from flows.core import telemetry
 from flows.models import DeadLetter, RequeueJob, SagaInstance
 from flows.operate.celery_events.writers import events_only
+from flows.operate.requeue_outcomes import canary_outcomes, job_outcomes
 from flows.operate.selectors import saga_age_seconds, saga_plan
 from tracing.redaction import redact, redact_text
 
@@ -101,4 +102,14 @@ def job_summary(job: RequeueJob) -> dict[str, Any]:
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "error": job.error,
+        "paused_reason": job.paused_reason,
+        "max_failure_share": job.max_failure_share,
+        "canary": {
+            "size": job.canary_size,
+            "timeout_s": job.canary_timeout_s,
+            "sent": len(job.canary_ids),
+            **canary_outcomes(job).as_dict(),
+            "seconds": round((job.canary_ended_at - job.canary_started_at).total_seconds(), 3) if job.canary_started_at and job.canary_ended_at else None,
+        },
+        "outcomes": job_outcomes(job).as_dict(),
     }

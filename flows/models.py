@@ -280,10 +280,17 @@ class LateReply(models.Model):
 
 
 class RequeueJob(models.Model):
-    """A bulk requeue: the dead letters matching a filter (or a selection), at a set rate."""
+    """A bulk requeue: the dead letters matching a filter (or a selection), at a set rate.
+
+    It first sends a canary of `canary_size` and waits for their outcomes; it goes on, ramping up
+    to the rate, only if no more than `max_failure_share` of them died again, and pauses by
+    itself when the share of recent outcomes that died again passes it (flows.operate.requeue_jobs).
+    """
 
     class State(models.TextChoices):
+        CANARY = "canary"
         RUNNING = "running"
+        PAUSED = "paused"
         DONE = "done"
         CANCELLED = "cancelled"
         FAILED = "failed"
@@ -295,6 +302,7 @@ class RequeueJob(models.Model):
     ids = models.JSONField(default=list, help_text="a selection of dead letter ids, instead of a filter")
     rate_per_s = models.FloatField(null=True, blank=True, help_text="at most this many a second; empty: as fast as it goes")
     max_id = models.BigIntegerField(help_text="dead letters that arrive after the job started are not part of it")
+    min_id = models.BigIntegerField(default=0, help_text="its first candidate: bounds the scan for its outcomes")
     total = models.PositiveIntegerField()
     done = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0, help_text="no longer dead when their turn came")
@@ -302,6 +310,21 @@ class RequeueJob(models.Model):
     state = models.CharField(max_length=10, choices=State.choices, default=State.RUNNING)
     error = models.TextField(blank=True)
 
+    canary_size = models.PositiveIntegerField(default=10, help_text="sent first, their outcomes awaited; 0: no canary")
+    max_failure_share = models.FloatField(default=0.2, help_text="the share of outcomes dying again above which the job pauses")
+    canary_timeout_s = models.FloatField(default=60.0, help_text="how long the canary's outcomes are awaited")
+    canary_ids = models.JSONField(default=list, help_text="the dead letters the canary requeued")
+    canary_started_at = models.DateTimeField(null=True, blank=True)
+    canary_ended_at = models.DateTimeField(null=True, blank=True, help_text="when the canary was judged")
+    ramp_from = models.DateTimeField(null=True, blank=True, help_text="the ramp to the rate starts here (after the canary, or a resume)")
+    window_after_id = models.BigIntegerField(default=0, help_text="outcomes of dead letters up to this id are behind the job (set on resume)")
+    paused_reason = models.TextField(blank=True)
+
     @property
     def progress(self) -> float:
         return 1.0 if not self.total else min(1.0, (self.done + self.skipped) / self.total)
+
+    @property
+    def actor(self) -> str:
+        """Who the job's requeues are by (DeadLetter.requeued_by): how its outcomes are found."""
+        return f"{self.created_by[:120]} (job {self.pk})"

@@ -136,7 +136,7 @@ def test_a_bulk_requeue_counts_first_then_runs_at_its_rate_to_the_end(worker):
     operator = client_for("operator")
     fingerprint = dead[0].fingerprint
     assert post(operator, "/api/v1/requeue-jobs", {"fingerprint": fingerprint, "dry_run": True}).json() == {"count": 6}
-    job = post(operator, "/api/v1/requeue-jobs", {"fingerprint": fingerprint, "rate_per_s": 20}).json()
+    job = post(operator, "/api/v1/requeue-jobs", {"fingerprint": fingerprint, "rate_per_s": 20, "canary_size": 0}).json()
     assert (job["total"], job["state"]) == (6, "running")
     done = wait_for(lambda: (j := operator.get(f"/api/v1/requeue-jobs/{job['id']}").json())["state"] == "done" and j, what="the job to finish")
     assert (done["done"], done["skipped"], done["progress"]) == (6, 0, 1.0)
@@ -149,7 +149,7 @@ def test_a_bulk_requeue_counts_first_then_runs_at_its_rate_to_the_end(worker):
 def test_a_slow_bulk_requeue_can_be_cancelled_midway(worker):
     dead = make_many_dead([f"cancel-{i}" for i in range(8)], bug="cancel-bug")
     operator = client_for("operator")
-    job = post(operator, "/api/v1/requeue-jobs", {"ids": [d.pk for d in dead], "rate_per_s": 2}).json()
+    job = post(operator, "/api/v1/requeue-jobs", {"ids": [d.pk for d in dead], "rate_per_s": 2, "canary_size": 0}).json()
     wait_for(lambda: RequeueJob.objects.get(pk=job["id"]).done >= 1, what="the job to start")
     cancelled = post(operator, f"/api/v1/requeue-jobs/{job['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"

@@ -94,6 +94,19 @@ class Discarded(Schema):
     discarded: bool
 
 
+class RequeueOutcomesOut(Schema):
+    succeeded: int = Field(description="resolved: the requeued copy succeeded")
+    failed_again: int = Field(description="dead again (or discarded since)")
+    pending: int = Field(description="requeued, outcome not yet known")
+
+
+class RequeueCanaryOut(RequeueOutcomesOut):
+    size: int = Field(description="asked for; 0: no canary")
+    timeout_s: float
+    sent: int
+    seconds: float | None = Field(description="from its first send to its verdict; null until judged")
+
+
 class RequeueJobOut(Schema):
     id: int
     state: str = _one_of(RequeueJob.State.values)
@@ -106,6 +119,10 @@ class RequeueJobOut(Schema):
     created_at: DateTime
     finished_at: DateTime | None
     error: str
+    paused_reason: str = Field(description="why the job paused itself (state paused)")
+    max_failure_share: float = Field(description="0 to 1: above this share of outcomes dead again, the job pauses")
+    canary: RequeueCanaryOut
+    outcomes: RequeueOutcomesOut = Field(description="of every message the job requeued so far, the canary's included")
 
 
 class RequeueCount(Schema):

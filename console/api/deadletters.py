@@ -20,7 +20,7 @@ from console.presenters import dead_letter_detail, dead_letter_summary, job_summ
 from flows.models import DeadLetter, RequeueJob
 from flows.operate.celery_events.writers import events_only
 from flows.operate.dead_letters import dead_letter_discard, dead_letter_requeue
-from flows.operate.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_start
+from flows.operate.requeue_jobs import requeue_count, requeue_job_cancel, requeue_job_resume, requeue_job_start
 from flows.operate.selectors import dead_letter_groups, dead_letters_page
 from tracing.redaction import redact
 
@@ -28,12 +28,22 @@ router = Router(tags=["dead letters"])
 
 
 @router.get("/deadletters", response=answers(200, DeadLetterPage, 400, 422))
-def list_dead_letters(request: HttpRequest, filters: Query[FilterQuery], cursor: str = "", limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+def list_dead_letters(
+    request: HttpRequest,
+    filters: Query[FilterQuery],
+    cursor: str = "",
+    limit: int = Query(50, ge=1, le=500),
+    ids: list[RowId] | None = Query(None, max_length=500),  # noqa: B008  (ninja's parameter declaration, not a shared default)
+) -> dict[str, Any]:
     """Newest first. `next_cursor` fetches the following page (keyset: as fast on page 1,000 as on page 1).
+    `ids` (repeated, up to 500) keeps to those dead letters: how a page refreshes the rows it shows.
 
     200 {"items": [...], "next_cursor": "..."}; 400 for a cursor this API did not give out.
     """
     need(request, Role.VIEWER)
+    if ids:  # a page's own rows, whatever their place in the list: one page, no cursor
+        chosen = filters.to_filter().apply(DeadLetter.objects.filter(pk__in=ids)).order_by("-dead_at", "-id").defer("traceback", "envelope")
+        return {"items": [dead_letter_summary(d) for d in chosen[:limit]], "next_cursor": ""}
     rows, next_cursor = dead_letters_page(filters.to_filter(), cursor=cursor, limit=limit)
     return {"items": [dead_letter_summary(d) for d in rows], "next_cursor": next_cursor}
 
@@ -113,14 +123,30 @@ def edit_and_requeue(request: HttpRequest, dead_letter_id: RowId, body: EditRequ
 def start_requeue_job(request: HttpRequest, body: RequeueJobIn) -> dict[str, Any]:
     """Requeue a selection (`ids`) or everything matching a filter, at `rate_per_s`.
     With `dry_run` only counts: 200 {"count": n}. Otherwise 200 with the job (poll it, or
-    watch its progress on the live socket); 409 when nothing matches."""
+    watch its progress on the live socket); 409 when nothing matches.
+
+    The job first sends a canary of `canary_size` (10; 0 skips it) and awaits their outcomes
+    (up to `canary_timeout_s`); it pauses, the rest unsent, when more than `max_failure_share`
+    (0.2) of those known failed again, else ramps up to the rate, pausing itself if the newest
+    outcomes fail again past that share. Its answer carries the canary's result and the counts
+    of outcomes so far: {"state": "canary", "canary": {"sent": 10, "succeeded": 9, "failed_again": 1,
+    "pending": 0, ...}, "outcomes": {...}, "paused_reason": ""}."""
     principal = need(request, Role.OPERATOR)
     filters = None if body.ids is not None else body.to_filter()
     if body.dry_run:
         return {"count": requeue_count(filters=filters, ids=body.ids)}
     with transaction.atomic():
-        job = requeue_job_start(actor=principal.name, filters=filters, ids=body.ids, rate_per_s=body.rate_per_s)
-        audit(principal, "bulk_requeue", object_type="requeue_job", object_ids=[job.pk], after={"total": job.total, "rate_per_s": job.rate_per_s, "filters": job.filters, "ids": job.ids[:1000]})
+        job = requeue_job_start(
+            actor=principal.name,
+            filters=filters,
+            ids=body.ids,
+            rate_per_s=body.rate_per_s,
+            canary_size=body.canary_size,
+            max_failure_share=body.max_failure_share,
+            canary_timeout_s=body.canary_timeout_s,
+        )
+        after = {"total": job.total, "rate_per_s": job.rate_per_s, "canary_size": job.canary_size, "max_failure_share": job.max_failure_share, "filters": job.filters, "ids": job.ids[:1000]}
+        audit(principal, "bulk_requeue", object_type="requeue_job", object_ids=[job.pk], after=after)
     return job_summary(job)
 
 
@@ -132,11 +158,24 @@ def get_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
 
 @router.post("/requeue-jobs/{job_id}/cancel", response=answers(200, RequeueJobOut, 404, 409, 422))
 def cancel_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
-    """Stop a running job after the message in hand. 409 when it is not running."""
+    """Stop a job in its canary, running or paused, after the batch in hand. 409 otherwise."""
     principal = need(request, Role.OPERATOR)
     job = get_object_or_404(RequeueJob, pk=job_id)
     with transaction.atomic():
         if not requeue_job_cancel(job_id=job.pk):
-            raise HttpError(409, f"job {job.pk} is {job.state}, not running")
-        audit(principal, "cancel_bulk_requeue", object_type="requeue_job", object_ids=[job.pk], before={"done": job.done})
+            raise HttpError(409, f"job {job.pk} is {job.state}: only a job in its canary, running or paused can be cancelled")
+        audit(principal, "cancel_bulk_requeue", object_type="requeue_job", object_ids=[job.pk], before={"done": job.done, "state": job.state})
+    return job_summary(RequeueJob.objects.get(pk=job.pk))
+
+
+@router.post("/requeue-jobs/{job_id}/resume", response=answers(200, RequeueJobOut, 404, 409, 422))
+def resume_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
+    """Go on with a paused job: it ramps up to its rate again, and only outcomes from now on
+    count towards pausing it again. 200 with the job ("running"); 409 when it is not paused."""
+    principal = need(request, Role.OPERATOR)
+    job = get_object_or_404(RequeueJob, pk=job_id)
+    with transaction.atomic():
+        if not requeue_job_resume(job_id=job.pk):
+            raise HttpError(409, f"job {job.pk} is {job.state}, not paused")
+        audit(principal, "resume_bulk_requeue", object_type="requeue_job", object_ids=[job.pk], before={"done": job.done, "paused_reason": job.paused_reason}, after={"state": "running"})
     return job_summary(RequeueJob.objects.get(pk=job.pk))

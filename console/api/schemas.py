@@ -80,6 +80,9 @@ class RequeueJobIn(FilterQuery):
 
     ids: list[BodyRowId] | None = Field(default=None, max_length=100_000, description="a selection; or give filters")
     rate_per_s: float | None = Field(default=None, gt=0, le=100_000, strict=True, description="leave out for no limit")
+    canary_size: int = Field(default=10, ge=0, le=10_000, strict=True, description="requeued first, their outcomes awaited before the rest; 0: no canary")
+    max_failure_share: float = Field(default=0.2, ge=0, le=1, strict=True, description="pause when more than this share (0 to 1) of the canary, or of the newest outcomes, failed again")
+    canary_timeout_s: float = Field(default=60, gt=0, le=3600, strict=True, description="how long to await the canary's outcomes; one still pending then is not counted")
     dry_run: bool = Field(default=False, strict=True)  # `0` or "no" must not start a real run
 
 

@@ -25,6 +25,14 @@ class TokenBucket:
         self._tokens = 1.0
         self._at = clock()
 
+    def retune(self, rate: float, *, capacity: float) -> None:
+        """A new rate from now on (a ramp's next step), the tokens accrued so far kept."""
+        if rate <= 0 or capacity < 1:
+            raise ValueError("a token bucket needs a positive rate and room for at least one token")
+        self._refill()
+        self.rate, self.capacity = rate, capacity
+        self._tokens = min(self._tokens, capacity)
+
     def take(self, n: int) -> None:
         if not 0 < n <= self.capacity:
             raise ValueError(f"can take 1 to {self.capacity:g} tokens at once, not {n}")

@@ -7,7 +7,7 @@ from celery import shared_task
 from flows.models import RequeueJob
 from flows.operate.live_tasks import prune_live
 from flows.operate.requeue import requeue_recover_unconfirmed
-from flows.operate.requeue_jobs import CONTROL_QUEUE, RUN_REQUEUE_JOB_TASK, requeue_job_run_slice
+from flows.operate.requeue_jobs import ACTIVE, CONTROL_QUEUE, RUN_REQUEUE_JOB_TASK, requeue_job_run_slice
 from flows.patterns.saga_state import sweep_stalled_sagas as sweep
 
 
@@ -34,7 +34,7 @@ def run_requeue_job(job_id: int) -> None:
         more = requeue_job_run_slice(job_id)
     except Exception as exc:
         # Say so on the job, where the operator watches it, rather than only in a worker log.
-        RequeueJob.objects.filter(pk=job_id, state=RequeueJob.State.RUNNING).update(state=RequeueJob.State.FAILED, error=f"{type(exc).__name__}: {exc}")
+        RequeueJob.objects.filter(pk=job_id, state__in=ACTIVE).update(state=RequeueJob.State.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     if more:
         run_requeue_job.apply_async(args=[job_id], queue=CONTROL_QUEUE)

@@ -120,6 +120,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/deadletters/{dead_letter_id}/edit-requeue"): {"payload": {"key": "edited"}},
     ("POST", "/api/v1/requeue-jobs"): {"fingerprint": "f" * 16},
     ("POST", "/api/v1/requeue-jobs/{job_id}/cancel"): {},
+    ("POST", "/api/v1/requeue-jobs/{job_id}/resume"): {},
     ("POST", "/api/v1/messages"): {"type": "test.bulk", "payload": {"key": "access"}},
     ("POST", "/api/v1/admin/tokens"): {"name": "access check", "role": "viewer"},
     ("POST", "/api/v1/admin/tokens/{token_id}/revoke"): {},
@@ -284,6 +285,8 @@ def test_every_allowed_state_changing_action_leaves_an_audit_row(figure):
                 body = BODIES[(method, template)]
                 if template == "/api/v1/requeue-jobs":
                     body = {"ids": [World.fresh_dead().pk]}
+                if template.endswith("/resume"):  # only a paused job resumes
+                    RequeueJob.objects.filter(pk=world.job.pk).update(state=RequeueJob.State.PAUSED, paused_reason="access check")
                 forget_published()
                 before = AuditEntry.objects.count()
                 response = call(client, method, world.url(template), body, **headers)

@@ -118,7 +118,7 @@ def _dead_letters(n: int) -> None:
 def _run_job(rate: float | None) -> tuple[int, float, float]:
     """Done, wall seconds and this process's CPU seconds (a figure the machine's other load
     does not move as much as the wall)."""
-    job = requeue_job_start(actor="bench", filters=DeadLetterFilter(message_type="bench.requeue"), rate_per_s=rate)
+    job = requeue_job_start(actor="bench", filters=DeadLetterFilter(message_type="bench.requeue"), rate_per_s=rate, canary_size=0)  # the raw rate: no canary, no ramp
     started, cpu = time.perf_counter(), time.process_time()
     while requeue_job_run_slice(job.pk):
         pass
