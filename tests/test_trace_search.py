@@ -164,6 +164,7 @@ def test_sorted_by_duration_longest_first_and_keyset_pages_hold_still_while_trac
         ({"status": "failed"}, "status"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"cursor": "c3RhcnR8MTIzfGFiYw"}, "cursor"),  # start|123|abc: not a trace id
+        ({"cursor": "c3RhcnR8OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTl8MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA"}, "cursor"),  # beyond any date
         ({"sort": "duration", "cursor": "c3RhcnR8MTIzfDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAw"}, "cursor"),  # a start cursor
     ],
 )

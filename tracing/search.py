@@ -25,6 +25,7 @@ SORTS = ("start", "duration")
 STATUSES = ("", "error", "ok")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_KEY_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)  # a start or a duration
 
 
 class BadSearch(ValueError):
@@ -101,7 +102,7 @@ class Cursor:
             cursor = cls(kind, int(key), trace_id)
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise BadSearch("cursor", f"{text[:80]!r} is not a cursor this search gave out") from None
-        if cursor.sort != sort or not TRACE_ID.match(cursor.trace_id):
+        if cursor.sort != sort or not TRACE_ID.match(cursor.trace_id) or not 0 <= cursor.key <= MAX_KEY_US:
             raise BadSearch("cursor", f"{text[:80]!r} is not a cursor of a search sorted by {sort}")
         return cursor
 
