@@ -209,6 +209,8 @@ CELERY_BEAT_SCHEDULE = {
     # next bulk job to be recovered.
     "recover-requeues": {"task": "flows.recover_requeues", "schedule": 30.0},
     "prune-old-spans": {"task": "tracing.prune_spans", "schedule": 3600.0},
+    # PostgreSQL's day partitions of the span tables, made days ahead (tracing.partitions).
+    "create-span-partitions": {"task": "tracing.create_span_partitions", "schedule": 3600.0},
     "prune-live-tasks": {"task": "flows.prune_live_tasks", "schedule": 3600.0},
     # Alert rules (console.alerts): a notice within seconds of its condition; a run that would
     # start after the next one is due is dropped rather than queued behind it.
@@ -231,6 +233,7 @@ TRACING_EXPORT_DELAY_MS = envint("TRACING_EXPORT_DELAY_MS", 200, minimum=1)
 TRACING_SINK_MAX_SPANS = envint("TRACING_SINK_MAX_SPANS", 2_000_000, minimum=1)
 TRACING_CAPTURE_PAYLOAD = envbool("TRACING_CAPTURE_PAYLOAD", False)
 TRACING_RETENTION_DAYS = envfloat("TRACING_RETENTION_DAYS", 7.0)
+TRACING_PARTITION_DAYS_AHEAD = envint("TRACING_PARTITION_DAYS_AHEAD", 3, minimum=1)  # PostgreSQL: day partitions made ahead of today
 TRACING_OTLP_MAX_BYTES = envint("TRACING_OTLP_MAX_BYTES", 2 * 1024 * 1024, minimum=1024)
 TRACING_COLLECTOR_THREADS = envlist("TRACING_COLLECTOR_THREADS", ["console.broadcast.start"])
 TRACING_OTLP_TOKEN = envstr("TRACING_OTLP_TOKEN", "")  # if set, POST /v1/traces needs "Authorization: Bearer <token>" (or an agent token)
