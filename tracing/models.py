@@ -25,7 +25,10 @@ class Span(models.Model):
     saga_id = models.CharField(max_length=64, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id"], name="span_once")]
+        # start_time too: on PostgreSQL the table is partitioned by it, and a partitioned table's
+        # unique constraints must hold the partition key (tracing.partitions). A re-sent span has
+        # its start time too, so it is still refused; one rule on both databases.
+        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id", "start_time"], name="span_once")]
         indexes = [
             models.Index(fields=["trace_id", "start_time"], name="span_trace"),
             models.Index(fields=["start_time"], name="span_time"),
@@ -48,7 +51,7 @@ class SpanLink(models.Model):
     start_time = models.DateTimeField(help_text="when the linking span started; retention goes by it")
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id", "linked_trace_id", "linked_span_id"], name="spanlink_once")]
+        constraints = [models.UniqueConstraint(fields=["trace_id", "span_id", "linked_trace_id", "linked_span_id", "start_time"], name="spanlink_once")]
         indexes = [
             models.Index(fields=["linked_trace_id"], name="spanlink_reverse"),
             models.Index(fields=["trace_id"], name="spanlink_forward"),
