@@ -141,6 +141,7 @@ def page_urls(seeded: dict[str, Any]) -> list[str]:
         urls.append(f"/deadletters/?state={state}")
     urls += [f"/traces/?message_id={m}" for m in seeded["messages"]] + [f"/search/?q={m}" for m in seeded["messages"]]
     urls += ["/admin/flows/deadletter/?q=", "/audit/"]
+    urls += [f"/traces/compare/?a={a}&b={b}" for a, b in zip(seeded["traces"], seeded["traces"][1:])]
     return urls
 
 
@@ -156,12 +157,15 @@ def api_urls(seeded: dict[str, Any]) -> list[str]:
             continue
         if "{dead_letter_id}" in template:
             urls += [template.replace("{dead_letter_id}", str(d.pk)) for d in seeded["dead"]]
+        elif "{span_id}" in template:  # every span of the seeded traces, in full
+            urls += [template.replace("{trace_id}", t).replace("{span_id}", s) for t, s in Span.objects.filter(trace_id__in=seeded["traces"]).values_list("trace_id", "span_id")]
         elif "{trace_id}" in template:
             urls += [template.replace("{trace_id}", t) for t in seeded["traces"]]
-        elif "{" not in template and template != "/api/v1/traces":  # that one needs an id: given below
+        elif "{" not in template and template not in ("/api/v1/traces", "/api/v1/traces/compare"):  # those need ids: given below
             urls.append(path)
     urls += ["/api/v1/deadletters?state=dead", "/api/v1/deadletters?state=requeued", "/api/v1/openapi.json"]
     urls += [f"/api/v1/traces?message_id={m}" for m in seeded["messages"]]
+    urls += [f"/api/v1/traces/compare?a={a}&b={b}" for a, b in zip(seeded["traces"], seeded["traces"][1:])]
     return urls
 
 
