@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import extensions, graph_pages, live_pages, pages, trace_pages, trace_search_pages, views
+from console import extensions, graph_pages, live_pages, pages, pattern_pages, trace_pages, trace_search_pages, views
 from console.api.api import api
 from tracing.views import receive_traces
 
@@ -18,6 +18,9 @@ urlpatterns = [
     path("traces/", trace_search_pages.traces, name="traces"),
     path("traces/compare/", trace_pages.compare, name="trace-compare"),  # before the next: "compare" is no trace id
     path("traces/<str:trace_id>/", trace_pages.trace, name="trace"),
+    path("messages/<str:message_id>/", pattern_pages.message, name="message"),
+    path("queues/<str:name>/", pattern_pages.queue, name="queue"),
+    path("types/<str:name>/", pattern_pages.message_type, name="message-type"),
     path("search/", pages.search, name="search"),
     path("audit/", pages.audit_log, name="audit"),
     path("workers/", live_pages.workers, name="workers"),
