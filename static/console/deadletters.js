@@ -3,35 +3,77 @@
 
 (() => {
   const { $, $$, esc, api, live } = Flowscope;
-  /* -- dead letters: selection, groups and filter requeue, with a dry-run count, a rate, progress and cancel -- */
-  async function loadGroups(filter, canOperate) {
-    const query = new URLSearchParams({ ...filter, limit: 20 }).toString();
-    const groups = await api("GET", "/api/v1/deadletters/groups?" + query);
+  /* -- dead letters: selection, groups and filter requeue, with a dry-run count, a canary, a rate,
+     progress, resume and cancel; the rows and the groups follow the job in place -- */
+  const when = (iso) => esc(iso.slice(0, 19).replace("T", " "));
+  let shownGroups = [];
+  // `keep`: groups shown before stay, at 0, when they leave the filter (all of a group of dead
+  // ones requeued), so the operator sees the count fall rather than the row vanish.
+  async function loadGroups(filter, canOperate, keep = false) {
+    const query = (extra) => new URLSearchParams({ ...filter, ...extra, limit: 20 }).toString();
+    // The count is the filter's; "dead" is how many of each group are still dead, the number a
+    // requeue makes fall (one query when the filter already keeps to dead ones).
+    const [found, dead] = await Promise.all([
+      api("GET", "/api/v1/deadletters/groups?" + query({})),
+      filter.state === "dead" ? null : api("GET", "/api/v1/deadletters/groups?" + query({ state: "dead" })),
+    ]);
+    const deadCount = new Map((dead || found).map((g) => [g.fingerprint, g.count]));
+    const seen = new Set(found.map((g) => g.fingerprint));
+    const groups = keep ? [...found, ...shownGroups.filter((g) => !seen.has(g.fingerprint)).map((g) => ({ ...g, count: 0 }))] : found;
+    shownGroups = groups;
     $("#groups").innerHTML = groups.map((g) => `<tr data-fingerprint="${esc(g.fingerprint)}">
       <td><b>${esc(g.error_type)}</b><br><span class="muted">${esc(g.error_message.slice(0, 120))}</span></td>
-      <td>${esc(g.message_type)} · ${esc(g.consumer)}</td><td class="num">${g.count}</td>
-      <td>${esc(g.first_seen.slice(0, 19).replace("T", " "))}</td><td>${esc(g.last_seen.slice(0, 19).replace("T", " "))}</td>
+      <td>${esc(g.message_type)} · ${esc(g.consumer)}</td><td class="num count">${g.count}</td><td class="num dead-count">${deadCount.get(g.fingerprint) || 0}</td>
+      <td>${when(g.first_seen)}</td><td>${when(g.last_seen)}</td>
       <td><a href="?state=dead&fingerprint=${esc(g.fingerprint)}${filter.app ? "&app=" + encodeURIComponent(filter.app) : ""}">list</a>${canOperate ? ` · <button class="requeue-group" data-fingerprint="${esc(g.fingerprint)}">Requeue group…</button>` : ""}</td></tr>`).join("")
-      || `<tr><td colspan="6" class="muted">No dead letters match.</td></tr>`;
+      || `<tr><td colspan="7" class="muted">No dead letters match.</td></tr>`;
+  }
+
+  /* The rows on the page, refreshed by id: their state moves dead -> requeued -> resolved or dead. */
+  async function refreshRows() {
+    const rows = $$("tr[data-id]");
+    if (!rows.length) return [];
+    const query = new URLSearchParams(rows.map((r) => ["ids", r.dataset.id]));
+    query.set("limit", "500");
+    const { items } = await api("GET", "/api/v1/deadletters?" + query.toString());
+    const states = new Map(items.map((d) => [String(d.id), d.state]));
+    for (const row of rows) {
+      const state = states.get(row.dataset.id), cell = row.querySelector(".state");
+      if (state && cell && cell.textContent !== state) { cell.textContent = state; cell.className = "state " + state; }
+    }
+    return [...states.values()];
+  }
+
+  function describe(job) {
+    const c = job.canary, o = job.outcomes;
+    const status = `${job.state}: ${job.done} requeued, ${job.skipped} skipped of ${job.total} (${Math.round(100 * job.progress)} %)`;
+    const canary = !c.size ? "no canary"
+      : `canary: ${c.sent} sent, ${c.succeeded} succeeded, ${c.failed_again} failed again, ${c.pending} pending${c.seconds !== null ? ` (judged after ${c.seconds.toFixed(1)} s)` : ""}`;
+    return { status, canary, outcomes: `outcomes so far: ${o.succeeded} succeeded, ${o.failed_again} failed again, ${o.pending} pending` };
   }
 
   async function deadLetters() {
     const filter = JSON.parse($("#filter").textContent);
     const bulk = $("#bulk");
-    await loadGroups(filter, Boolean(bulk));
+    const canOperate = Boolean(bulk);
+    await loadGroups(filter, canOperate);
     if (!bulk) return;
-    let request = null, job = null;
+    let request = null, job = null, settled = 0;
     $("#select-all")?.addEventListener("change", (e) => $$(".pick").forEach((box) => { box.checked = e.target.checked; }));
     async function prepare(body, what) {
       request = body;
       bulk.hidden = false;
       $("#bulk-progress").value = 0;
-      $("#bulk-status").textContent = "";
+      for (const id of ["#bulk-status", "#bulk-canary", "#bulk-outcomes", "#bulk-reason"]) $(id).textContent = "";
       const { count } = await api("POST", "/api/v1/requeue-jobs", { ...body, dry_run: true });
       $("#bulk-what").textContent = `${count} dead letter(s) ${what} would be requeued.`;
       $("#bulk-start").disabled = count === 0;
     }
-    $$(".requeue-group").forEach((b) => b.addEventListener("click", () => prepare({ fingerprint: b.dataset.fingerprint, ...(filter.app ? { app: filter.app } : {}) }, "in this cause group")));
+    // Delegated: the group table is redrawn while a job runs.
+    $("#groups").addEventListener("click", (e) => {
+      const b = e.target.closest(".requeue-group");
+      if (b) prepare({ fingerprint: b.dataset.fingerprint, ...(filter.app ? { app: filter.app } : {}) }, "in this cause group");
+    });
     $("#requeue-selected")?.addEventListener("click", () => {
       const ids = $$(".pick:checked").map((b) => Number(b.value));
       if (!ids.length) { alert("Select some dead letters first."); return; }
@@ -39,21 +81,51 @@
     });
     $("#requeue-filter")?.addEventListener("click", () => prepare(filter, "matching the filter"));
     $("#bulk-start").addEventListener("click", async () => {
-      const rate = parseFloat($("#bulk-rate").value);
+      const rate = parseFloat($("#bulk-rate").value), canary = parseInt($("#bulk-canary-size").value, 10), share = parseFloat($("#bulk-share").value);
+      const settings = { rate_per_s: rate > 0 ? rate : null, canary_size: Number.isNaN(canary) ? 10 : canary, max_failure_share: Number.isNaN(share) ? 0.2 : share / 100 };
       try {
-        job = await api("POST", "/api/v1/requeue-jobs", { ...request, rate_per_s: rate > 0 ? rate : null });
+        job = await api("POST", "/api/v1/requeue-jobs", { ...request, ...settings });
       } catch (err) { $("#bulk-status").textContent = err.message; return; }
       $("#bulk-start").disabled = true;
-      $("#bulk-cancel").hidden = false;
+      settled = 0;
       poll();
     });
-    $("#bulk-cancel").addEventListener("click", async () => { if (job) job = await api("POST", `/api/v1/requeue-jobs/${job.id}/cancel`).catch((e) => ({ ...job, error: e.message })); });
+    const act = (action) => async () => {
+      if (!job) return;
+      try {
+        job = await api("POST", `/api/v1/requeue-jobs/${job.id}/${action}`);
+        show();
+        if (action === "resume") { settled = 0; poll(); }
+      }
+      catch (err) { $("#bulk-reason").textContent = err.message; }
+    };
+    $("#bulk-cancel").addEventListener("click", act("cancel"));
+    $("#bulk-resume").addEventListener("click", act("resume"));
+    function show() {
+      const text = describe(job);
+      $("#bulk-progress").value = job.progress;
+      $("#bulk-status").textContent = text.status;
+      $("#bulk-canary").textContent = text.canary;
+      $("#bulk-outcomes").textContent = text.outcomes;
+      $("#bulk-reason").textContent = job.state === "paused" ? "paused: " + job.paused_reason : (job.error || "");
+      $("#bulk-cancel").hidden = !["canary", "running", "paused"].includes(job.state);
+      $("#bulk-resume").hidden = job.state !== "paused";
+    }
+    // The job every 300 ms; the rows and groups every second while it goes, and after it ends
+    // until none of its requeued copies is pending any more (their outcomes come later).
+    let refreshed = 0;
     async function poll() {
       job = await api("GET", `/api/v1/requeue-jobs/${job.id}`);
-      $("#bulk-progress").value = job.progress;
-      $("#bulk-status").textContent = `${job.state}: ${job.done} requeued, ${job.skipped} skipped of ${job.total} (${Math.round(100 * job.progress)} %)`;
-      if (job.state === "running") setTimeout(poll, 300);
-      else $("#bulk-cancel").hidden = true;
+      show();
+      const going = ["canary", "running"].includes(job.state);
+      const pending = job.outcomes.pending > 0;
+      if (Date.now() - refreshed > 1000 || !going) {
+        refreshed = Date.now();
+        const states = await refreshRows().catch(() => []);
+        await loadGroups(filter, canOperate, true).catch(() => {});
+        if (!going && !pending && !states.includes("requeued")) settled += 1;
+      }
+      if (going || settled < 2) setTimeout(poll, going ? 300 : 1000);
     }
   }
 

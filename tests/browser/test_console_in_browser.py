@@ -64,22 +64,35 @@ def test_an_operator_opens_a_dead_letter_requeues_it_and_sees_it_succeed(page, w
     assert page.inner_text("#requeue-result") == "succeeded after the requeue"
 
 
-def test_an_operator_requeues_a_group_at_a_set_rate_and_watches_the_progress_reach_100(page, web, worker, collector):
+def test_an_operator_requeues_a_group_and_its_rows_and_dead_count_change_in_place(page, web, worker, collector):
     letters = [dead(f"group-{i}", "group-bug") for i in range(5)]
     fix("group-bug")
     person("operator", "greta")
     sign_in(page, web, "greta")
     page.goto(f"{web}/deadletters/")
+    fingerprint = letters[0].fingerprint
+    group = f"#groups tr[data-fingerprint='{fingerprint}']"
+    page.wait_for_selector(f"{group} .dead-count")
+    assert (page.inner_text(f"{group} .count"), page.inner_text(f"{group} .dead-count")) == ("5", "5")
     screenshot(page, "dead-letters")
-    page.click(f"button.requeue-group[data-fingerprint='{letters[0].fingerprint}']")
+    page.evaluate("window.sameDocument = true")  # gone if the page reloads
+    page.click(f"button.requeue-group[data-fingerprint='{fingerprint}']")
     page.wait_for_function("document.querySelector('#bulk-what').textContent.includes('5 dead letter(s)')")
     page.fill("#bulk-rate", "4")
+    page.fill("#bulk-canary-size", "2")
     page.click("#bulk-start")
-    page.wait_for_function("document.querySelector('#bulk-status').textContent.startsWith('running')")
+    page.wait_for_function("document.querySelector('#bulk-canary').textContent.startsWith('canary: 2 sent, 2 succeeded, 0 failed again')")
     page.wait_for_function("document.querySelector('#bulk-progress').value === 1", timeout=30_000)
+    rows = ", ".join(f"tr[data-id='{d.pk}'] .state" for d in letters)
+    page.wait_for_function(f"[...document.querySelectorAll(\"{rows}\")].every((s) => s.textContent === 'resolved')", timeout=30_000)
+    # The page lists dead ones: the group's count falls to 0, its row kept to show it.
+    page.wait_for_function(f"document.querySelector(\"{group} .count\")?.textContent === '0'")
+    assert page.inner_text(f"{group} .dead-count") == "0"
     assert "done: 5 requeued, 0 skipped of 5 (100 %)" in page.inner_text("#bulk-status")
-    screenshot(page, "bulk-requeue-done")
-    wait_for(lambda: DeadLetter.objects.filter(pk__in=[d.pk for d in letters], state="resolved").count() == 5, what="the group to succeed")
+    assert page.inner_text("#bulk-outcomes") == "outcomes so far: 5 succeeded, 0 failed again, 0 pending"
+    assert page.evaluate("window.sameDocument") is True
+    screenshot(page, "bulk-requeue-done-in-place")
+    assert DeadLetter.objects.filter(pk__in=[d.pk for d in letters], state="resolved").count() == 5
 
 
 def test_a_compensated_saga_shows_its_compensations_in_reverse_order_and_its_trace(page, web, worker, collector):
