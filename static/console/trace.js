@@ -29,6 +29,7 @@
         const box = $("#waterfall");
         box.dataset.apiMs = Math.round(answered - asked);
         box.dataset.shownMs = Math.round(shown - asked);
+        box.dataset.sinceNavigationMs = Math.round(shown);
         box.setAttribute("aria-busy", "false");
       });
       fromHash();
