@@ -8,6 +8,12 @@ drawn task to task, through its queue), else from the queue. Edges are kept per 
 Per edge and time bucket: how many, how many failed, how many ended in a dead letter, a latency
 histogram and, where spans say it, a queue-wait histogram. The console reads these rows, never
 the span table.
+
+A hop joined by a span link (a requeue's send links to the trace its message died in) is an edge
+of its own, kept apart from the message edges by its `queue` column, which names the link
+(`link:requeue-of`) instead of a queue: from the handler the linked span's message reached (the
+linked span's own handler, or the handler of a send's process spans) to the queue the linking
+span sent into. The linked spans are read back from the span table, for linking spans only.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Q
 
 from tracing import histogram
-from tracing.models import EdgeStat
+from tracing.models import EdgeStat, Span
 
 PRODUCER, CONSUMER, ERROR = 3, 4, 2
+LINK = "link:"  # the queue column's prefix on an edge joined by a span link
+LINKS_PER_QUERY = 200
 
 
 @dataclasses.dataclass
@@ -100,9 +109,56 @@ def tally(spans: Iterable[dict[str, Any]]) -> dict[Key, _Tally]:
     return tallies
 
 
+def _linked_handlers(pairs: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(app, handler node) of each stored linked span: its own when it is a process span, else
+    that of a process span under it (the send's delivery). Spans not stored are left out."""
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    ordered = sorted(pairs)
+    for i in range(0, len(ordered), LINKS_PER_QUERY):
+        match = Q()
+        for trace_id, span_id in ordered[i : i + LINKS_PER_QUERY]:
+            match |= Q(trace_id=trace_id, span_id=span_id) | Q(trace_id=trace_id, parent_span_id=span_id, kind=CONSUMER)
+        for trace_id, span_id, parent, kind, attributes in Span.objects.filter(match).values_list("trace_id", "span_id", "parent_span_id", "kind", "attributes"):
+            consumer = (attributes or {}).get("flowscope.consumer") if kind == CONSUMER else None
+            if not consumer:
+                continue
+            app = _text((attributes or {}).get("flowscope.app"))[:100]
+            if (trace_id, span_id) in pairs:
+                found[(trace_id, span_id)] = (app, f"handler:{_text(consumer)}")
+            elif (trace_id, parent) in pairs:
+                found.setdefault((trace_id, parent), (app, f"handler:{_text(consumer)}"))
+    return found
+
+
+def tally_links(spans: Iterable[dict[str, Any]], tallies: dict[Key, _Tally]) -> None:
+    """Add the hops joined by span links to `tallies`: a linking span that is an edge of the
+    graph counts once on (the linked span's handler -> the queue it sent into), kept per link
+    type. A link to a span of another app, or to one not stored, is not an edge."""
+    linking = [(span, edge) for span in spans if span.get("l") and (edge := edge_of(span)) is not None]
+    if not linking:
+        return
+    handlers = _linked_handlers({(link[0], link[1]) for span, _ in linking for link in span["l"]})
+    for span, (app, _source, target, _queue) in linking:
+        for trace_id, span_id, link_attributes in span["l"]:
+            linked = handlers.get((trace_id, span_id))
+            if linked is None or linked[0] != app:
+                continue
+            kind = _text((link_attributes or {}).get("flowscope.link")) or "link"
+            key = (bucket_start(span["en"]), app, linked[1], target, (LINK + kind)[:300])
+            item = tallies.get(key)
+            if item is None:
+                item = tallies[key] = _Tally()
+            item.count += 1
+            item.errors += span.get("sc") == ERROR
+            histogram.add(item.histogram, max(0, span["en"] - span["st"]) / 1e6)
+
+
 def apply(spans: Iterable[dict[str, Any]]) -> int:
-    """Add these spans to the stored aggregates; call inside the transaction that stores them."""
+    """Add these spans to the stored aggregates; call inside the transaction that stores them
+    (after they are stored: a span link may point into the same batch)."""
+    spans = list(spans)
     tallies = tally(spans)
+    tally_links(spans, tallies)
     if not tallies:
         return 0
     existing = {

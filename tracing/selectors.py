@@ -12,7 +12,7 @@ from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from tracing import histogram
-from tracing.aggregates import bucket_start
+from tracing.aggregates import LINK, bucket_start
 from tracing.models import EdgeStat, Span, SpanLink
 
 
@@ -122,7 +122,9 @@ def flow_graph(*, since: datetime | None = None, until: datetime | None = None, 
         if row.waits:
             histogram.merge(edge["waits"], row.waits)
     edges, nodes = [], {}
-    for (edge_app, source, target, queue), e in sorted(merged.items()):
+    for (edge_app, source, target, through), e in sorted(merged.items()):
+        link = through[len(LINK) :] if through.startswith(LINK) else ""  # a hop joined by span links, not a queue
+        queue = "" if link else through
         names = [source, target] + ([f"queue:{queue}"] if queue else [])
         for name in names:
             nodes[node_id(edge_app, name)] = {"id": node_id(edge_app, name), "kind": name.split(":", 1)[0], "label": name.split(":", 1)[-1], "app": edge_app}
@@ -131,6 +133,8 @@ def flow_graph(*, since: datetime | None = None, until: datetime | None = None, 
                 "source": node_id(edge_app, source),
                 "target": node_id(edge_app, target),
                 "app": edge_app,
+                "kind": "link" if link else "message",
+                "link": link or None,
                 "queue": node_id(edge_app, f"queue:{queue}") if queue else None,
                 "count": e["count"],
                 "errors": e["errors"],

@@ -224,6 +224,8 @@ class GraphEdge(Schema):
     source: str
     target: str
     app: str = Field(description="the attached app; empty for Flowscope's own flows")
+    kind: str = Field("message", description='"message"; "link" for hops joined by span links (a requeue: handler it died in -> queue it went to)')
+    link: str | None = Field(None, description='a link edge\'s type (flowscope.link: "requeue-of"); null for a message edge')
     queue: str | None = Field(description="a task-to-task edge's queue node (source sent target through it); null for an edge to or from a queue")
     count: int
     errors: int
