@@ -170,11 +170,9 @@ def search(request: HttpRequest) -> HttpResponse:
     if as_uuid is not None:
         if SagaInstance.objects.filter(pk=as_uuid).exists():
             return redirect("saga", saga_id=as_uuid)
-        dead = DeadLetter.objects.filter(message_id=as_uuid).order_by("-dead_at").first()
-        if dead is not None:
-            return redirect("dead-letter", dead_letter_id=dead.pk)
-        if Span.objects.filter(message_id=str(as_uuid)).exists():
-            return redirect(f"/traces/?message_id={as_uuid}")
+        # A message: its page shows every handler's status for it, dead letters linked.
+        if DeadLetter.objects.filter(message_id=as_uuid).exists() or Span.objects.filter(message_id=str(as_uuid)).exists():
+            return redirect("message", message_id=str(as_uuid))
     if Span.objects.filter(correlation_id=q).exists() or SagaInstance.objects.filter(correlation_id=q).exists():
         return redirect(f"/traces/?correlation_id={q}")
     return render(request, "console/error.html", page_context(request, message=f"nothing known by {q!r}: no trace, saga, dead letter, message or conversation"), status=404)

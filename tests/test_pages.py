@@ -93,9 +93,9 @@ def test_search_lands_on_the_page_for_any_id(worker):
     viewer = client_for("viewer")
     assert viewer.get(f"/search/?q={'b' * 32}").url == f"/traces/{'b' * 32}/"
     assert viewer.get(f"/search/?q={dead.pk}").url == f"/deadletters/{dead.pk}/"
-    assert viewer.get(f"/search/?q={dead.message_id}").url == f"/deadletters/{dead.pk}/"
+    assert viewer.get(f"/search/?q={dead.message_id}").url == f"/messages/{dead.message_id}/"
     assert viewer.get(f"/search/?q={saga.pk}").url == f"/sagas/{saga.pk}/"
-    assert viewer.get("/search/?q=11111111-2222-4333-8444-555555555555").url == "/traces/?message_id=11111111-2222-4333-8444-555555555555"
+    assert viewer.get("/search/?q=11111111-2222-4333-8444-555555555555").url == "/messages/11111111-2222-4333-8444-555555555555/"
     assert viewer.get("/search/?q=order-search").url == "/traces/?correlation_id=order-search"
     missing = viewer.get("/search/?q=nothing-at-all")
     assert missing.status_code == 404 and "nothing known by" in missing.content.decode()
