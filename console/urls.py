@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from console import extensions, graph_pages, live_pages, pages, pattern_pages, trace_pages, trace_search_pages, views
+from console import alert_pages, extensions, graph_pages, live_pages, pages, pattern_pages, trace_pages, trace_search_pages, views
 from console.api.api import api
 from tracing.views import receive_traces
 
@@ -23,6 +23,7 @@ urlpatterns = [
     path("types/<str:name>/", pattern_pages.message_type, name="message-type"),
     path("search/", pages.search, name="search"),
     path("audit/", pages.audit_log, name="audit"),
+    path("alerts/", alert_pages.alerts, name="alerts"),
     path("workers/", live_pages.workers, name="workers"),
     path("tasks/", live_pages.tasks, name="tasks"),
     path("login/", auth_views.LoginView.as_view(template_name="console/login.html"), name="login"),

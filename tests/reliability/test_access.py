@@ -15,6 +15,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from django.http import HttpResponse
 from django.test import Client
 from django.utils import timezone
 
-from console.models import ApiToken, AuditEntry
+from console.models import AlertRule, ApiToken, AuditEntry, Channel, Silence
 from flows.models import DeadLetter, LiveSource, LiveWorker, RequeueJob, RevokeOrder
 from flows.produce.backpressure import backpressure
 from tests.people import client_for, token_for
@@ -130,6 +131,15 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/agent/live"): {"app": "access-check", "tasks": [], "workers": []},
     ("POST", "/api/v1/agent/revokes/ack"): {"app": "access-check", "ids": []},
     ("POST", "/api/v1/tasks/{task_id}/revoke"): {"app": "access-check"},
+    ("POST", "/api/v1/alerts/rules"): {"name": "access check", "kind": "spans"},
+    ("PUT", "/api/v1/alerts/rules/{rule_id}"): {"name": "access check", "kind": "spans", "threshold": 5},
+    ("DELETE", "/api/v1/alerts/rules/{rule_id}"): {},
+    ("POST", "/api/v1/alerts/channels"): {"name": "access check", "kind": "email", "emails": ["ops@example.com"]},
+    ("PUT", "/api/v1/alerts/channels/{channel_id}"): {"name": "access check", "kind": "email", "emails": ["lead@example.com"]},
+    ("DELETE", "/api/v1/alerts/channels/{channel_id}"): {},
+    ("POST", "/api/v1/alerts/channels/{channel_id}/test"): {},
+    ("POST", "/api/v1/alerts/silences"): {"fingerprint": "f" * 16, "until": (timezone.now() + timedelta(days=30)).isoformat(), "reason": "access check"},
+    ("DELETE", "/api/v1/alerts/silences/{silence_id}"): {},
 }
 # An attached app's agent reports its deaths and acknowledges its orders with a token of the
 # agent role, and nothing else may: every other role, admin included, is refused. What it sends
@@ -158,6 +168,13 @@ class World:
         now = timezone.now()
         LiveWorker.objects.get_or_create(app="access-check", hostname="celery@access", defaults={"source": LiveSource.AGENT, "heartbeat_at": now, "first_seen_at": now})
         self.task_id = str(uuid.uuid4())
+        self.fresh_alerting()
+
+    def fresh_alerting(self) -> None:
+        """An alert rule, an e-mail channel (a test notice to it fails harmlessly) and a silence."""
+        self.rule = AlertRule.objects.create(name="access check", kind="spans", created_by="tests")
+        self.channel = Channel.objects.create(name="access check", kind="email", emails=["ops@example.com"], created_by="tests")
+        self.silence = Silence.objects.create(rule=self.rule, until=timezone.now() + timedelta(hours=1), created_by="tests", reason="access check")
 
     @staticmethod
     def fresh_dead() -> DeadLetter:
@@ -185,6 +202,7 @@ class World:
 
     def url(self, template: str) -> str:
         ids = {"dead_letter_id": self.dead.pk, "job_id": self.job.pk, "token_id": self.token.pk, "task_id": self.task_id}
+        ids |= {"rule_id": self.rule.pk, "channel_id": self.channel.pk, "silence_id": self.silence.pk}
         return re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), template)
 
     def unchanged(self) -> bool:
@@ -193,6 +211,9 @@ class World:
             and RequeueJob.objects.get(pk=self.job.pk).state == "running"
             and ApiToken.objects.get(pk=self.token.pk).revoked_at is None
             and not RevokeOrder.objects.exists()
+            and AlertRule.objects.filter(pk=self.rule.pk, threshold=0).exists()
+            and Channel.objects.filter(pk=self.channel.pk, emails=["ops@example.com"]).exists()
+            and Silence.objects.filter(pk=self.silence.pk).exists()
         )
 
 
@@ -282,6 +303,7 @@ def test_every_allowed_state_changing_action_leaves_an_audit_row(figure):
                 # Each call acts on objects of its own, so the second is not a 409.
                 world.dead, world.job = World.fresh_dead(), World.fresh_job()
                 world.token = ApiToken.issue(name="to revoke", role="viewer", created_by="tests")[0]
+                world.fresh_alerting()
                 body = BODIES[(method, template)]
                 if template == "/api/v1/requeue-jobs":
                     body = {"ids": [World.fresh_dead().pk]}
