@@ -6,6 +6,7 @@ import pytest
 import flows
 from tests.support.waiting import wait_for
 from tests.tracing_helpers import flush_here, wait_spans
+from tracing import collector as collector_module
 from tracing import setup, sink
 from tracing.collector import Collector, store
 from tracing.models import EdgeStat, Span
@@ -87,6 +88,28 @@ def test_a_collector_that_died_before_acknowledging_has_its_batches_taken_up_aga
     finally:
         redis.delete(stream)
     assert Span.objects.filter(trace_id="c" * 32).count() == 1
+
+
+def test_a_running_collector_takes_over_the_batches_another_collector_died_holding(monkeypatch):
+    """Not only at start: a survivor that is already running looks for idle batches every few seconds."""
+    redis = get_redis()
+    stream, group = "flows:spans:takeover", "collector"
+    redis.delete(stream)
+    redis.xgroup_create(stream, group, id="0", mkstream=True)
+    monkeypatch.setattr(collector_module, "RECLAIM_IDLE_MS", 50)
+    monkeypatch.setattr(collector_module, "RECLAIM_EVERY_S", 0.1)
+    try:
+        survivor = Collector(name="survivor", stream=stream)
+        assert survivor.step() == 0  # running: its own recovery done, nothing to read
+        redis.xadd(stream, {"b": json.dumps([fake_span("d" * 32, f"{i:016x}", queue="q.takeover") for i in range(3)])})
+        redis.incrby(sink.PENDING, 3)
+        redis.xreadgroup(group, "killed-one", {stream: ">"}, count=10)  # read by another, never acknowledged
+        took = wait_for(lambda: survivor.step(), timeout=10, what="the survivor to claim the dead collector's batch")
+        assert took == 3
+        assert redis.xpending(stream, group)["pending"] == 0
+    finally:
+        redis.delete(stream)
+    assert Span.objects.filter(trace_id="d" * 32).count() == 3
 
 
 def test_the_flow_graph_counts_a_known_workload_exactly():

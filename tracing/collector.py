@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from tracing.sink import GROUP, PENDING, STREAM
 
 log = logging.getLogger(__name__)
 RECLAIM_IDLE_MS = 30_000
+RECLAIM_EVERY_S = 5.0
 SQLITE_CACHE_KIB = 16 * 1024
 
 
@@ -187,6 +189,7 @@ class Collector:
         self.block_ms = block_ms
         self.stored = 0
         self._recovering = True  # first read our own unacknowledged entries
+        self._next_claim = 0.0  # then others' left idle (monotonic time of the next look)
 
     def ensure_group(self) -> None:
         try:
@@ -218,8 +221,14 @@ class Collector:
             if entries:
                 return entries
             self._recovering = False
+        # Batches another collector read and never acknowledged (it was killed, or lost its
+        # database) are taken over once idle long enough; looked for at start, after an error and
+        # every RECLAIM_EVERY_S while running, so a survivor stores what a dead collector held.
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + RECLAIM_EVERY_S
             claimed = r.xautoclaim(self.stream, GROUP, self.name, min_idle_time=RECLAIM_IDLE_MS, count=self.batches_per_read)
             if claimed[1]:
+                self._next_claim = 0.0  # more may wait: look again next round
                 return claimed[1]
         reply = r.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=self.batches_per_read, block=self.block_ms)
         return reply[0][1] if reply else []
@@ -255,6 +264,7 @@ class Collector:
 
     def _recover(self) -> None:
         self._recovering = True
+        self._next_claim = 0.0
         try:
             self.ensure_group()
         except redis.RedisError:
