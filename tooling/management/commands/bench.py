@@ -30,12 +30,12 @@ from django.db import connection
 
 from flows.core.brokers import broker_kind
 from flows.patterns import check_catalog
-from tooling.bench import attach, flower, live, memory, pages, patterns, spans, throughput, trace_search
+from tooling.bench import alerts, attach, flower, live, memory, pages, patterns, spans, throughput, trace_search
 from tooling.brokers import BrokerNotReady, ready_url, server_version
 from tooling.own_stores import inside, run_on_own_stores, shown
 from tracing.redis import get_redis
 
-MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9")
+MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10")
 
 
 class Command(BaseCommand):
@@ -128,6 +128,9 @@ class Command(BaseCommand):
         if not only or "p9" in only:
             with self._timed(figures, "p9"):
                 figures.update(trace_search.trace_search_p95_ms(20_000 if quick else 2_000_000, self._progress, runs=5 if quick else 10))
+        if not only or "p10" in only:
+            with self._timed(figures, "p10"):
+                figures.update(alerts.alert_latency(5 if quick else 20, 100.0 if quick else 300.0, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
         if not only or "p7" in only:
             with self._timed(figures, "p7"):
                 if memory.installed():
