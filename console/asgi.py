@@ -3,6 +3,10 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "console.settings")
+# Under ASGI a request's database work may run on any of several threads, each keeping its own
+# connection: Django's docs advise against persistent connections there, so the web process
+# opens one per request (the workers and the collector keep theirs: console/settings.py).
+os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
 
 # Initialise Django before anything imports models.
 django_asgi_app = get_asgi_application()

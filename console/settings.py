@@ -90,6 +90,14 @@ TEMPLATES = [
 def _databases() -> dict:
     default_url = f"sqlite:///{VAR_DIR / 'flowscope.sqlite3'}"
     db = dj_database_url.parse(envstr("DATABASE_URL", default_url) or default_url, conn_max_age=0)
+    if db["ENGINE"] == "django.db.backends.postgresql":
+        # A worker and the collector are one thread each: a connection kept between tasks saves
+        # PostgreSQL a new backend per delivery (Celery's Django fix-up closes an obsolete one
+        # around every task, and with 0 every one is obsolete). The web process's ASGI entry
+        # (console/asgi.py) sets 0 first, as Django advises for ASGI. Health checks drop a
+        # connection the server closed before it is used.
+        db["CONN_MAX_AGE"] = int(envstr("DATABASE_CONN_MAX_AGE", "300") or "300")
+        db["CONN_HEALTH_CHECKS"] = True
     if db["ENGINE"] == "django.db.backends.sqlite3":
         # Web, workers and tests share one file: WAL lets readers run beside the writer,
         # IMMEDIATE takes the write lock up front so two writers queue instead of deadlocking.
