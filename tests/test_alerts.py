@@ -19,6 +19,7 @@ from django.utils import timezone
 import flows
 from console.alerts.evaluate import evaluate_rules
 from console.alerts.models import Alert, AlertRule, Channel, Delivery, Silence
+from console.alerts.silences import group_silences
 from flows.models import DeadLetter
 from tests.support.brokers import purge, push_raw
 from tests.support.waiting import wait_for
@@ -169,3 +170,25 @@ def test_an_alert_by_e_mail_reaches_the_outbox_with_what_the_rule_saw(worker, ea
     assert "[Flowscope fired] any dead letter (handler t_command): 1 dead letters" in message.subject
     assert '"dead_letters": 1' in message.body
     assert Delivery.objects.get().state == "sent"
+
+
+def test_a_muted_failure_group_is_recorded_not_sent_counts_for_no_rule_and_says_who_muted_it_and_why(worker, receiver):
+    webhook(receiver)
+    groups = AlertRule.objects.create(name="new failures", kind="failure_group", scope="handler", scope_value="t_command", window_seconds=600, created_by="tests")
+    dying = AlertRule.objects.create(name="two dead", kind="dead_letters", scope="handler", scope_value="t_command", threshold=2, window_seconds=600, created_by="tests")
+    kill_poison("muted-group")
+    muted = wait_for(lambda: DeadLetter.objects.filter(consumer="t_command").first(), what="the poison's dead letter").fingerprint
+    until = timezone.now() + timedelta(hours=2)
+    Silence.objects.create(fingerprint=muted, until=until, created_by="alice", reason="fix deploying")
+    loud = flows.send("test.command", {"key": "loud-group", "bug": "loud-bug"})
+    heard = wait_for(lambda: DeadLetter.objects.filter(message_id=loud.message_id).first(), what="the bug's dead letter").fingerprint
+    evaluate_rules()
+    wait_for(lambda: events(receiver) == ["fired"], what="the loud group's notice")
+    assert signed_bodies(receiver)[0]["alert"]["subject"] == heard
+    alerts = {a.subject: a for a in Alert.objects.filter(rule=groups)}
+    assert set(alerts) == {muted, heard} and alerts[muted].muted and not alerts[heard].muted
+    assert Delivery.objects.get(alert=alerts[muted]).state == "muted"
+    assert not Alert.objects.filter(rule=dying).exists(), "the muted group's dead letter does not count: one of two"
+    shown = group_silences([muted, heard])
+    assert list(shown) == [muted]
+    assert shown[muted]["text"] == f"muted until {until:%Y-%m-%d %H:%M} UTC by alice (fix deploying)"

@@ -56,12 +56,13 @@ def failure_group(rule: AlertRule, now: datetime, muted: set[str]) -> Observed:
     `threshold` times (default 3) its count in the window before."""
     window = timedelta(seconds=rule.window_seconds)
     factor = rule.threshold or 3.0
-    current = [g for g in dead_letter_groups(_dead_letter_filter(rule, now - window), limit=200) if g["fingerprint"] not in muted]
+    # A muted group still fires here: its alert is recorded, marked muted, and sent nowhere.
+    current = dead_letter_groups(_dead_letter_filter(rule, now - window), limit=200)
     if rule.scope == Scope.FLOW and rule.scope_value:
-        in_flow = set(_dead_letters(rule, now - window, muted).values_list("fingerprint", flat=True).distinct())
+        in_flow = set(_dead_letters(rule, now - window, set()).values_list("fingerprint", flat=True).distinct())
         current = [g for g in current if g["fingerprint"] in in_flow]
     fingerprints = [g["fingerprint"] for g in current]
-    before = dict(_dead_letters(rule, now - 2 * window, muted, until=now - window).filter(fingerprint__in=fingerprints).values_list("fingerprint").annotate(n=Count("id")).order_by())
+    before = dict(_dead_letters(rule, now - 2 * window, set(), until=now - window).filter(fingerprint__in=fingerprints).values_list("fingerprint").annotate(n=Count("id")).order_by())
     first = dict(DeadLetter.objects.filter(fingerprint__in=fingerprints).values_list("fingerprint").annotate(at=Min("first_dead_at")).order_by())
     held: Observed = {}
     for group in current:
