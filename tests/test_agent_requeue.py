@@ -17,9 +17,10 @@ import redis
 from django.test import Client
 
 from console.models import ApiToken, AuditEntry
-from flows.models import AttachedRequeue, DeadLetter
+from flows.models import AttachedRequeue, DeadLetter, RequeueJob
 from flows.operate.attached import orders_lease
 from flows.operate.requeue_jobs import requeue_job_run_slice, requeue_job_start
+from flows.operate.requeue_outcomes import Outcomes, canary_outcomes
 from tests.people import client_for, token_for
 from tests.support.waiting import wait_for
 from tests.test_agent import AttachedWorker, empty_shop_queue, free_port, produce, redis_url  # noqa: F401  (an autouse fixture)
@@ -151,6 +152,8 @@ def test_a_requeued_copy_that_fails_again_makes_the_dead_letter_dead_again_and_a
         requeue_job_run_slice(job.pk)  # the session's workers may run a slice of it too: the claim sends each once
         wait_for(lambda: DeadLetter.objects.filter(pk=first.pk, state="dead", times_dead=3).exists(), timeout=60, what="the first one requeued by the job and dead again")
         wait_for(lambda: DeadLetter.objects.filter(pk=second.pk, state="dead", times_dead=2).exists(), timeout=60, what="the second one requeued by the job and dead again")
+        # Both were the job's canary: their deaths through the agent are its outcomes, as an engine's would be.
+        assert canary_outcomes(RequeueJob.objects.get(pk=job.pk)) == Outcomes(succeeded=0, failed_again=2, pending=0)
     # By id, not by order: the two tasks ran side by side, so either may have been stored first.
     assert {r.pk: (r.series, r.times_dead) for r in DeadLetter.objects.filter(pk__in=[first.pk, second.pk])} == {first.pk: (2, 3), second.pk: (1, 2)}
     assert AttachedRequeue.objects.filter(dead_letter__in=[first.pk, second.pk], sent_at__isnull=False).count() == 3

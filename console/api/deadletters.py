@@ -163,7 +163,8 @@ def cancel_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
     job = get_object_or_404(RequeueJob, pk=job_id)
     with transaction.atomic():
         if not requeue_job_cancel(job_id=job.pk):
-            raise HttpError(409, f"job {job.pk} is {job.state}: only a job in its canary, running or paused can be cancelled")
+            now = RequeueJob.objects.get(pk=job.pk).state  # it may have finished since it was read
+            raise HttpError(409, f"job {job.pk} is {now}: only a job in its canary, running or paused can be cancelled")
         audit(principal, "cancel_bulk_requeue", object_type="requeue_job", object_ids=[job.pk], before={"done": job.done, "state": job.state})
     return job_summary(RequeueJob.objects.get(pk=job.pk))
 
@@ -176,6 +177,6 @@ def resume_requeue_job(request: HttpRequest, job_id: RowId) -> dict[str, Any]:
     job = get_object_or_404(RequeueJob, pk=job_id)
     with transaction.atomic():
         if not requeue_job_resume(job_id=job.pk):
-            raise HttpError(409, f"job {job.pk} is {job.state}, not paused")
+            raise HttpError(409, f"job {job.pk} is {RequeueJob.objects.get(pk=job.pk).state}, not paused")
         audit(principal, "resume_bulk_requeue", object_type="requeue_job", object_ids=[job.pk], before={"done": job.done, "paused_reason": job.paused_reason}, after={"state": "running"})
     return job_summary(RequeueJob.objects.get(pk=job.pk))

@@ -161,13 +161,19 @@ def batch_size(rate_per_s: float | None) -> int:
     return max(1, min(BATCH, int(rate_per_s * BATCH_SECONDS)))
 
 
-def _record_progress(job: RequeueJob, *, done: int, skipped: int, canary: bool = False) -> bool:
+def _record_progress(job: RequeueJob, *, done: int, skipped: int, canary: list[int] | None = None) -> bool:
     """Count a batch into the job (a cancelled one too: its batch in hand did go out), with the
-    canary's ids when it is one, and say whether the job is still going (an operator may have
+    ids a canary batch requeued, and say whether the job is still going (an operator may have
     cancelled it meanwhile)."""
     jobs = RequeueJob.objects.filter(pk=job.pk)
-    extra = {"canary_ids": job.canary_ids} if canary else {}
-    jobs.update(done=F("done") + done, skipped=F("skipped") + skipped, cursor_id=job.cursor_id, **extra)
+    with transaction.atomic():
+        if canary is not None:
+            # Merged with the stored ones, the row locked: a redelivered slice running beside
+            # this one must not write its own list over this one's.
+            stored = jobs.select_for_update().values_list("canary_ids", flat=True).get()
+            job.canary_ids = sorted({*stored, *canary})
+            jobs.update(canary_ids=job.canary_ids)
+        jobs.update(done=F("done") + done, skipped=F("skipped") + skipped, cursor_id=job.cursor_id)
     return jobs.filter(state__in=ACTIVE).exists()
 
 
@@ -230,8 +236,8 @@ def _canary(job: RequeueJob, rows: QuerySet[DeadLetter], *, deadline: float, clo
         if bucket is not None:
             bucket.take(len(batch))
         requeued = _requeue(job, batch)
-        job.cursor_id, job.canary_ids = batch[-1], [*job.canary_ids, *requeued]
-        if not _record_progress(job, done=len(requeued), skipped=len(batch) - len(requeued), canary=True):
+        job.cursor_id = batch[-1]
+        if not _record_progress(job, done=len(requeued), skipped=len(batch) - len(requeued), canary=requeued):
             return False
     if not job.canary_ids:
         _finish(job)  # nothing could be sent: none was dead and sendable any more
