@@ -154,3 +154,12 @@ for _step in ("flight", "hotel", "charge"):
     flows.handler(_undo, consumer=f"rel.trip.{_step}.undo", queue="r.trips", idempotent=True, max_attempts=3, backoff=QUICK)(_trip_step(_step, "compensation"))
     _steps.append(flows.step(_step, action=_action, compensation=_undo))
 flows.saga("rel.trip", _steps)
+
+
+# 12: many nodes: a plain command many workers share; every run is recorded.
+flows.message_type("rel.node", pattern="fire_and_forget", schemas={1: Credit})
+
+
+@flows.handler("rel.node", consumer="r_node", queue="r.nodes", max_attempts=3, backoff=QUICK)
+def r_node(message: flows.Message) -> None:
+    _ran("r_node", message.payload["key"])
