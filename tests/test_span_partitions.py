@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from tests.test_collector import fake_span
+from tooling.bench import prune
 from tracing import partitions
 from tracing.collector import store
 from tracing.models import EdgeStat, Span, SpanLink
@@ -166,3 +167,22 @@ def test_lookups_by_trace_and_correlation_find_spans_in_every_partition_in_start
     assert [node.span.span_id for node in tree.roots] == [f"{i:016x}" for i in range(4)]
     [found] = traces_for(correlation_id="conv-partitions")
     assert (found["trace_id"], found["spans"], found["first"], found["last"]) == ("8" * 32, 4, moments[0], moments[-1])
+
+
+@pytest.mark.django_db
+def test_the_prune_figure_fills_one_day_and_prunes_all_of_it_the_way_this_database_does():
+    partitions.create_ahead()
+    figures = prune.prune_day_ms(2_000, lambda text: None)
+    assert figures["p11_spans"] == 2_000 and figures["p11_prune_day_ms"] > 0
+    assert figures["p11_how"] == ("postgresql: drop partition" if connection.vendor == "postgresql" else "sqlite: batched delete")
+
+
+@ON_POSTGRESQL
+@pytest.mark.django_db
+def test_a_day_detached_but_not_dropped_by_a_prune_that_stopped_is_dropped_by_the_next():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE tracing_span_p20000101 (LIKE tracing_span)")
+    prune_spans()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('tracing_span_p20000101')")
+        assert cursor.fetchone()[0] is None

@@ -117,19 +117,35 @@ def _delete_default_in_batches(table: str, cutoff: datetime, batch: int) -> int:
             deleted += cursor.rowcount
 
 
+def _detached(table: str) -> list[str]:
+    """Day partitions of `table` detached but not dropped (a prune stopped between the two)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relname ~ %s AND relkind = 'r' AND NOT relispartition AND relnamespace = current_schema()::regnamespace",
+            [rf"^{table}_p\d{{8}}$"],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 def drop_days_before(table: str, cutoff: datetime) -> int:
-    """DETACH and DROP `table`'s day partitions that ended by `cutoff`, each in a transaction of
-    its own (the parent's lock is held for one partition at a time); returns how many."""
-    dropped = 0
+    """DETACH and DROP `table`'s day partitions that ended by `cutoff`; returns how many.
+
+    Each DETACH in a transaction of its own, the DROP in another: the parent is locked (and
+    ingest waits) only for the detach, a few milliseconds; the drop, whose commit gives the
+    files back to the filesystem (about 0.7 s for 500,000 spans here, by their size), locks
+    only the detached table nobody reads any more."""
+    gone = []
     for day, name in sorted(day_partitions(table).items()):
         if _midnight(day) + timedelta(days=1) > cutoff:
             break
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
             cursor.execute(f"ALTER TABLE {table} DETACH PARTITION {name}")
-            cursor.execute(f"DROP TABLE {name}")
-        dropped += 1
-    return dropped
+        gone.append(name)
+    for name in sorted(set(gone) | set(_detached(table))):
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    return len(gone)
 
 
 def prune_before(cutoff: datetime, *, batch: int) -> tuple[dict[str, int], dict[str, int]]:
