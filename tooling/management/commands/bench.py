@@ -30,12 +30,12 @@ from django.db import connection
 
 from flows.core.brokers import broker_kind
 from flows.patterns import check_catalog
-from tooling.bench import alerts, attach, flower, live, memory, pages, patterns, spans, throughput, trace_search
+from tooling.bench import alerts, attach, flower, live, memory, pages, patterns, prune, spans, throughput, trace_search
 from tooling.brokers import BrokerNotReady, ready_url, server_version
 from tooling.own_stores import inside, run_on_own_stores, shown
 from tracing.redis import get_redis
 
-MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10")
+MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11")
 
 
 class Command(BaseCommand):
@@ -131,6 +131,9 @@ class Command(BaseCommand):
         if not only or "p10" in only:
             with self._timed(figures, "p10"):
                 figures.update(alerts.alert_latency(5 if quick else 20, 100.0 if quick else 300.0, concurrency=options["concurrency"], log_dir=log_dir, progress=self._progress))
+        if not only or "p11" in only:
+            with self._timed(figures, "p11"):
+                figures.update(prune.prune_day_ms(100_000 if quick else prune.full_day(), self._progress))
         if not only or "p7" in only:
             with self._timed(figures, "p7"):
                 if memory.installed():
