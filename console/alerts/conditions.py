@@ -87,7 +87,7 @@ def _handler_edges(rule: AlertRule, now: datetime) -> list[dict[str, Any]]:
     edges = []
     for edge in flow_graph(until=now, window=timedelta(seconds=rule.window_seconds), app=app)["edges"]:
         target = edge["target"].split("|", 1)[-1]
-        if not target.startswith("handler:") or not edge["count"]:
+        if not target.startswith("handler:") or not edge["count"] or edge.get("kind", "message") != "message":  # a requeue's link is no execution
             continue
         handler, source = target.split(":", 1)[1], edge["source"].split("|", 1)[-1]
         if rule.scope == Scope.HANDLER and rule.scope_value and handler != rule.scope_value:

@@ -1,6 +1,6 @@
 """Notices of an alert: one Delivery per channel, each sent by a Celery task of its own (`deliver`,
 here beside what dispatches it) once the transaction that made it commits: no notice for an
-alert that was rolled back. A failed attempt is retried after backoff * 2^(attempt - 1) seconds,
+alert that was rolled back. A failed attempt is sent again after backoff * 2^(attempt - 1) seconds
 up to the attempts the dispatching process's settings allow, each reason kept on the Delivery."""
 
 from __future__ import annotations
@@ -9,14 +9,16 @@ import logging
 import time
 from typing import Any
 
-from celery import Task, shared_task
+from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from console.alerts.models import Alert, Channel, Delivery, DeliveryKind, DeliveryState
 from console.alerts.transports import DeliveryFailed, send
+from flows.core.brokers import RABBITMQ, broker_kind
 from flows.operate.requeue_jobs import CONTROL_QUEUE
+from flows.produce import rabbitmq
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,18 @@ def notice(delivery: Delivery) -> dict[str, Any]:
     }
 
 
-@shared_task(name="console.alerts.deliver", bind=True, acks_late=True, max_retries=None)
-def deliver(self: Task, delivery_id: int, max_attempts: int, backoff_seconds: float) -> str:
+def _send_later(args: list[Any], delay: float) -> None:
+    """The next attempt after `delay` seconds, held by the broker on RabbitMQ (as the engine's own
+    delayed sends are: a countdown held in a worker is what quorum queues punish), by the worker
+    on Redis."""
+    if broker_kind() == RABBITMQ:
+        deliver.apply_async(args=args, **rabbitmq.delayed_send_options(CONTROL_QUEUE, delay))
+    else:
+        deliver.apply_async(args=args, queue=CONTROL_QUEUE, countdown=delay)
+
+
+@shared_task(name="console.alerts.deliver", acks_late=True)
+def deliver(delivery_id: int, max_attempts: int, backoff_seconds: float) -> str:
     """Send one notice, once: a delivery no longer pending (sent by a redelivered task, or muted
     since) is left alone."""
     delivery = Delivery.objects.select_related("channel", "alert__rule").filter(pk=delivery_id, state=DeliveryState.PENDING).first()
@@ -93,6 +105,7 @@ def deliver(self: Task, delivery_id: int, max_attempts: int, backoff_seconds: fl
             log.warning("alert delivery %s to channel %s failed for good: %s", delivery.pk, delivery.channel_id, exc)
             return "failed"
         Delivery.objects.filter(pk=delivery.pk).update(attempts=attempt, last_error=reason, updated_at=timezone.now())
-        raise self.retry(countdown=backoff_seconds * 2 ** (attempt - 1), exc=exc) from None
+        _send_later([delivery.pk, max_attempts, backoff_seconds], backoff_seconds * 2 ** (attempt - 1))
+        return "retrying"
     Delivery.objects.filter(pk=delivery.pk).update(attempts=attempt, state=DeliveryState.SENT, sent_at=timezone.now(), last_error="", updated_at=timezone.now())
     return "sent"
