@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import models
 
 
@@ -81,6 +84,30 @@ class EdgeStat(models.Model):
         indexes = [models.Index(fields=["bucket"], name="edgestat_time")]
 
 
+class TagsField(models.Field):
+    """A list of short strings: text[] on PostgreSQL, whose planner keeps statistics of an
+    array's elements (not of a jsonb list's), so a containment test takes the GIN index for a
+    rare tag and walks the time index for a common one; JSON text on SQLite."""
+
+    def db_type(self, connection: Any) -> str:
+        return "text[]" if connection.vendor == "postgresql" else "text"
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> list[str]:
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list) else json.loads(value)
+
+    def to_python(self, value: Any) -> list[str]:
+        if value is None:
+            return []
+        return json.loads(value) if isinstance(value, str) else list(value)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if value is None:
+            return None
+        return list(value) if connection.vendor == "postgresql" else json.dumps(list(value))
+
+
 class TraceSummary(models.Model):
     """One row per trace, kept by the collector as its spans arrive (tracing.summaries), so the
     trace search reads one row a trace instead of aggregating the span table.
@@ -99,7 +126,7 @@ class TraceSummary(models.Model):
     errors = models.IntegerField(default=0)
     wait_us = models.BigIntegerField(default=0, help_text="queue wait its process spans reported (flowscope.queue_wait_ms), summed")
     work_us = models.BigIntegerField(default=0, help_text="time in its process (consumer) spans, summed")
-    tags = models.JSONField(default=list)
+    tags = TagsField(default=list)
 
     class Meta:
         indexes = [

@@ -114,9 +114,9 @@ def _us(value: datetime) -> int:
 def _with_tags(rows: QuerySet[TraceSummary], tags: list[str]) -> QuerySet[TraceSummary]:
     if not tags:
         return rows
-    if connection.vendor == "postgresql":
-        return rows.filter(tags__contains=tags)  # jsonb @> '[...]': the GIN index
     table = connection.ops.quote_name(TraceSummary._meta.db_table)
+    if connection.vendor == "postgresql":
+        return rows.extra(where=[f"{table}.tags @> %s::text[]"], params=[tags])  # the GIN index when the tags are rare
     where = [f"EXISTS (SELECT 1 FROM json_each({table}.tags) WHERE json_each.value = %s)"] * len(tags)
     return rows.extra(where=where, params=tags)
 

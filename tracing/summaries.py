@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+from django.db import connection
 
 from tracing.bulk import db_datetime, insert_rows
 from tracing.models import Span, TraceSummary
@@ -129,6 +130,7 @@ def _stored(row: TraceSummary) -> Partial:
 
 def rows_of(merged: dict[str, Partial]) -> list[tuple[Any, ...]]:
     """Summary rows in COLUMNS order, for a raw insert."""
+    tags = list if connection.vendor == "postgresql" else lambda t: orjson.dumps(list(t)).decode()  # TagsField's column
     return [
         (
             trace_id,
@@ -142,7 +144,7 @@ def rows_of(merged: dict[str, Partial]) -> list[tuple[Any, ...]]:
             p.errors,
             p.wait_us,
             p.work_us,
-            orjson.dumps(list(p.tags)).decode(),
+            tags(p.tags),
         )
         for trace_id, p in sorted(merged.items())
     ]

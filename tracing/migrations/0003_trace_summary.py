@@ -2,19 +2,21 @@
 
 from django.db import migrations, models
 
+import tracing.models
+
 # PostgreSQL only: containment (`@>`) answered by an index. SQLite has no such index; its
 # search scans, which is fine at the sizes SQLite is meant for.
 GIN_INDEXES = {
-    "tracesummary_tags": ("tracing_tracesummary", "tags"),
-    "span_attributes": ("tracing_span", "attributes"),
+    "tracesummary_tags": ("tracing_tracesummary", "tags", ""),  # text[]: array_ops
+    "span_attributes": ("tracing_span", "attributes", "jsonb_path_ops"),
 }
 
 
 def add_gin_indexes(apps, schema_editor):
     if schema_editor.connection.vendor != "postgresql":
         return
-    for name, (table, column) in GIN_INDEXES.items():
-        schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin ({column} jsonb_path_ops)")
+    for name, (table, column, ops) in GIN_INDEXES.items():
+        schema_editor.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING gin ({column} {ops})")
 
 
 def drop_gin_indexes(apps, schema_editor):
@@ -53,7 +55,7 @@ class Migration(migrations.Migration):
                 ("errors", models.IntegerField(default=0)),
                 ("wait_us", models.BigIntegerField(default=0, help_text="queue wait its process spans reported (flowscope.queue_wait_ms), summed")),
                 ("work_us", models.BigIntegerField(default=0, help_text="time in its process (consumer) spans, summed")),
-                ("tags", models.JSONField(default=list)),
+                ("tags", tracing.models.TagsField(default=list)),
             ],
             options={
                 "indexes": [models.Index(fields=["start_time", "trace_id"], name="tracesummary_start"), models.Index(fields=["duration_us", "trace_id"], name="tracesummary_duration")],
