@@ -4,7 +4,6 @@ and the flow graph over a time window (from the aggregates, never from the span 
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,8 +11,8 @@ from django.db.models import Count, Max, Min, Q
 from django.utils import timezone
 
 from tracing import histogram
-from tracing.aggregates import LINK, bucket_start
-from tracing.models import EdgeStat, Span, SpanLink
+from tracing.aggregates import LINK, bucket_start, window_totals
+from tracing.models import Span, SpanLink
 
 
 @dataclasses.dataclass
@@ -109,18 +108,7 @@ def flow_graph(*, since: datetime | None = None, until: datetime | None = None, 
     since = since or until - window
     first = bucket_start(int(since.timestamp() * 1e9))
     seconds = max((until - first).total_seconds(), 1.0)
-    rows = EdgeStat.objects.filter(bucket__gte=first, bucket__lt=until)
-    if app is not None:
-        rows = rows.filter(app=app)
-    merged: dict[tuple[str, str, str, str], dict[str, Any]] = defaultdict(lambda: {"count": 0, "errors": 0, "dead": 0, "histogram": histogram.empty(), "waits": histogram.empty()})
-    for row in rows:
-        edge = merged[(row.app, row.source, row.target, row.queue)]
-        edge["count"] += row.count
-        edge["errors"] += row.errors
-        edge["dead"] += row.dead
-        histogram.merge(edge["histogram"], row.histogram)
-        if row.waits:
-            histogram.merge(edge["waits"], row.waits)
+    merged = window_totals(first, until, app)
     edges, nodes = [], {}
     for (edge_app, source, target, through), e in sorted(merged.items()):
         link = through[len(LINK) :] if through.startswith(LINK) else ""  # a hop joined by span links, not a queue
