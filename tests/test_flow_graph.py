@@ -1,0 +1,119 @@
+"""The flow graph's time window and its bad input (the API operation and the page), and the edges
+joined by span links: spans go through the collector's real store and aggregates; what is under
+test is the graph."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+
+import pytest
+
+from tests.people import client_for
+from tracing import aggregates, collector
+from tracing.models import EdgeStat
+
+pytestmark = pytest.mark.django_db
+_ids = count(1)
+
+
+@pytest.fixture(autouse=True)
+def no_kept_hours() -> Iterator[None]:
+    """A day's window keeps its whole hours' sums a few minutes: none may outlive its test's rows."""
+    aggregates.forget_kept_hours()
+    yield
+    aggregates.forget_kept_hours()
+
+
+def span(
+    kind: int, queue: str, *, app: str = "", trace: str = "a" * 32, parent: str = "", consumer: str = "", producer: str = "", ago: timedelta = timedelta(0), links: list[Any] | None = None
+) -> dict[str, Any]:
+    end = int((datetime.now(UTC) - ago).timestamp() * 1e9)
+    attributes = {"messaging.destination.name": queue, "flowscope.app": app, "flowscope.consumer": consumer, "flowscope.producer": producer}
+    return {
+        "t": trace,
+        "s": f"{next(_ids):016x}",
+        "p": parent,
+        "n": "x",
+        "k": kind,
+        "sv": app or "flowscope",
+        "st": end - 1_000_000,
+        "en": end,
+        "sc": 1,
+        "a": {k: v for k, v in attributes.items() if v},
+        "l": links or [],
+    }
+
+
+def edges(answer: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(e["source"], e["target"]): e for e in answer["edges"]}
+
+
+def test_the_window_says_which_buckets_count_up_to_a_day():
+    collector.store([span(4, "w.q", consumer="w.recent"), span(4, "w.q", consumer="w.hour_ago", ago=timedelta(minutes=40)), span(4, "w.q", consumer="w.day_ago", ago=timedelta(hours=20))])
+    viewer = client_for("viewer")
+    seen = {minutes: set(edges(viewer.get(f"/api/v1/graph?minutes={minutes}").json())) for minutes in (5, 60, 1440)}
+    assert seen[5] == {("queue:w.q", "handler:w.recent")}
+    assert seen[60] == seen[5] | {("queue:w.q", "handler:w.hour_ago")}
+    assert seen[1440] == seen[60] | {("queue:w.q", "handler:w.day_ago")}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"), [("minutes=0", "minutes"), ("minutes=1441", "minutes"), ("minutes=day", "minutes"), ("minutes=-5", "minutes"), ("app=" + "x" * 101, "app"), ("app=a%00", "app")]
+)
+def test_a_bad_window_or_app_is_a_422_naming_it(query, field):
+    answer = client_for("viewer").get(f"/api/v1/graph?{query}")
+    assert answer.status_code == 422, answer.content
+    assert field in answer.content.decode()
+
+
+def test_a_requeue_joined_by_its_span_link_is_an_edge_of_its_own_kind():
+    died = span(4, "parcels", app="shop", trace="b" * 32, consumer="shop.pack", producer="handler:shop.take")
+    first = span(4, "parcels", app="shop", trace="b" * 32, consumer="shop.pack", producer="handler:shop.take")
+    collector.store([died, first])
+    requeue = span(3, "parcels", app="shop", trace="c" * 32, producer="service:flowscope", links=[["b" * 32, died["s"], {"flowscope.link": "requeue-of"}], ["d" * 32, "e" * 16, {}]])
+    # Flowscope's own: the link names the dead letter's send; the handler is that of its process span.
+    send = span(3, "orders", trace="f" * 32, producer="service:web")
+    delivered = span(4, "orders", trace="f" * 32, parent=send["s"], consumer="orders.take")
+    collector.store([send, delivered])
+    own_requeue = span(3, "orders", trace="0" * 32, producer="service:flowscope", links=[["f" * 32, send["s"], {"flowscope.link": "requeue-of"}]])
+    collector.store([requeue, own_requeue])
+
+    graph = edges(client_for("viewer").get("/api/v1/graph?minutes=5").json())
+    link = graph[("shop|handler:shop.pack", "shop|queue:parcels")]
+    assert (link["kind"], link["link"], link["count"], link["queue"]) == ("link", "requeue-of", 1, None)
+    own = graph[("handler:orders.take", "queue:orders")]
+    assert (own["kind"], own["link"], own["count"]) == ("link", "requeue-of", 1)
+    # The message edges mean what they meant: the requeue's send counts once on its own edge, the executions on theirs.
+    assert graph[("shop|service:flowscope", "shop|queue:parcels")]["kind"] == "message"
+    assert graph[("shop|handler:shop.take", "shop|handler:shop.pack")]["count"] == 2
+    assert graph[("service:flowscope", "queue:orders")]["count"] == 1
+    # The link to a span never stored (another trace pruned, say) is no edge.
+    assert EdgeStat.objects.filter(queue__startswith="link:").count() == 2
+
+
+@pytest.mark.parametrize(("query", "field"), [("window=7", "window"), ("window=an+hour", "window"), ("group=team", "group")])
+def test_the_page_refuses_a_window_or_grouping_it_does_not_offer_naming_it(query, field):
+    answer = client_for("viewer").get(f"/graph/?{query}")
+    assert answer.status_code == 400 and f"{field} must be one of" in answer.content.decode()
+
+
+def test_the_page_opens_on_the_view_its_link_names():
+    collector.store([span(4, "v.q", consumer="v.day_ago", ago=timedelta(hours=20))])
+    page = client_for("viewer").get("/graph/?window=1440&group=flow&select=handler%3Av.day_ago").content.decode()
+    assert '<option value="1440" selected>' in page and '<option value="flow" selected>' in page
+    assert '"select": "handler:v.day_ago"' in page and '"window": 1440' in page
+    assert "handler:v.day_ago" in page.split('id="initial-frame"')[1]  # the first paint has the day's graph, not the live frame's 5 minutes
+
+
+def test_a_days_graph_from_kept_hours_is_the_graph_read_row_by_row():
+    spans = [span(4, "k.q", consumer=f"k.h{i % 3}", ago=timedelta(hours=i, minutes=7 * i)) for i in range(12)]
+    collector.store([*spans, span(3, "k.q", producer="service:k", ago=timedelta(hours=5))])
+    now = datetime.now(UTC)
+    first = now - timedelta(hours=24)
+    read = aggregates.window_totals(first, now)
+    assert read == aggregates.window_totals(first, now)  # the second time from the kept hours
+    assert read == aggregates._sum(first, now, None)  # every row at once, nothing kept
+    assert sum(edge["count"] for edge in read.values()) == 13 and sum(read[("", "queue:k.q", "handler:k.h0", "")]["histogram"]) == 4
