@@ -20,7 +20,7 @@ from tests.support import REPO
 from tests.test_settings import manage
 from tests.tracing_helpers import flush_here, spans_where, wait_spans
 from tracing import sink
-from tracing.selectors import trace_tree
+from tracing.trace_tree import trace_tree
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,7 @@ from flows.operate.dead_letters import dead_letter_requeue
 from tests.flows_under_test import fix
 from tests.support.waiting import wait_for
 from tests.tracing_helpers import flush_here, spans_where, wait_spans
-from tracing.selectors import trace_tree
+from tracing.trace_tree import trace_tree
 
 pytestmark = pytest.mark.django_db(transaction=True)
 PRODUCER, CONSUMER = 3, 4

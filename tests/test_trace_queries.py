@@ -4,7 +4,8 @@ import flows
 from flows.models import SagaInstance
 from tests.support.waiting import wait_for
 from tests.tracing_helpers import wait_spans
-from tracing.selectors import trace_tree, traces_for
+from tracing.selectors import traces_for
+from tracing.trace_tree import trace_tree
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

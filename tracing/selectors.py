@@ -3,7 +3,6 @@ and the flow graph over a time window (from the aggregates, never from the span 
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,46 +11,8 @@ from django.utils import timezone
 
 from tracing import histogram
 from tracing.aggregates import LINK, bucket_start, window_totals
-from tracing.models import Span, SpanLink
-
-
-@dataclasses.dataclass
-class SpanNode:
-    span: Span
-    children: list[SpanNode] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class TraceTree:
-    trace_id: str
-    roots: list[SpanNode]
-    spans: int
-    links_out: list[dict[str, str]]  # spans here that link to other traces
-    links_in: list[dict[str, str]]  # spans of other traces that link here
-
-    def walk(self) -> list[tuple[int, Span]]:
-        """Every span, depth first in start order, with its depth."""
-        out: list[tuple[int, Span]] = []
-        stack = [(0, node) for node in reversed(self.roots)]
-        while stack:
-            depth, node = stack.pop()
-            out.append((depth, node.span))
-            stack.extend((depth + 1, child) for child in reversed(node.children))
-        return out
-
-
-def trace_tree(trace_id: str) -> TraceTree | None:
-    spans = list(Span.objects.filter(trace_id=trace_id).order_by("start_time", "id"))
-    if not spans:
-        return None
-    nodes = {s.span_id: SpanNode(s) for s in spans}
-    roots = []
-    for node in nodes.values():
-        parent = nodes.get(node.span.parent_span_id)
-        (parent.children if parent else roots).append(node)  # a missing parent: shown as a root
-    links_out = [{"span_id": k.span_id, "trace_id": k.linked_trace_id, "linked_span_id": k.linked_span_id} for k in SpanLink.objects.filter(trace_id=trace_id)]
-    links_in = [{"span_id": k.linked_span_id, "trace_id": k.trace_id, "linking_span_id": k.span_id} for k in SpanLink.objects.filter(linked_trace_id=trace_id)]
-    return TraceTree(trace_id=trace_id, roots=roots, spans=len(spans), links_out=links_out, links_in=links_in)
+from tracing.models import Span
+from tracing.trace_tree import SpanNode, TraceTree, trace_tree  # noqa: F401  (the tree has a module of its own; read from here too)
 
 
 def traces_for(*, correlation_id: str = "", message_id: str = "", saga_id: str = "", app: str = "", limit: int = 100) -> list[dict[str, Any]]:

@@ -112,10 +112,8 @@ def test_a_compensated_saga_shows_its_compensations_in_reverse_order_and_its_tra
     assert finished["hotel"] < finished["flight"], f"hotel is undone before flight: {finished}"
     screenshot(page, "saga")
     page.click("#trace-link")
-    page.wait_for_selector("#waterfall .main-svg")
-    page.wait_for_function("document.querySelectorAll('#waterfall .bars .point').length >= 8")
-    box = page.locator("#waterfall .bars .point").first.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # Plotly listens on the layer above its bars
+    page.wait_for_function("document.querySelectorAll('#wf-rows .wf-row').length >= 8")
+    page.locator("#wf-rows .wf-row .nm").first.click()
     page.wait_for_selector("#span-detail h3")
     screenshot(page, "trace")
     page.goto(f"{web}/traces/?correlation_id={saga.correlation_id}")
