@@ -236,3 +236,11 @@ def test_the_benchmark_builds_its_store_asks_every_search_and_leaves_no_row_behi
     assert figures["p9_spans"] == 3_000 and 3_000 / 16 <= figures["p9_traces"] <= 3_000 / 4
     assert 0 < figures["p9_trace_search_median_ms"] <= figures["p9_trace_search_p95_ms"]
     assert not Span.objects.filter(trace_id__startswith=MARK).exists() and not TraceSummary.objects.filter(trace_id__startswith=MARK).exists()
+
+
+def test_an_attribute_on_many_spans_is_found_by_walking_the_traces_as_a_rare_one_is_by_lookup(traces, monkeypatch):
+    viewer = client_for("viewer")
+    rare = ids(viewer, attr="order.id=o-2", status="error")
+    monkeypatch.setattr("tracing.search.RARE_SPANS", 0)  # every value counts as common (PostgreSQL's walk)
+    assert ids(viewer, attr="order.id=o-2", status="error") == rare == [traces["failed"]]
+    assert set(ids(viewer, attr="flowscope.attempt=1")) == {traces["placed"]}

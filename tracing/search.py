@@ -22,6 +22,7 @@ from django.db.models import Q, QuerySet
 from tracing.models import Span, TraceSummary
 
 SORTS = ("start", "duration")
+RARE_SPANS = 2000  # an attribute value on at most this many spans is looked up first (_few_traces)
 STATUSES = ("", "error", "ok")
 TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -134,18 +135,45 @@ def _typed(value: str) -> list[Any]:
     return candidates
 
 
+def _span_match(key: str, value: str) -> tuple[str, list[Any]]:
+    """SQL on the span alias `s` true when its attribute `key` is `value` (as text, number or boolean)."""
+    candidates = _typed(value)
+    if connection.vendor == "postgresql":
+        return " OR ".join(["s.attributes @> %s::jsonb"] * len(candidates)), [json.dumps({key: c}) for c in candidates]
+    return f"json_extract(s.attributes, %s) IN ({', '.join(['%s'] * len(candidates))})", [f'$."{key}"', *[int(c) if isinstance(c, bool) else c for c in candidates]]
+
+
+def _few_traces(match: str, params: list[Any]) -> set[str] | None:
+    """The traces of the spans that match, if there are at most RARE_SPANS of them (the GIN
+    index finds those at once); None when there are more. PostgreSQL keeps no statistics of
+    what a jsonb column holds, so it cannot tell a rare value from a common one and would fetch
+    every matching span of a common one: asked first, the answer chooses the plan."""
+    spans = connection.ops.quote_name(Span._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT s.trace_id FROM {spans} s WHERE {match} LIMIT {RARE_SPANS + 1}", params)
+        found = [row[0] for row in cursor.fetchall()]
+    return set(found) if len(found) <= RARE_SPANS else None
+
+
 def _with_attributes(rows: QuerySet[TraceSummary], attributes: tuple[tuple[str, str], ...]) -> QuerySet[TraceSummary]:
     summary = connection.ops.quote_name(TraceSummary._meta.db_table)
     spans = connection.ops.quote_name(Span._meta.db_table)
     for key, value in attributes:
-        candidates = _typed(value)
-        if connection.vendor == "postgresql":
-            match = " OR ".join(["s.attributes @> %s::jsonb"] * len(candidates))
-            params: list[Any] = [json.dumps({key: c}) for c in candidates]
-        else:
-            match = f"json_extract(s.attributes, %s) IN ({', '.join(['%s'] * len(candidates))})"
-            params = [f'$."{key}"', *[int(c) if isinstance(c, bool) else c for c in candidates]]
-        rows = rows.extra(where=[f"EXISTS (SELECT 1 FROM {spans} s WHERE s.trace_id = {summary}.trace_id AND ({match}))"], params=params)
+        match, params = _span_match(key, value)
+        if connection.vendor != "postgresql":
+            rows = rows.extra(where=[f"EXISTS (SELECT 1 FROM {spans} s WHERE s.trace_id = {summary}.trace_id AND ({match}))"], params=params)
+            continue
+        few = _few_traces(match, params)
+        if few is not None:
+            rows = rows.filter(trace_id__in=few)
+            continue
+        # A common value: walk the traces in the chosen order and ask each one's spans (within
+        # its time span, so only the day partitions it lies in). OFFSET 0 keeps PostgreSQL from
+        # turning the test into a join that would read every matching span first.
+        rows = rows.extra(
+            where=[f"EXISTS (SELECT 1 FROM {spans} s WHERE s.trace_id = {summary}.trace_id AND s.start_time >= {summary}.start_time AND s.start_time <= {summary}.end_time AND ({match}) OFFSET 0)"],
+            params=params,
+        )
     return rows
 
 
