@@ -47,8 +47,8 @@
     return { width: Math.ceil(width) + 14, height: Math.ceil(lines.length * 1.3 * size) + 8 };
   }
 
-  // A rate short enough to sit on an edge: 0.02/s, 3.4/s, 120/s.
-  const rate = (r) => (r >= 100 ? Math.round(r) : r >= 1 ? r.toFixed(1) : r.toFixed(2)) + "/s";
+  // A rate short enough to sit on an edge: 120/s, 3.4/s, 0.02/s, 0.4/min, 3/h (a day's quiet edge).
+  const rate = (r) => (r >= 100 ? Math.round(r) + "/s" : r >= 1 ? r.toFixed(1) + "/s" : r >= 0.01 ? r.toFixed(2) + "/s" : r * 60 >= 0.1 ? (r * 60).toFixed(1) + "/min" : Math.max(r > 0 ? 1 : 0, Math.round(r * 3600)) + "/h");
   // Wider with the rate, in half pixels: a rate that moves a little does not redraw the graph.
   const widthOf = (r) => Math.round(2 * (1 + Math.min(7, Math.log2(1 + r)))) / 2;
   function health(e) { return e.error_rate > 0.1 || e.dead > 0 ? "#c62828" : e.error_rate > 0.01 ? "#d69e2e" : "#1a7f37"; }
@@ -219,9 +219,10 @@
     holder.dataset.nodes = String(graph.nodes.length);
     holder.dataset.edges = String(graph.edges.length);
     holder.dataset.layoutMs = String(Math.round(laidOut - started));
+    // One axis unit to one pixel (a small graph in the middle), y downwards as dagre lays it out.
     Plotly.react(holder, traces, {
       width, height, margin: { l: 0, r: 0, t: 0, b: 0 }, font: FONT, hovermode: "closest", dragmode: false, showlegend: false,
-      xaxis: { visible: false, range: [0, width], fixedrange: true }, yaxis: { visible: false, range: [height, 0], fixedrange: true },
+      xaxis: { visible: false, range: [-(width - g.graph().width) / 2, width - (width - g.graph().width) / 2], fixedrange: true }, yaxis: { visible: false, range: [height, 0], fixedrange: true },
       shapes, annotations, paper_bgcolor: "#fff", plot_bgcolor: "#fff",
     }, { displayModeBar: false, responsive: false });
     if (!holder.dataset.bound) {

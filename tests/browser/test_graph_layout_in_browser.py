@@ -86,6 +86,8 @@ def test_sixty_nodes_read_without_overlap_and_a_clicked_path_survives_a_reload(p
     assert int(page.get_attribute("#flow-graph", "data-edges")) >= 60
     seen = page.evaluate(OVERLAPS)
     assert seen["labels"] > 120 and seen["hits"] == [], seen  # 60 nodes, 61 edge labels, 8 flows
+    tops = [page.locator("#flow-graph g.annotation", has_text=re.compile(rf"^{re.escape(name)}$")).bounding_box()["y"] for name in ("f3.in", "f3.start", "f3.step1")]
+    assert tops == sorted(tops), tops  # in layers, messages flow downwards
 
     click_label(page, "f3.step1")
     page.wait_for_function(f"{PATH}.length > 0")
