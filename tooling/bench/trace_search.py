@@ -35,11 +35,10 @@ SPREAD_S = 7 * 86400  # traces started over the last week
 CHUNK = 50_000  # spans a bulk insert
 
 
-def _trace(rng: random.Random, n: int, now_ns: int) -> list[dict[str, Any]]:
-    """A trace of `n` spans: a send, then process spans and their calls, a few services, an
-    error in about 3 of 100."""
+def _trace(rng: random.Random, n: int, start: int) -> list[dict[str, Any]]:
+    """A trace of `n` spans from `start` (ns): a send, then process spans and their calls, a
+    few services, an error in about 3 of 100."""
     trace_id = MARK + os.urandom(14).hex()
-    start = now_ns - rng.randrange(SPREAD_S * 1_000_000_000)
     app = rng.choice(APPS)
     services = rng.sample(SERVICES, rng.randint(1, 4))
     failing = rng.random() < 0.03
@@ -79,11 +78,14 @@ def _trace(rng: random.Random, n: int, now_ns: int) -> list[dict[str, Any]]:
 
 def build_store(n: int, progress: Callable[[str], None], seed: int = 9) -> tuple[list[str], int]:
     """`n` spans in traces of 4 to 16; returns some of their trace ids, and how many traces."""
-    rng, now_ns, written, kept, traces = random.Random(seed), time.time_ns(), 0, [], 0
+    rng, written, kept, traces = random.Random(seed), 0, [], 0
+    # Oldest first, as the collector stores them: traces arrive in about the order they start.
+    start, step = time.time_ns() - SPREAD_S * 1_000_000_000, SPREAD_S * 1_000_000_000 * 10 // n
     while written < n:
         chunk: list[dict[str, Any]] = []
         while len(chunk) < CHUNK and written + len(chunk) < n:
-            chunk += _trace(rng, min(rng.randint(4, 16), n - written - len(chunk)), now_ns)
+            start += rng.randrange(2 * step)
+            chunk += _trace(rng, min(rng.randint(4, 16), n - written - len(chunk)), start)
         kept.append(chunk[0]["t"])
         rows, _ = to_rows(chunk)
         rows.sort()
