@@ -152,3 +152,14 @@ def test_a_bad_canary_setting_is_a_422_naming_its_field(body, field):
     assert answer.status_code == 422
     assert [e["loc"][-1] for e in answer.json()["detail"]] == [field], answer.json()
     assert not RequeueJob.objects.exists()
+
+
+def test_a_page_refreshes_its_own_rows_by_id_and_bad_ids_are_a_422_naming_them():
+    first, _, third = dead_letters("by-id", 3, bug="by-id-bug")
+    viewer = client_for("viewer")
+    items = viewer.get(f"/api/v1/deadletters?ids={first.pk},{third.pk}&state=dead").json()["items"]
+    assert sorted(d["id"] for d in items) == [first.pk, third.pk]
+    for wrong in ("abc", "1,,2", "0", ",".join(["1"] * 501), "9999999999999999999"):
+        answer = viewer.get(f"/api/v1/deadletters?ids={wrong}")
+        assert answer.status_code == 422 and "ids" in json.dumps(answer.json()["detail"]), (wrong, answer.content[:200])
+    assert viewer.get("/api/v1/deadletters?since=-1.5e-44").status_code == 422  # a number, not a date-time

@@ -33,8 +33,7 @@
   async function refreshRows() {
     const rows = $$("tr[data-id]");
     if (!rows.length) return [];
-    const query = new URLSearchParams(rows.map((r) => ["ids", r.dataset.id]));
-    query.set("limit", "500");
+    const query = new URLSearchParams({ ids: rows.map((r) => r.dataset.id).join(","), limit: "500" });
     const { items } = await api("GET", "/api/v1/deadletters?" + query.toString());
     const states = new Map(items.map((d) => [String(d.id), d.state]));
     for (const row of rows) {
