@@ -8,12 +8,14 @@ import hmac
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from celery import current_app
 from django.core import mail
+from django.db import connection
 from django.utils import timezone
 
 import flows
@@ -193,3 +195,27 @@ def test_a_muted_failure_group_is_recorded_not_sent_counts_for_no_rule_and_says_
     shown = group_silences([muted, heard])
     assert list(shown) == [muted]
     assert shown[muted]["text"] == f"muted until {until:%Y-%m-%d %H:%M} UTC by alice (fix deploying)"
+
+
+def test_two_nodes_evaluating_at_once_fire_a_rule_once(worker, receiver):
+    """Two beat nodes' evaluations at the same moment: the per-rule claim lets one of them in."""
+    webhook(receiver)
+    AlertRule.objects.create(name="backlog", kind="queue_depth", scope="queue", scope_value=BACKLOG, threshold=3, created_by="tests")
+    backlog(4)
+    start, outcomes = threading.Barrier(2), []
+
+    def node() -> None:
+        try:
+            start.wait()
+            outcomes.append(evaluate_rules())
+        finally:
+            connection.close()
+
+    nodes = [threading.Thread(target=node) for _ in range(2)]
+    for thread in nodes:
+        thread.start()
+    for thread in nodes:
+        thread.join(30)
+    assert len(outcomes) == 2 and sum(o["fired"] for o in outcomes) == 1, outcomes
+    assert Alert.objects.count() == 1 and Delivery.objects.count() == 1
+    wait_for(lambda: events(receiver) == ["fired"], what="one notice")

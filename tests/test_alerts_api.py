@@ -13,7 +13,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from console.alerts.models import Alert, AlertRule, Channel
+from console.alerts.models import Alert, AlertRule, Channel, Delivery
 from console.models import AuditEntry
 from tests.people import client_for, token_for
 from tests.support.waiting import wait_for
@@ -158,3 +158,15 @@ def test_the_alerts_page_is_in_the_nav_and_offers_forms_to_operators_only():
     viewer_page = client_for("viewer").get("/alerts/").content.decode()
     assert 'href="/alerts/"' in viewer_page and "console/alerts.js" in viewer_page and 'id="rule-form"' not in viewer_page
     assert 'id="rule-form"' in client_for("operator").get("/alerts/").content.decode()
+
+
+def test_metrics_expose_the_alerts_firing_per_rule_and_the_failed_deliveries_per_channel():
+    quiet = AlertRule.objects.create(name="quiet", kind="spans", created_by="t")
+    loud = AlertRule.objects.create(name="loud", kind="dead_letters", threshold=1, created_by="t")
+    channel = Channel.objects.create(name="hook", kind="webhook", url="https://hooks.example/x", created_by="t")
+    alert = Alert.objects.create(rule=loud, summary="loud")
+    Delivery.objects.create(alert=alert, channel=channel, kind="fired", state="failed", attempts=5, last_error="answered 500")
+    body = client_for("viewer").get("/metrics").content.decode()
+    assert f'flowscope_alerts_firing{{rule_id="{loud.pk}",rule="loud",kind="dead_letters"}} 1' in body
+    assert f'flowscope_alerts_firing{{rule_id="{quiet.pk}",rule="quiet",kind="spans"}} 0' in body
+    assert f'flowscope_alert_delivery_failures_total{{channel_id="{channel.pk}",channel="hook"}} 1' in body
