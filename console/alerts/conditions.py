@@ -16,10 +16,9 @@ from typing import Any
 from django.db.models import Count, Min
 
 from console.alerts.models import AlertRule, RuleKind, Scope
-from console.live import graph_app
 from flows.consume.stats import workers_online
 from flows.models import DeadLetter, SagaInstance
-from flows.operate.selectors import DeadLetterFilter, dead_letter_groups
+from flows.operate.selectors import OWN_FLOWS, DeadLetterFilter, dead_letter_groups
 from flows.produce.backpressure import queue_statuses
 from tracing.selectors import flow_graph
 from tracing.sink import sink_status
@@ -83,7 +82,9 @@ def failure_group(rule: AlertRule, now: datetime, muted: set[str]) -> Observed:
 
 
 def _handler_edges(rule: AlertRule, now: datetime) -> list[dict[str, Any]]:
-    app = graph_app(rule.scope_value) if rule.scope == Scope.APP else None
+    # The graph's app filter: None for every app, "" for Flowscope's own flows. Not console.live's
+    # graph_app: the live frame may show silences one day, and alerting must not import it back.
+    app = ("" if rule.scope_value == OWN_FLOWS else rule.scope_value) if rule.scope == Scope.APP and rule.scope_value else None
     edges = []
     for edge in flow_graph(until=now, window=timedelta(seconds=rule.window_seconds), app=app)["edges"]:
         target = edge["target"].split("|", 1)[-1]
