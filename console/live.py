@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from console.alerts.silences import group_silences
 from flows.consume.stats import workers_online
 from flows.models import RequeueJob
 from flows.operate.live_selectors import live_summary
@@ -45,6 +46,13 @@ def graph_app(chosen: str) -> str | None:
     if not chosen:
         return None
     return "" if chosen == OWN_FLOWS else chosen
+
+
+def _newest_groups() -> list[dict[str, Any]]:
+    """The day's five biggest causes, each with the silence muting it, if any."""
+    groups = dead_letter_groups(DeadLetterFilter(since=timezone.now() - timedelta(hours=24), state="dead"), limit=5)
+    muted = group_silences(g["fingerprint"] for g in groups)
+    return [{**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat(), "silence": muted.get(g["fingerprint"])} for g in groups]
 
 
 def series(window: timedelta = WINDOW) -> dict[str, Any]:
@@ -85,13 +93,7 @@ def snapshot() -> dict[str, Any]:
         "dead_letters": _cached(
             "dead_letters",
             3.0,
-            lambda: {
-                "counts": dead_letter_counts(),
-                "groups": [
-                    {**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()}
-                    for g in dead_letter_groups(DeadLetterFilter(since=timezone.now() - timedelta(hours=24), state="dead"), limit=5)
-                ],
-            },
+            lambda: {"counts": dead_letter_counts(), "groups": _newest_groups()},
         ),
         "sagas": _cached("sagas", 3.0, saga_counts),
         "workers": workers_online(),

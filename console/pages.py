@@ -17,6 +17,7 @@ from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_safe
 
 from console import live
+from console.alerts.silences import group_silences
 from console.models import AuditEntry, Role
 from console.presenters import dead_letter_detail, dead_letter_summary, saga_detail, saga_summary
 from console.roles import principal_for_user
@@ -133,6 +134,7 @@ def dead_letter(request: HttpRequest, dead_letter_id: int) -> HttpResponse:
             request,
             nav="dead",
             d=detail,
+            silence=group_silences([detail["fingerprint"]]).get(detail["fingerprint"]),
             payload_json=json.dumps(detail["envelope"].get("payload"), indent=2, sort_keys=True),
             envelope_json=json.dumps({k: v for k, v in detail["envelope"].items() if k != "payload"}, indent=2, sort_keys=True),
         ),

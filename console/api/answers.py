@@ -67,6 +67,13 @@ class DeadLetterPage(Schema):
     next_cursor: str = Field(description="fetches the following page; empty on the last")
 
 
+class GroupSilence(Schema):
+    until: DateTime
+    by: str
+    why: str
+    text: str = Field(description="muted until … by … (why), as the pages show it")
+
+
 class DeadLetterGroup(Schema):
     fingerprint: str
     count: int
@@ -78,6 +85,7 @@ class DeadLetterGroup(Schema):
     message_type: str
     consumer: str
     app: str = Field("", description="the app of the group's example; empty for Flowscope's own flows")
+    silence: GroupSilence | None = Field(None, description="the silence muting this group's alerts now, if any")
 
 
 class Requeued(Schema):

@@ -10,6 +10,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Query, Router
 from ninja.errors import HttpError
 
+from console.alerts.silences import group_silences
 from console.api.answers import DeadLetterDetail, DeadLetterGroup, DeadLetterPage, Discarded, EditRequeued, RequeueCount, Requeued, RequeueJobOut
 from console.api.auth import need
 from console.api.errors import answers
@@ -58,7 +59,9 @@ def list_dead_letters(
 def list_groups(request: HttpRequest, filters: Query[FilterQuery], limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Dead letters grouped by cause (fingerprint): count, first and last seen, an example."""
     need(request, Role.VIEWER)
-    return [{**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat()} for g in dead_letter_groups(filters.to_filter(), limit=limit)]
+    groups = dead_letter_groups(filters.to_filter(), limit=limit)
+    muted = group_silences(g["fingerprint"] for g in groups)
+    return [{**g, "first_seen": g["first_seen"].isoformat(), "last_seen": g["last_seen"].isoformat(), "silence": muted.get(g["fingerprint"])} for g in groups]
 
 
 @router.get("/deadletters/{dead_letter_id}", response=answers(200, DeadLetterDetail, 404, 422))

@@ -22,7 +22,7 @@
     const groups = keep ? [...found, ...shownGroups.filter((g) => !seen.has(g.fingerprint)).map((g) => ({ ...g, count: 0 }))] : found;
     shownGroups = groups;
     $("#groups").innerHTML = groups.map((g) => `<tr data-fingerprint="${esc(g.fingerprint)}">
-      <td><b>${esc(g.error_type)}</b><br><span class="muted">${esc(g.error_message.slice(0, 120))}</span></td>
+      <td><b>${esc(g.error_type)}</b>${g.silence ? ` <span class="muted-group" title="${esc(g.silence.why)}">${esc(g.silence.text)}</span>` : ""}<br><span class="muted">${esc(g.error_message.slice(0, 120))}</span></td>
       <td>${esc(g.message_type)} · ${esc(g.consumer)}</td><td class="num count">${g.count}</td><td class="num dead-count">${deadCount.get(g.fingerprint) || 0}</td>
       <td>${when(g.first_seen)}</td><td>${when(g.last_seen)}</td>
       <td><a href="?state=dead&fingerprint=${esc(g.fingerprint)}${filter.app ? "&app=" + encodeURIComponent(filter.app) : ""}">list</a>${canOperate ? ` · <button class="requeue-group" data-fingerprint="${esc(g.fingerprint)}">Requeue group…</button>` : ""}</td></tr>`).join("")
