@@ -7,8 +7,10 @@ type (console.api.errors), and a bug in an operation is a logged 500 that tells 
 server's insides.
 """
 
+import importlib
 import json
 import logging
+import pkgutil
 from typing import Any
 
 import jsonschema_rs
@@ -20,6 +22,7 @@ from django.core.wsgi import get_wsgi_application
 from django.test import Client
 from django.utils import timezone
 from hypothesis import HealthCheck, Phase, given, settings
+from ninja import Schema
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from console.api.errors import status_of
@@ -404,3 +407,19 @@ def test_a_nul_character_in_a_text_filter_is_a_422_naming_it_not_a_database_erro
     response = client_for("viewer").get(path)
     assert response.status_code == 422, (path, response.content)
     assert "contains a NUL character" in json.dumps(response.json()), response.content
+
+
+def test_no_two_answer_or_body_schemas_share_a_name():
+    """The OpenAPI description names components by class name: two schemas of one name would be
+    described as one, and one of them checked against the other's fields (seen with QueueOut)."""
+
+    seen: dict[str, str] = {}
+    clashes = []
+    for info in pkgutil.iter_modules(importlib.import_module("console.api").__path__):
+        module = importlib.import_module(f"console.api.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, Schema) and value.__module__ == module.__name__:
+                if value.__name__ in seen and seen[value.__name__] != module.__name__:
+                    clashes.append(f"{value.__name__}: {seen[value.__name__]} and {module.__name__}")
+                seen.setdefault(value.__name__, module.__name__)
+    assert not clashes, clashes

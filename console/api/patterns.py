@@ -92,7 +92,7 @@ class Consumer(Schema):
     mean_ms: float
 
 
-class QueueOut(Schema):
+class QueueSpread(Schema):
     name: str
     window_minutes: int
     handlers: list[str]
@@ -172,7 +172,7 @@ def get_message(request: HttpRequest, message_id: uuid.UUID) -> dict[str, Any]:
     return view
 
 
-@router.get("/queues/{name}", response=answers(200, QueueOut, 400, 404, 422))
+@router.get("/queues/{name}", response=answers(200, QueueSpread, 400, 404, 422))
 def get_queue(request: HttpRequest, name: str, window: int = WINDOW) -> dict[str, Any]:
     """One queue's competing consumers over the last `window` minutes (1 to 10080): deliveries per
     worker process, shares and skew; its depth and back-pressure state now.
