@@ -16,6 +16,9 @@ INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = 0, 1, 2, 3, 4
 LONG_VALUE = "card declined by the acquirer: " + " ".join(f"reason-{i}" for i in range(600))  # about 6,000 characters
 
 
+PAYMENT_MESSAGE_ID = "5e1f0c2a-7b7b-4c4c-8d8d-0123456789ab"  # the failing payment's message: its page is linked from the span
+
+
 def new_id(bytes_: int) -> str:
     return os.urandom(bytes_).hex()
 
@@ -83,7 +86,7 @@ def checkout_trace() -> dict[str, Any]:
             kind=CONSUMER,
             base_ns=base,
             error="PaymentDeclined: card declined",
-            attributes={"flowscope.decline_reason": LONG_VALUE, "flowscope.attempt": 3},
+            attributes={"flowscope.decline_reason": LONG_VALUE, "flowscope.attempt": 3, "messaging.message.id": PAYMENT_MESSAGE_ID},
             events=[["exception", base + 89_000_000, {"exception.type": "PaymentDeclined", "exception.message": "card declined"}]],
         ),
         span(t, ids["attached"], "process billing.charge", 2, 3, kind=CONSUMER, base_ns=base, attributes={"flowscope.queue_wait_ms": 12.5}),

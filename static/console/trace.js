@@ -154,7 +154,14 @@
       return list.find((i) => i > selected) ?? list[0];
     }
 
-    const kv = (object) => Object.entries(object).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(typeof v === "object" ? JSON.stringify(v, null, 2) : v)}</td></tr>`).join("");
+    // A message, its type and its queue of Flowscope's own flows have pages of their own
+    // (console/pattern_pages.py): their values link there; an attached app's (flowscope.app) do not.
+    const PAGES = { "messaging.message.id": "/messages/", "flowscope.message_type": "/types/", "messaging.destination.name": "/queues/" };
+    const value = (k, v, linked) => {
+      const text = esc(typeof v === "object" ? JSON.stringify(v, null, 2) : v);
+      return linked && PAGES[k] && typeof v === "string" && v ? `<a href="${PAGES[k]}${encodeURIComponent(v)}/">${text}</a>` : text;
+    };
+    const kv = (object, linked = false) => Object.entries(object).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${value(k, v, linked)}</td></tr>`).join("");
 
     async function detail(i) {
       const s = items[i], panel = $("#span-detail");
@@ -174,7 +181,7 @@
         const full = await api("GET", `/api/v1/traces/${id}/spans/${s.span_id}`);
         if (selected !== i) return;
         $("#span-full").innerHTML = (full.status_message ? `<p class="error status-message">${esc(full.status_message)}</p>` : "")
-          + `<h4>Attributes</h4><table class="kv">${kv(full.attributes) || "<tr><td class=muted>none</td></tr>"}</table>`
+          + `<h4>Attributes</h4><table class="kv">${kv(full.attributes, !full.attributes["flowscope.app"]) || "<tr><td class=muted>none</td></tr>"}</table>`
           + (full.events.length ? "<h4>Events</h4>" + full.events.map((e) => `<div class="event"><b>${esc(e.name)}</b> <span class="muted">${esc(e.time)}</span><table class="kv">${kv(e.attributes || {})}</table></div>`).join("") : "");
       } catch (e) {
         if (selected === i) $("#span-full").innerHTML = `<p class="error">${esc(e.message)}</p>`;

@@ -5,7 +5,7 @@ import pytest
 
 from tests.browser.conftest import screenshot, sign_in
 from tests.people import person
-from tests.trace_shapes import LONG_VALUE, checkout_trace, trip
+from tests.trace_shapes import LONG_VALUE, PAYMENT_MESSAGE_ID, checkout_trace, trip
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,6 +43,7 @@ def test_an_engineer_folds_a_subtree_jumps_to_the_error_reads_it_whole_and_follo
     assert box["x"] + box["width"] <= panel["x"] + panel["width"] + 0.5, f"the value runs past the panel: {box} in {panel}"
     assert page.evaluate("(() => { const a = document.querySelector('#span-detail'); return a.scrollWidth <= a.clientWidth; })()"), "nothing scrolls sideways"
     assert "PaymentDeclined: card declined" in page.inner_text("#span-full .status-message")
+    assert page.locator(f"#span-full a[href='/messages/{PAYMENT_MESSAGE_ID}/']").count() == 1, "the message id links to the message's page"
     screenshot(page, "trace-tree")
 
     # Follow the link in: to the other trace, its linking span picked; then its link out, back here.
