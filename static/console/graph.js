@@ -260,7 +260,9 @@
     bind();
     const page = await api("GET", "/api/v1/deadletters?state=dead&limit=20&" + query);
     html += `<h4>Dead letters</h4><ul>` + (page.items.map((d) => `<li><a href="/deadletters/${d.id}/">${esc(d.error_type)}</a> ${esc(d.dead_at.slice(11, 19))}</li>`).join("") || "<li class=muted>none</li>") + "</ul>";
-    html += `<p><a href="/deadletters/?state=dead&${query}">all dead letters here</a></p>`;
+    html += `<p><a href="/deadletters/?state=dead&${query}">all dead letters here</a>`
+      // A queue of Flowscope's own has a page of its consumers and their spread (console/pattern_pages.py).
+      + (kind === "queue" && !(node && node.app) ? ` · <a href="/queues/${encodeURIComponent(name)}/">the queue's consumers</a>` : "") + "</p>";
     const traces = [...new Set(page.items.map((d) => d.id))].slice(0, 5);
     if (traces.length) html += "<h4>Traces of failures</h4><ul>" + (await Promise.all(traces.map((id) => api("GET", "/api/v1/deadletters/" + id)))).filter((d) => d.trace_id).map((d) => `<li><a href="/traces/${d.trace_id}/">${d.trace_id.slice(0, 12)}…</a></li>`).join("") + "</ul>";
     panel.innerHTML = html;
