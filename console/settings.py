@@ -197,6 +197,12 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "flows.control"
+# Celery's Django fix-up closes every database connection before and after every task (celery
+# 5.7's DjangoWorkerFixup._close_database calls close(), whatever CONN_MAX_AGE says), unless
+# CELERY_DB_REUSE_MAX spaces those closes out; it is set past reach here, and console/celery.py
+# applies Django's own rule around each task instead (close_old_connections: CONN_MAX_AGE, and a
+# connection that failed is dropped), so a worker on PostgreSQL keeps its connection.
+CELERY_DB_REUSE_MAX = 10**9
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # --- Alerts: how often the rules are evaluated, and how hard a notice is retried ---
 ALERTS_EVALUATE_SECONDS = envfloat("ALERTS_EVALUATE_SECONDS", 2.0)
