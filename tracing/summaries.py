@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from django.db import connection
+from django.db import connection, transaction
 
 from tracing.bulk import db_datetime, insert_rows
 from tracing.models import Span, TraceSummary
@@ -199,12 +199,17 @@ def rebuild(trace_ids: Iterable[str] | None = None, *, batch: int = 2000) -> int
     else:
         TraceSummary.objects.filter(trace_id__in=list(trace_ids))._raw_delete(TraceSummary.objects.db)
     written, chunk, current = 0, [], ""
+
+    def apply_in_transaction(spans_of_whole_traces: list[dict[str, Any]]) -> int:
+        with transaction.atomic():  # apply locks the summaries it updates, as in the collector's transaction
+            return apply(spans_of_whole_traces)
+
     fields = ("trace_id", "span_id", "parent_span_id", "name", "kind", "service", "start_time", "duration_us", "status_code", "attributes")
     for span in spans.only(*fields).order_by("trace_id").iterator(chunk_size=batch):
         # A chunk ends only between traces, so no trace is written twice.
         if len(chunk) >= batch and span.trace_id != current:
-            written += apply(chunk)
+            written += apply_in_transaction(chunk)
             chunk = []
         chunk.append(as_collected(span))
         current = span.trace_id
-    return written + apply(chunk)
+    return written + apply_in_transaction(chunk)

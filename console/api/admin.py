@@ -56,6 +56,9 @@ class Pruned(Schema):
     spans: int
     links: int
     edge_stats: int
+    trace_summaries: int = 0
+    span_days_dropped: int = Field(0, description="PostgreSQL: whole day partitions of spans dropped; their rows are not counted in spans")
+    link_days_dropped: int = Field(0, description="PostgreSQL: whole day partitions of links dropped; their rows are not counted in links")
 
 
 def _token(t: ApiToken) -> dict[str, Any]:
