@@ -104,6 +104,17 @@ def t_credit(message: flows.Message) -> None:
         raise RuntimeError("failed after writing its effect")
 
 
+# The same, on a queue the session worker leaves to a worker of the test's own, whose database
+# connections that test drops (tests/test_dropped_connections.py).
+flows.message_type("test.credit.dropped", pattern="fire_and_forget", schemas={1: Job})
+
+
+@flows.handler("test.credit.dropped", consumer="t_credit_dropped", queue="t.drops", idempotent=True, max_attempts=3, backoff=QUICK)
+def t_credit_dropped(message: flows.Message) -> None:
+    LedgerEntry.objects.create(service="test", kind="credit", reference=message.payload["key"], amount_cents=1, message_id=message.message_id)
+    time.sleep(message.payload["sleep"])
+
+
 # -- a retry that waits long enough to be seen waiting, in the broker (tests/test_rabbitmq.py) --
 flows.message_type("test.later", pattern="fire_and_forget", schemas={1: Job})
 LATER = flows.Backoff(initial=8, factor=1, maximum=8, jitter=0)

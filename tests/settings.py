@@ -36,3 +36,6 @@ if os.environ.get("FLOWS_TEST_BROKER_TRANSPORT"):
 # second run fail at creation while the first one used it.
 if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":  # noqa: F405
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"[:63]}  # noqa: F405
+# Between committing tests, DELETE instead of TRUNCATE (tests/postgresql_backend/base.py says why).
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # noqa: F405
+    DATABASES["default"]["ENGINE"] = "tests.postgresql_backend"  # noqa: F405

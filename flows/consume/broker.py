@@ -72,11 +72,17 @@ def read_item(raw: str) -> tuple[Any, str | None]:
 
 
 def record_garbage(raw: Any, queue: str, problem: str) -> None:
+    from django.db import close_old_connections
+
     from flows.consume.dead_letters import dead_letter_record
     from flows.core.errors import EnvelopeError
 
     log.warning("dead on arrival on %s: %s", queue, problem)
+    # This runs in the worker's main process, which runs no task, so nothing else applies
+    # Django's connection rules here: without this, a kept connection the server had dropped
+    # (or one a failed write left broken) would fail every dead letter after it.
     try:
+        close_old_connections()
         dead_letter_record(envelope={"unparsed": (raw if isinstance(raw, str) else repr(raw))[:10_000]}, consumer="", queue=queue, exc=EnvelopeError(problem), attempts=1, poison=True)
     except Exception:  # noqa: BLE001 - the worker must live on; the warning above remains
         log.exception("could not store the unreadable item from %s as a dead letter", queue)

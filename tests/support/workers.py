@@ -20,8 +20,9 @@ from tooling.processes import START_TIMEOUT, STOP_TIMEOUT, Child, LogLine, Super
 # The catalogs the tests' workers load (and the session worker consumes from).
 TEST_MODULES = "examples.demo.catalog,tests.flows_under_test"
 # Queues the session worker leaves alone: back-pressure backlogs must stay full, the crash
-# saga gets a worker of its own to kill, and the competing consumers test brings its own.
-NOT_FOR_SESSION_WORKER = {"t.backlog.raise", "t.backlog.block", "t.sagas.crash", "t.work"}
+# saga gets a worker of its own to kill, the competing consumers test brings its own, and the
+# dropped-connections tests one whose connections they drop.
+NOT_FOR_SESSION_WORKER = {"t.backlog.raise", "t.backlog.block", "t.sagas.crash", "t.work", "t.drops"}
 
 
 def worker_database_url() -> str:
