@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,11 @@ class CanvasWorker:
         self.command = [AGENT, str(BIN / "celery"), "-A", "tests.attached_canvas", "worker", "-l", "info", "-Q", QUEUE, "-c", "2", "-n", node, "--without-mingle", "--without-gossip"]
 
     def __enter__(self) -> CanvasWorker:
-        self.child = self.supervisor.start("worker", self.command, ready=LogLine(re.escape(" ready.")))
+        self.child = self.supervisor.start("worker", self.command)  # both apps' workers start at once: see ready()
         return self
+
+    def ready(self) -> None:
+        self.supervisor.wait_ready({"worker": LogLine(re.escape(" ready."))})
 
     def __exit__(self, *_: object) -> None:
         self.supervisor.stop()
@@ -141,9 +145,12 @@ def graph_api(viewer: Any, **query: str) -> dict[str, Any]:
 
 def test_a_chain_a_group_and_a_chord_are_drawn_task_to_task_and_two_apps_queues_of_one_name_stay_apart(reporting, empty_brokers):
     viewer = client_for("viewer")
-    with CanvasWorker("canvas", reporting), CanvasWorker("ledger", reporting):
-        produce("canvas", reporting, CANVASES)
-        produce("ledger", reporting, LEDGER)
+    with CanvasWorker("canvas", reporting) as canvas_worker, CanvasWorker("ledger", reporting) as ledger_worker:
+        canvas_worker.ready()
+        ledger_worker.ready()
+        with ThreadPoolExecutor(2) as producers:  # the two apps' producers at once, each waiting on its own results
+            for produced in [producers.submit(produce, "canvas", reporting, CANVASES), producers.submit(produce, "ledger", reporting, LEDGER)]:
+                produced.result()
         # 14 executions of canvas (chains 3 + 2, group 3, chord 3 + its callback, a retried task 2), 2 of ledger.
         executions = lambda app: sum(e["count"] for e in graph_api(viewer, app=app)["edges"] if e["target"].startswith(f"{app}|handler:"))  # noqa: E731
         wait_for(lambda: executions("canvas") >= 14 and executions("ledger") >= 2, timeout=120, interval=0.5, what="every execution of both apps in the graph")

@@ -4,27 +4,21 @@ test is the graph."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
 import pytest
+from django.apps import apps as django_apps
 
 from tests.people import client_for
+from tooling.bench import graph_day
 from tracing import aggregates, collector
-from tracing.models import EdgeStat
+from tracing.models import EdgeHour, EdgeStat
 
 pytestmark = pytest.mark.django_db
 _ids = count(1)
-
-
-@pytest.fixture(autouse=True)
-def no_kept_hours() -> Iterator[None]:
-    """A day's window keeps its whole hours' sums a few minutes: none may outlive its test's rows."""
-    aggregates.forget_kept_hours()
-    yield
-    aggregates.forget_kept_hours()
 
 
 def span(
@@ -108,12 +102,38 @@ def test_the_page_opens_on_the_view_its_link_names():
     assert "handler:v.day_ago" in page.split('id="initial-frame"')[1]  # the first paint has the day's graph, not the live frame's 5 minutes
 
 
-def test_a_days_graph_from_kept_hours_is_the_graph_read_row_by_row():
+def test_a_days_graph_from_the_hourly_rows_is_the_graph_read_bucket_by_bucket():
     spans = [span(4, "k.q", consumer=f"k.h{i % 3}", ago=timedelta(hours=i, minutes=7 * i)) for i in range(12)]
     collector.store([*spans, span(3, "k.q", producer="service:k", ago=timedelta(hours=5))])
+    collector.store([span(4, "k.q", consumer="k.h0", ago=timedelta(hours=3))])  # a later batch into a stored hour
     now = datetime.now(UTC)
     first = now - timedelta(hours=24)
     read = aggregates.window_totals(first, now)
-    assert read == aggregates.window_totals(first, now)  # the second time from the kept hours
-    assert read == aggregates._sum(first, now, None)  # every row at once, nothing kept
-    assert sum(edge["count"] for edge in read.values()) == 13 and sum(read[("", "queue:k.q", "handler:k.h0", "")]["histogram"]) == 4
+    assert read == aggregates._sum(first, now, None)  # every 10-second bucket at once
+    assert sum(edge["count"] for edge in read.values()) == 14 and sum(read[("", "queue:k.q", "handler:k.h0", "")]["histogram"]) == 5
+
+    # The whole hours come from their hourly rows: without their buckets the day reads the same.
+    whole_hours = EdgeStat.objects.filter(bucket__gte=first.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1), bucket__lt=now.replace(minute=0, second=0, microsecond=0))
+    assert whole_hours.delete()[0] >= 10 and EdgeHour.objects.count() >= 12
+    assert aggregates.window_totals(first, now) == read
+
+
+def test_the_migration_sums_the_stored_buckets_into_the_hours_the_collector_keeps():
+    spans = [span(4, "m.q", consumer=f"m.h{i % 2}", ago=timedelta(minutes=23 * i)) for i in range(9)]
+    collector.store([*spans, span(3, "m.q", producer="service:m", ago=timedelta(hours=2))])
+    kept = list(EdgeHour.objects.order_by("bucket", "source", "target").values_list("bucket", "source", "target", "count", "histogram"))
+    EdgeHour.objects.all().delete()
+
+    backfill = importlib.import_module("tracing.migrations.0006_edge_hours")
+    backfill.sum_the_stored_hours(django_apps, None)
+
+    summed = list(EdgeHour.objects.order_by("bucket", "source", "target").values_list("bucket", "source", "target", "count", "histogram"))
+    assert summed == kept and sum(row[3] for row in summed) == 10
+
+
+def test_the_day_window_figure_reads_the_same_graph_both_ways_and_leaves_no_rows():
+    figures = graph_day.day_window_ms(2, lambda _: None, runs=1)
+
+    assert figures["p12_edges"] == 2 and figures["p12_buckets"] in (2 * 8_640, 2 * 8_639)
+    assert figures["p12_day_window_ms"] > 0 and figures["p12_every_bucket_ms"] > 0
+    assert not EdgeStat.objects.exists() and not EdgeHour.objects.exists()

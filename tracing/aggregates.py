@@ -19,8 +19,6 @@ span sent into. The linked spans are read back from the span table, for linking 
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,13 +27,12 @@ from django.conf import settings
 from django.db.models import Q
 
 from tracing import histogram
-from tracing.models import EdgeStat, Span
+from tracing.models import EdgeCounts, EdgeHour, EdgeStat, Span
 
 PRODUCER, CONSUMER, ERROR = 3, 4, 2
 LINK = "link:"  # the queue column's prefix on an edge joined by a span link
 LINKS_PER_QUERY = 200
 HOUR = timedelta(hours=1)
-HOUR_KEPT_SECONDS = 300.0  # a whole hour's sums are read again after this (spans that came late)
 FOLD_EVERY = 256  # histograms waiting to be summed per edge, in one zip
 
 
@@ -159,27 +156,47 @@ def tally_links(spans: Iterable[dict[str, Any]], tallies: dict[Key, _Tally]) -> 
 
 
 def apply(spans: Iterable[dict[str, Any]]) -> int:
-    """Add these spans to the stored aggregates; call inside the transaction that stores them
-    (after they are stored: a span link may point into the same batch)."""
+    """Add these spans to the stored aggregates, per bucket and per hour; call inside the
+    transaction that stores them (after they are stored: a span link may point into the same batch)."""
     spans = list(spans)
     tallies = tally(spans)
     tally_links(spans, tallies)
     if not tallies:
         return 0
+    _add_to_rows(EdgeStat, tallies)
+    _add_to_rows(EdgeHour, by_hour(tallies))
+    return len(tallies)
+
+
+def by_hour(tallies: dict[Key, _Tally]) -> dict[Key, _Tally]:
+    """The same tallies keyed by the hour their bucket falls in."""
+    hours: dict[Key, _Tally] = {}
+    for (bucket, *edge), item in tallies.items():
+        key = (bucket.replace(minute=0, second=0, microsecond=0), *edge)
+        hour = hours.get(key)
+        if hour is None:
+            hours[key] = _Tally(item.count, item.errors, item.dead, list(item.histogram), list(item.waits))
+            continue
+        hour.count += item.count
+        hour.errors += item.errors
+        hour.dead += item.dead
+        histogram.merge(hour.histogram, item.histogram)
+        if item.waits:
+            hour.waits = histogram.merge(hour.waits or histogram.empty(), item.waits)
+    return hours
+
+
+def _add_to_rows(model: type[EdgeCounts], tallies: dict[Key, _Tally]) -> None:
     existing = {
         (row.bucket, row.app, row.source, row.target, row.queue): row
-        for row in EdgeStat.objects.select_for_update().filter(
-            bucket__in={k[0] for k in tallies}, app__in={k[1] for k in tallies}, source__in={k[2] for k in tallies}, target__in={k[3] for k in tallies}
-        )
+        for row in model.objects.select_for_update().filter(bucket__in={k[0] for k in tallies}, app__in={k[1] for k in tallies}, source__in={k[2] for k in tallies}, target__in={k[3] for k in tallies})
     }
     updated, created = [], []
     for key, item in tallies.items():
         row = existing.get(key)
         if row is None:
             bucket, app, source, target, queue = key
-            created.append(
-                EdgeStat(bucket=bucket, app=app, source=source, target=target, queue=queue, count=item.count, errors=item.errors, dead=item.dead, histogram=item.histogram, waits=item.waits)
-            )
+            created.append(model(bucket=bucket, app=app, source=source, target=target, queue=queue, count=item.count, errors=item.errors, dead=item.dead, histogram=item.histogram, waits=item.waits))
         else:
             row.count += item.count
             row.errors += item.errors
@@ -188,14 +205,11 @@ def apply(spans: Iterable[dict[str, Any]]) -> int:
             if item.waits:
                 row.waits = histogram.merge(list(row.waits), item.waits)
             updated.append(row)
-    EdgeStat.objects.bulk_create(created)
-    EdgeStat.objects.bulk_update(updated, ["count", "errors", "dead", "histogram", "waits"])
-    return len(tallies)
+    model.objects.bulk_create(created)
+    model.objects.bulk_update(updated, ["count", "errors", "dead", "histogram", "waits"])
 
 
 Totals = dict[tuple[str, str, str, str], dict[str, Any]]  # (app, source, target, queue) -> count, errors, dead, histogram, waits
-_hours: dict[tuple[datetime, str | None], tuple[float, Totals]] = {}
-_hours_lock = threading.Lock()
 
 
 def _full(counts: list[int]) -> list[int]:
@@ -203,11 +217,10 @@ def _full(counts: list[int]) -> list[int]:
     return counts if len(counts) >= histogram.BUCKETS else counts + [0] * (histogram.BUCKETS - len(counts))
 
 
-def _sum(first: datetime, until: datetime, app: str | None) -> Totals:
+def _sum(first: datetime, until: datetime, app: str | None, model: type[EdgeCounts] = EdgeStat) -> Totals:
     """The stored rows of [first, until) summed per edge. Histograms are summed column-wise a few
-    hundred at a time (zip), as a day holds 8,640 rows per edge and a Python loop per row and
-    bucket was most of the cost."""
-    rows = EdgeStat.objects.filter(bucket__gte=first, bucket__lt=until)
+    hundred at a time (zip): a Python loop per row and bucket was most of the cost."""
+    rows = model.objects.filter(bucket__gte=first, bucket__lt=until)
     if app is not None:
         rows = rows.filter(app=app)
     totals: Totals = {}
@@ -257,35 +270,15 @@ def _add(into: Totals, other: Totals) -> None:
 
 
 def window_totals(first: datetime, until: datetime, app: str | None = None) -> Totals:
-    """The aggregates of [first, until) summed per edge (`app` as flow_graph takes it). The whole
-    hours of a long window are summed once and kept a few minutes, so a day's graph refreshed
-    every few seconds reads only its newest hour's rows again; a span stored late into a kept hour
-    shows once that hour is read again."""
+    """The aggregates of [first, until) summed per edge (`app` as flow_graph takes it): the whole
+    hours inside the window from the hourly rows, the parts of hours at its ends from the buckets."""
     start = first.replace(minute=0, second=0, microsecond=0)
     if start < first:
         start += HOUR
-    newest = until - timedelta(seconds=settings.TRACING_EDGE_BUCKET_SECONDS)  # a bucket still filling is never kept
-    if start + HOUR > newest:
+    end = until.replace(minute=0, second=0, microsecond=0)
+    if start >= end:
         return _sum(first, until, app)
-    now = time.monotonic()
     totals = _sum(first, start, app)
-    with _hours_lock:
-        for key in [k for k, (at, _) in _hours.items() if now - at > HOUR_KEPT_SECONDS]:
-            del _hours[key]
-    while start + HOUR <= newest:
-        with _hours_lock:
-            kept = _hours.get((start, app))
-        if kept is None:
-            kept = (now, _sum(start, start + HOUR, app))
-            with _hours_lock:
-                _hours[(start, app)] = kept
-        _add(totals, kept[1])
-        start += HOUR
-    _add(totals, _sum(start, until, app))
+    _add(totals, _sum(start, end, app, EdgeHour))
+    _add(totals, _sum(end, until, app))
     return totals
-
-
-def forget_kept_hours() -> None:
-    """Drop the kept hours' sums (a test that rewrites the rows of past hours)."""
-    with _hours_lock:
-        _hours.clear()

@@ -62,13 +62,12 @@ class SpanLink(models.Model):
         ]
 
 
-class EdgeStat(models.Model):
-    """Counts and a latency histogram for one flow-graph edge of one app over one time bucket.
+class EdgeCounts(models.Model):
+    """Counts and a latency histogram for one flow-graph edge of one app over one span of time.
 
     An edge is sender -> queue (a publish), queue -> handler (an execution whose sender is not
     known), or sender -> handler through `queue` (an attached app's execution: task to task)."""
 
-    bucket = models.DateTimeField(help_text="start of the bucket (EDGE_BUCKET_SECONDS long)")
     app = models.CharField(max_length=100, blank=True, default="", help_text="the attached app (flowscope.app); empty for Flowscope's own flows")
     source = models.CharField(max_length=300)
     target = models.CharField(max_length=300)
@@ -80,8 +79,28 @@ class EdgeStat(models.Model):
     waits = models.JSONField(default=list, blank=True, help_text="queue-wait counts per bucket of tracing.histogram.BOUNDS_MS; empty when no span said")
 
     class Meta:
+        abstract = True
+
+
+class EdgeStat(EdgeCounts):
+    """An edge over one time bucket (EDGE_BUCKET_SECONDS): the live graph and short windows."""
+
+    bucket = models.DateTimeField(help_text="start of the bucket (EDGE_BUCKET_SECONDS long)")
+
+    class Meta:
         constraints = [models.UniqueConstraint(fields=["bucket", "app", "source", "target", "queue"], name="edgestat_once")]
         indexes = [models.Index(fields=["bucket"], name="edgestat_time")]
+
+
+class EdgeHour(EdgeCounts):
+    """An edge over one whole hour: EdgeStat's rows of that hour summed, kept by the collector in
+    the same transaction, so a day's graph reads 24 rows an edge instead of 8,640."""
+
+    bucket = models.DateTimeField(help_text="start of the hour")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["bucket", "app", "source", "target", "queue"], name="edgehour_once")]
+        indexes = [models.Index(fields=["bucket"], name="edgehour_time")]
 
 
 class TagsField(models.Field):

@@ -8,6 +8,7 @@ a string (a 13 to 19 digit run that passes the Luhn check).
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -22,11 +23,17 @@ def _norm(name: str) -> str:
     return name.lower().replace("-", "").replace("_", "")
 
 
-def _sensitive_names() -> set[str]:
-    return {_norm(n) for n in settings.FLOWSCOPE_REDACT_FIELDS}
+def _sensitive_names() -> frozenset[str]:
+    return _normed(tuple(settings.FLOWSCOPE_REDACT_FIELDS))
 
 
-def _sensitive(name: str, names: set[str]) -> bool:
+@functools.lru_cache(maxsize=8)
+def _normed(names: tuple[str, ...]) -> frozenset[str]:
+    """Keyed by the setting's value, so a changed setting (a test's override) is read afresh."""
+    return frozenset(_norm(n) for n in names)
+
+
+def _sensitive(name: str, names: frozenset[str]) -> bool:
     norm = _norm(name)
     return any(norm == n or norm.startswith(n) or norm.endswith(n) for n in names)
 
@@ -51,7 +58,7 @@ def redact_text(text: str) -> str:
     return _DIGITS.sub(card, text)
 
 
-def redact(value: Any, *, _names: set[str] | None = None) -> Any:
+def redact(value: Any, *, _names: frozenset[str] | None = None) -> Any:
     """A copy of `value` (JSON-like) with sensitive fields and values masked."""
     names = _sensitive_names() if _names is None else _names
     if isinstance(value, dict):

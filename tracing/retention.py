@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from tracing import partitions
-from tracing.models import EdgeStat, Span, SpanLink, TraceSummary
+from tracing.models import EdgeHour, EdgeStat, Span, SpanLink, TraceSummary
 
 
 def _delete_in_batches(queryset, batch: int) -> int:  # type: ignore[no-untyped-def]
@@ -46,6 +46,8 @@ def prune_spans(*, older_than: timedelta | None = None, batch: int = 5000) -> di
         deleted
         | {
             "edge_stats": _delete_in_batches(EdgeStat.objects.filter(bucket__lt=cutoff), batch),
+            # An hour goes once all of it is past the cutoff, with the last of its buckets.
+            "edge_hours": _delete_in_batches(EdgeHour.objects.filter(bucket__lte=cutoff - timedelta(hours=1)), batch),
             "trace_summaries": _delete_in_batches(TraceSummary.objects.filter(start_time__lt=cutoff), batch),
         }
         | dropped

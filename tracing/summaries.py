@@ -14,14 +14,14 @@ redelivery after a crash, an OTLP client's retry). So:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from django.db import connection, transaction
 
-from tracing.bulk import db_datetime, insert_rows
+from tracing.bulk import datetime_adapter, insert_rows
 from tracing.models import Span, TraceSummary
 
 CONSUMER, ERROR = 4, 2
@@ -109,8 +109,8 @@ def _us(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def _time(us: int) -> Any:
-    return db_datetime(_EPOCH + timedelta(microseconds=us))
+def _time(us: int, adapt: Callable[[datetime], Any]) -> Any:
+    return adapt(_EPOCH + timedelta(microseconds=us))
 
 
 def _stored(row: TraceSummary) -> Partial:
@@ -131,14 +131,15 @@ def _stored(row: TraceSummary) -> Partial:
 def rows_of(merged: dict[str, Partial]) -> list[tuple[Any, ...]]:
     """Summary rows in COLUMNS order, for a raw insert."""
     tags = list if connection.vendor == "postgresql" else lambda t: orjson.dumps(list(t)).decode()  # TagsField's column
+    adapt = datetime_adapter()  # once: through Django's connection proxy each value took a third of the collector's time
     return [
         (
             trace_id,
-            _time(p.start_us),
-            _time(p.end_us),
+            _time(p.start_us, adapt),
+            _time(p.end_us, adapt),
             p.end_us - p.start_us,
             p.root_name,
-            _time(p.root_start_us),
+            _time(p.root_start_us, adapt),
             p.rooted,
             p.spans,
             p.errors,

@@ -56,6 +56,7 @@ class Pruned(Schema):
     spans: int
     links: int
     edge_stats: int
+    edge_hours: int = Field(0, description="the flow graph's hourly sums")
     trace_summaries: int = 0
     span_days_dropped: int = Field(0, description="PostgreSQL: whole day partitions of spans dropped; their rows are not counted in spans")
     link_days_dropped: int = Field(0, description="PostgreSQL: whole day partitions of links dropped; their rows are not counted in links")

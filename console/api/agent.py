@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from ninja import Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from console.api.auth import need
 from console.api.errors import answers
@@ -29,7 +29,11 @@ MAX_REPORT_BYTES = 1024 * 1024
 APP = Field(min_length=1, max_length=100, pattern=r"^[\w.:@-]+$")
 
 
-class Strict(Schema):
+class Strict(BaseModel):
+    """What an agent sends, checked whole. Plain pydantic, not ninja's Schema: a Schema wraps each
+    nested object in an ORM attribute reader before validating it, which took a third of a live
+    report's CPU in the web process (200 task changes: 23 of 72 ms, profiled)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
