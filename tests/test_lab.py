@@ -32,7 +32,7 @@ from tooling.lab import results
 from tooling.lab.load import Order
 from tooling.lab.models import LabRun
 from tooling.lab.processes import LabProcessError, LabProcesses
-from tooling.lab.scenarios import SCENARIO_NAMES, STYLES
+from tooling.lab.scenarios import QUICK, SCENARIO_NAMES, STYLES
 from tooling.own_stores import INSIDE_ENV
 from tooling.rabbitmq import vhost_names
 from tracing.redis import get_redis
@@ -64,7 +64,9 @@ def lab_processes(lab_pid: int) -> dict[int, dict[str, str]]:
 def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accounted_for(tmp_path):
     out = tmp_path / "lab.json"
     rows, keys = run_rows(), run_keys()
-    lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--json", str(out)], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The quick run's load at half its length (one second steady, a second and a half of outage,
+    # eight orders a second): every scenario and style still sees orders before, in and after its fault.
+    lab = subprocess.Popen([sys.executable, "manage.py", "lab", "--quick", "--scale", "0.5", "--json", str(out)], cwd=REPO, env=lab_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = lab.communicate(timeout=170)
     finally:
@@ -74,6 +76,7 @@ def test_a_quick_lab_runs_every_scenario_in_both_styles_and_every_order_is_accou
 
     figures = json.loads(out.read_text())
     assert set(figures["scenarios"]) == set(SCENARIO_NAMES)
+    assert (figures["setup"]["steady_s"], figures["setup"]["outage_s"]) == (QUICK.steady_s / 2, QUICK.outage_s / 2)
     for name, scenario in figures["scenarios"].items():
         for style in STYLES:
             row = scenario[style]
@@ -168,6 +171,7 @@ def test_a_service_that_cannot_start_is_reported_with_its_log(tmp_path):
         (["--only", "steady,meteor"], "unknown scenario(s) ['meteor']; choose from steady, slow, failing, outage"),
         (["--json", "/no/such/dir/lab.json"], "the directory /no/such/dir does not exist"),
         (["--json", "/tmp"], "that is a directory"),
+        (["--scale", "0"], "--scale 0: give a factor above 0, at most 10"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_error(args, message):

@@ -132,10 +132,11 @@ def _say(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-def run_on_own_stores(command: str, args: list[str], *, kind: str, out: Callable[[str], None], note: Callable[[str], None] = _say) -> None:
-    """`manage.py <command> <args>` in a child process on a database and a Redis of its own;
-    its stdout lines go to `out`, a word on where it runs to `note`. Raises KeyboardInterrupt
-    when interrupted (the child stopped, the stores removed), RuntimeError when the run failed."""
+def run_on_own_stores(command: str, args: list[str], *, kind: str, out: Callable[[str], None], note: Callable[[str], None] = _say, env: dict[str, str] | None = None) -> None:
+    """`manage.py <command> <args>` in a child process on a database and a Redis of its own, with
+    `env` over this process's environment; its stdout lines go to `out`, a word on where it runs
+    to `note`. Raises KeyboardInterrupt when interrupted (the child stopped, the stores removed),
+    RuntimeError when the run failed."""
     previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _interrupt)
     try:
         with tempfile.TemporaryDirectory(prefix=f"flowscope-{kind}-") as tmp:
@@ -152,7 +153,7 @@ def run_on_own_stores(command: str, args: list[str], *, kind: str, out: Callable
                 else:
                     broker_url, where = redis_url, where + ", its broker that Redis database"
                 note(f"the {kind} runs on {where}; all removed after it")
-                env = {**os.environ, INSIDE_ENV: str(os.getpid()), "DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url}
+                env = {**os.environ, **(env or {}), INSIDE_ENV: str(os.getpid()), "DATABASE_URL": database_url, "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url}
                 child = subprocess.Popen(
                     [sys.executable, "manage.py", command, *args],
                     cwd=settings.BASE_DIR,

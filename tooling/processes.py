@@ -205,8 +205,12 @@ def wait_ready(signs: Mapping[Child, Ready], *, timeout: float = START_TIMEOUT) 
     while True:
         for child, ready in list(waiting.items()):
             # Exit is checked before the sign: a server that died at start may leave its port
-            # answered by the other program that made it die.
+            # answered by the other program that made it die. A line in its own log, though, says
+            # it was ready before it ended: a worker may take work and die of it between two polls.
             if child.returncode is not None:
+                if isinstance(ready, LogLine) and child.is_ready(ready):
+                    del waiting[child]
+                    continue
                 raise FailedToStart(child, f"exited with {child.returncode}")
             if child.is_ready(ready):
                 del waiting[child]

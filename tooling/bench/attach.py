@@ -30,7 +30,7 @@ from typing import Any
 from django.conf import settings
 
 from console.models import ApiToken, Role
-from tooling.bench import counting, processes, throughput
+from tooling.bench import counting, processes, spans, throughput
 from tooling.brokers import purge
 from tooling.devredis import free_port
 from tracing.models import Span
@@ -135,15 +135,6 @@ def _at_rest(run: str, done: int, worker: subprocess.Popen[bytes], progress: Pro
         time.sleep(1)
 
 
-def _wait_sink_empty(progress: ProgressFn, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while (pending := sink_status()["pending"]) > 0:
-        progress(f"p8: {pending} spans waiting to be stored")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"p8: {pending} spans still waiting to be stored after {timeout:.0f}s")
-        time.sleep(0.5)
-
-
 def _clean() -> None:
     Span.objects.filter(service=APP)._raw_delete(Span.objects.db)
     purge(QUEUE)
@@ -161,13 +152,20 @@ def attach_ratio(n: int, rounds: int, total: int, first: int, *, concurrency: in
     try:
         processes.wait_http(f"http://127.0.0.1:{port}/healthz", web)
         bare, attached = [], []
+        console_ms: list[list[float]] = []
         for i in range(rounds):
             order = (False, True) if i % 2 == 0 else (True, False)
             for agent in order:
                 progress(f"p8: round {i + 1} of {rounds}, {'attached' if agent else 'bare'}")
+                cpu_before = [processes.cpu_seconds(p.pid) for p in (web, collector)] if agent else []
                 drained = side.drain("p8-attached" if agent else "p8-bare", n, agent=agent, progress=progress)
+                if agent:  # what the console spent on this round's tasks: the producer's spans, the worker's spans and live reports
+                    spans.wait_sink_empty(progress, what="p8")
+                    console_ms.append([(processes.cpu_seconds(p.pid) - b) / n * 1000 for p, b in zip((web, collector), cpu_before)])
                 (attached if agent else bare).append(drained)
         figures = _ratios(n, bare, attached)
+        figures["p8_console_web_cpu_ms"] = round(statistics.median(w for w, _ in console_ms), 3)
+        figures["p8_console_collector_cpu_ms"] = round(statistics.median(c for _, c in console_ms), 3)
         figures.update(_memory(side, total, first, web=web, collector=collector, progress=progress))
     finally:
         for process in (collector, web):
@@ -204,7 +202,7 @@ def _memory(side: Attached, total: int, first: int, *, web: subprocess.Popen[byt
     trend = side.log_dir / "bench-p8-rss.jsonl"
     sender: subprocess.Popen[bytes] | None = None
     # The rounds' spans are all in (their workers and producers flushed as they stopped) once the sink is empty.
-    _wait_sink_empty(progress)
+    spans.wait_sink_empty(progress, what="p8")
     before = _stored()
     try:
         side.send(run, first, agent=True, backlog=BACKLOG)

@@ -25,7 +25,7 @@ import flows
 from tooling.bench import counting, processes, sender, throughput
 from tooling.brokers import purge
 from tooling.devredis import free_port
-from tracing.models import EdgeStat, Span
+from tracing.models import EdgeHour, EdgeStat, Span
 from tracing.redis import get_redis
 
 if TYPE_CHECKING:
@@ -73,7 +73,8 @@ def _wait_done(count: int, worker: Any, progress: ProgressFn, timeout: float = 6
 
 
 def _clean(marker: str) -> None:
-    EdgeStat.objects.filter(Q(source=EDGE[0]) | Q(target=EDGE[0])).delete()
+    for model in (EdgeStat, EdgeHour):
+        model.objects.filter(Q(source=EDGE[0]) | Q(target=EDGE[0])).delete()
     Span.objects.filter(correlation_id=marker)._raw_delete(Span.objects.db)
     purge(QUEUE)
     get_redis().delete(counting.ends_key("live"))

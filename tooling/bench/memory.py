@@ -23,7 +23,7 @@ from django.db.models import Q
 from tooling.bench import counting, live, processes, sender, throughput
 from tooling.brokers import purge
 from tooling.devredis import free_port
-from tracing.models import EdgeStat, Span
+from tracing.models import EdgeHour, EdgeStat, Span
 from tracing.sink import sink_status
 
 ProgressFn = Callable[[str], None]
@@ -33,7 +33,8 @@ installed, NOT_INSTALLED = live.installed, live.NOT_INSTALLED  # the same websoc
 
 
 def _clean(marker: str) -> None:
-    EdgeStat.objects.filter(Q(source=EDGE[0]) | Q(target=EDGE[0])).delete()
+    for model in (EdgeStat, EdgeHour):
+        model.objects.filter(Q(source=EDGE[0]) | Q(target=EDGE[0])).delete()
     Span.objects.filter(correlation_id=marker)._raw_delete(Span.objects.db)
     purge(QUEUE)
     counting.reset("memory")

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 
 from tracing.collector import Collector
-from tracing.models import EdgeStat, Span
+from tracing.models import EdgeHour, EdgeStat, Span
 from tracing.redis import get_redis, key
+from tracing.sink import sink_status
 
 STREAM = key("bench", "spans")
 PENDING = key("bench", "spans", "pending")
@@ -82,5 +83,16 @@ def collector_rate(n: int, progress: Callable[[str], None]) -> float:
     elapsed = time.perf_counter() - started
     redis.delete(STREAM, PENDING)
     Span.objects.filter(service=SERVICE)._raw_delete(Span.objects.db)
-    EdgeStat.objects.filter(source__startswith="queue:bench.").delete()
+    for model in (EdgeStat, EdgeHour):
+        model.objects.filter(source__startswith="queue:bench.").delete()
     return n / elapsed
+
+
+def wait_sink_empty(progress: Callable[[str], None], *, what: str, timeout: float = 300) -> None:
+    """Until the collector has stored every span in the sink; RuntimeError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (pending := sink_status()["pending"]) > 0:
+        progress(f"{what}: {pending} spans waiting to be stored")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {pending} spans still waiting to be stored after {timeout:.0f}s")
+        time.sleep(0.1)

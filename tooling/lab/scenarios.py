@@ -55,6 +55,12 @@ class Size:
         fault = self.outage_s if scenario.fault == "down" else self.fault_s
         return self.before_s + fault + self.after_s, self.before_s, self.before_s + fault
 
+    def scaled(self, factor: float) -> Size:
+        """The same load at the same rate, each stretch of it `factor` times as long; the settle
+        time, only a longest wait, stays."""
+        stretches = ("steady_s", "before_s", "fault_s", "outage_s", "after_s")
+        return dataclasses.replace(self, **{name: getattr(self, name) * factor for name in stretches})
+
 
 FULL = Size(rate=20.0, steady_s=20.0, before_s=8.0, fault_s=20.0, outage_s=30.0, after_s=15.0, settle_s=75.0)
 QUICK = Size(rate=8.0, steady_s=2.0, before_s=1.0, fault_s=2.0, outage_s=3.0, after_s=2.0, settle_s=40.0)

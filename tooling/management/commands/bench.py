@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import statistics
 import subprocess
 import sys
@@ -30,12 +31,31 @@ from django.db import connection
 
 from flows.core.brokers import broker_kind
 from flows.patterns import check_catalog
-from tooling.bench import alerts, attach, flower, live, memory, pages, patterns, prune, spans, throughput, trace_search
+from tooling.bench import alerts, attach, flower, graph_day, live, memory, pages, patterns, prune, spans, throughput, trace_search
+from tooling.bench import processes as bench_processes
 from tooling.brokers import BrokerNotReady, ready_url, server_version
 from tooling.own_stores import inside, run_on_own_stores, shown
+from tracing import setup as tracing_setup
 from tracing.redis import get_redis
 
-MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11")
+
+def production_settings() -> dict[str, str]:
+    """The environment the measured processes run in: DEBUG off, as a deployment runs them (with
+    DEBUG on, Django logs every query a handler makes and Celery warns of the memory it holds),
+    with a key of the run's own. The web server is reached over plain http on 127.0.0.1 only,
+    so the https redirect and secure-only cookies (the rest of the production hardening) are off."""
+    return {
+        "DEBUG": "0",
+        "SECRET_KEY": f"bench-{secrets.token_urlsafe(40)}",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "0",
+        "SESSION_COOKIE_SECURE": "0",
+        "CSRF_COOKIE_SECURE": "0",
+        "SECURE_HSTS_SECONDS": "0",
+    }
+
+
+MEASUREMENTS = ("p1", "flower", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12")
 
 
 class Command(BaseCommand):
@@ -82,7 +102,7 @@ class Command(BaseCommand):
         args += ["--only", options["only"]] if options["only"] else []
         args += ["--json", str(Path(options["json_path"]).resolve())] if options["json_path"] else []
         try:
-            run_on_own_stores("bench", args, kind="bench", out=self.stdout.write)
+            run_on_own_stores("bench", args, kind="bench", out=self.stdout.write, env=production_settings())
         except KeyboardInterrupt:
             raise CommandError("interrupted: the bench's processes are stopped, its database and Redis removed") from None
         except RuntimeError as exc:  # its processes are stopped and its stores removed by now
@@ -93,7 +113,7 @@ class Command(BaseCommand):
         quick = options["quick"]
         log_dir = Path(settings.VAR_DIR) / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        figures: dict[str, Any] = {"broker": broker_kind(), "quick": quick, "machine": self._machine()}
+        figures: dict[str, Any] = {"broker": broker_kind(), "debug": settings.DEBUG, "quick": quick, "machine": self._machine()}
         self.stdout.write(f"measuring on {figures['broker']} ({figures['machine']['broker']})")
         started = time.monotonic()
 
@@ -134,6 +154,9 @@ class Command(BaseCommand):
         if not only or "p11" in only:
             with self._timed(figures, "p11"):
                 figures.update(prune.prune_day_ms(100_000 if quick else prune.full_day(), self._progress))
+        if not only or "p12" in only:
+            with self._timed(figures, "p12"):
+                figures.update(graph_day.day_window_ms(6 if quick else 60, self._progress, runs=3))
         if not only or "p7" in only:
             with self._timed(figures, "p7"):
                 if memory.installed():
@@ -165,7 +188,13 @@ class Command(BaseCommand):
         report = self._progress
         collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
+            collector_cpu = bench_processes.cpu_seconds(collector.pid)
             pairs = throughput.paired_rates(per_round, rounds, concurrency=concurrency, log_dir=log_dir, progress=report)
+            # The collector's CPU for the traced rounds' spans, taken once it has stored them all:
+            # with the worker's, the whole cost of a hop on this machine.
+            tracing_setup.flush()  # the send spans this process made, out of its batch processor first
+            spans.wait_sink_empty(report, what="p1 collector")
+            collector_cpu_ms = (bench_processes.cpu_seconds(collector.pid) - collector_cpu) / (per_round * rounds) * 1000
             bare, traced = [b for b, _ in pairs], [t for _, t in pairs]
             ratios = [x.rate / y.rate for x, y in zip(traced, bare)]
             cpu_ratios = [y.cpu_ms / x.cpu_ms for x, y in zip(traced, bare)]
@@ -186,6 +215,9 @@ class Command(BaseCommand):
                 "flowscope_fire_and_forget_cpu_ms": round(statistics.median(d.cpu_ms for d in traced), 3),
                 "p1_fire_and_forget_cpu_ratio": round(statistics.median(cpu_ratios), 3),
                 "p1_round_cpu_ratios": [round(r, 3) for r in cpu_ratios],
+                "p1_collector_cpu_ms": round(collector_cpu_ms, 3),
+                # bare worker CPU a message / (Flowscope's worker CPU + the collector's) a message
+                "p1_hop_cpu_ratio_with_collector": round(statistics.median(d.cpu_ms for d in bare) / (statistics.median(d.cpu_ms for d in traced) + collector_cpu_ms), 3),
                 "bare_3_queues_per_s": round(bare3, 1),
                 "flowscope_fanout_deliveries_per_s": round(fanned, 1),
                 "p1_fanout_ratio": round(fanned / bare3, 3),

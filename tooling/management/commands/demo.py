@@ -102,19 +102,25 @@ class Command(BaseCommand):
             env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": broker_url, "DEBUG": os.environ.get("DEBUG", "1"), "PYTHONUNBUFFERED": "1"}
             url = f"http://{HOST}:{port}/"
             supervisor = Supervisor(env=env, log_dir=var / "log", cwd=settings.BASE_DIR)
-            supervisor.start("web", [*MANAGE, "runserver", "--noreload", f"{HOST}:{port}"])
+            self.stdout.write("waiting for the web server...")
+            # The web server first, alone: one that cannot start (the port taken since the check
+            # above, a broken setting) is reported in seconds, before the workers and the attached
+            # shop start only to be stopped again. It is ready when it answers its health check:
+            # the port alone could be answered by another program that took it.
+            web = Check(f"{url}healthz answering", lambda: http_answers(f"{url}healthz"))
+            try:
+                supervisor.start("web", [*MANAGE, "runserver", "--noreload", f"{HOST}:{port}"], ready=web)
+            except FailedToStart as failed:
+                raise CommandError(f"the demo could not start: {failed}") from None
             supervisor.start("collector", [*MANAGE, "collector"])
             for name, (queues, concurrency, extra) in WORKERS.items():
                 supervisor.start(name, [*MANAGE, "worker", "--queues", queues, "--concurrency", str(concurrency), "--name", f"{name}@%h", *extra])
             shop_env = self._shop_env(broker_url=broker_url, redis_url=redis_url, console_url=url.rstrip("/"))
             shop_worker = ["-m", "celery", "-A", "examples.attached_shop.shop", "worker", "-l", "info", "-Q", ",".join(attached_shop.QUEUES), "-c", "1", "-n", "attached-shop@%h"]
             supervisor.start("shop-worker", [str(AGENT), sys.executable, *shop_worker], env=shop_env)
-            self.stdout.write("waiting for the web server, the collector and the workers...")
-            # The web server is ready when it answers its health check: the port alone could be
-            # answered by another program that took it since the check above.
-            web = Check(f"{url}healthz answering", lambda: http_answers(f"{url}healthz"))
+            self.stdout.write("waiting for the collector and the workers...")
             try:
-                supervisor.wait_ready({"web": web, "collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in [*WORKERS, "shop-worker"]}})
+                supervisor.wait_ready({"collector": LogLine(r" ready$"), **{name: LogLine(r" ready\.$") for name in [*WORKERS, "shop-worker"]}})
             except FailedToStart as failed:
                 raise CommandError(f"the demo could not start: {failed}") from None
             # The load starts once something consumes it.

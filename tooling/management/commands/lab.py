@@ -59,17 +59,21 @@ class Command(BaseCommand):
         parser.add_argument("--quick", action="store_true", help="a smoke run of every scenario, about a minute")
         parser.add_argument("--json", dest="json_path", default="", help="also write the figures to this file")
         parser.add_argument("--only", default="", help=f"comma-separated scenarios: {', '.join(scenarios.SCENARIO_NAMES)}")
+        parser.add_argument("--scale", type=float, default=1.0, help="each stretch of the load this many times as long, at the same rate (the tests' smoke run: 0.5)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         only = self._scenarios(options["only"])
         json_path = self._json_path(options["json_path"])
+        scale = options["scale"]
+        if not 0 < scale <= 10:
+            raise CommandError(f"--scale {scale:g}: give a factor above 0, at most 10")
         self._check_stores()
         if inside():
-            self._run(only, quick=options["quick"], json_path=json_path)
+            self._run(only, quick=options["quick"], scale=scale, json_path=json_path)
             return
         call_command("migrate", "lab", interactive=False, verbosity=0)  # LabRun's table, on a fresh clone
         args = ["--quick"] if options["quick"] else []
-        args += ["--only", ",".join(only)]
+        args += ["--only", ",".join(only), "--scale", repr(scale)]
         with tempfile.TemporaryDirectory(prefix="flowscope-lab-figures-") as tmp:
             figures_path = Path(tmp) / "lab.json"
             try:
@@ -87,7 +91,7 @@ class Command(BaseCommand):
             json_path.write_text(json.dumps(figures, indent=2) + "\n")
             self.stdout.write(f"figures written to {json_path}")
 
-    def _run(self, only: list[str], *, quick: bool, json_path: Path | None) -> None:
+    def _run(self, only: list[str], *, quick: bool, scale: float, json_path: Path | None) -> None:
         """The run itself, in the child process on the lab's own database and Redis."""
         import tooling.lab.catalog  # noqa: F401 - the asynchronous style's handlers, in this process too
         from flows.patterns import check_catalog
@@ -95,7 +99,7 @@ class Command(BaseCommand):
 
         check_catalog()
         call_command("migrate", interactive=False, verbosity=0)  # the run's own database starts empty
-        size = scenarios.QUICK if quick else scenarios.FULL
+        size = (scenarios.QUICK if quick else scenarios.FULL).scaled(scale)
         started_at, started = timezone.now(), time.monotonic()
         previous = signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the finally blocks stop our processes
         try:
