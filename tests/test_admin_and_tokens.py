@@ -54,7 +54,15 @@ def test_only_admins_manage_tokens_and_retention_and_a_revoked_token_stops_worki
     assert post(admin, f"/api/v1/admin/tokens/{created['id']}/revoke").status_code == 409
     assert Client().get("/api/v1/queues", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
     assert post(admin, "/api/v1/admin/tokens", {"name": "x", "role": "emperor"}).status_code == 422
-    assert post(admin, "/api/v1/admin/retention/prune", {"days": 30}).json() == {"spans": 0, "links": 0, "edge_stats": 0, "trace_summaries": 0, "span_days_dropped": 0, "link_days_dropped": 0}
+    assert post(admin, "/api/v1/admin/retention/prune", {"days": 30}).json() == {
+        "spans": 0,
+        "links": 0,
+        "edge_stats": 0,
+        "edge_hours": 0,
+        "trace_summaries": 0,
+        "span_days_dropped": 0,
+        "link_days_dropped": 0,
+    }
     assert [e.action for e in AuditEntry.objects.order_by("id")] == ["create_token", "revoke_token", "prune_spans"]
 
 

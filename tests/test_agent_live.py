@@ -542,6 +542,7 @@ LIVE_SHUTDOWN = re.compile(r"flowscope-agent: pid \d+ reported (\d+) task change
 
 
 @pytest.mark.worker
+@pytest.mark.portable
 @pytest.mark.django_db(transaction=True)
 def test_with_the_console_down_task_reports_beyond_the_bound_are_dropped_and_counted_and_every_task_runs():
     nowhere = {"FLOWSCOPE_URL": f"http://127.0.0.1:{free_port()}", "FLOWSCOPE_TOKEN": "fs_nothing-listens", "FLOWSCOPE_EXPORT_TIMEOUT": "1", "FLOWSCOPE_MAX_QUEUE": "5"}

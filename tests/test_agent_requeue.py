@@ -312,6 +312,7 @@ def test_an_order_leased_but_never_acknowledged_is_offered_again_when_its_lease_
     assert orders_lease(app="shop") == []  # acknowledged: never again
 
 
+@pytest.mark.portable
 def test_with_the_console_down_failing_and_other_tasks_run_and_the_agent_counts_the_reports_it_could_not_send():
     nowhere = {"FLOWSCOPE_URL": f"http://127.0.0.1:{free_port()}", "FLOWSCOPE_TOKEN": "fs_nothing-listens", "FLOWSCOPE_EXPORT_TIMEOUT": "1", **FAST}
     key = f"ticks:{uuid.uuid4().hex}"

@@ -231,7 +231,7 @@ def test_saga_trace_graph_queue_and_admin_answers_fit_their_schema():
     Span.objects.filter(trace_id="b" * 32).update(start_time=timezone.now() - timedelta(days=3))
     pruned = conforms(doc, "/api/v1/admin/retention/prune", "post", post(admin, "/api/v1/admin/retention/prune", {"days": 1}))
     # The session's worker may have written spans and edge counts of its own: ours are gone, and counted.
-    assert pruned.keys() == {"spans", "links", "edge_stats", "trace_summaries", "span_days_dropped", "link_days_dropped"} and pruned["spans"] >= 2
+    assert pruned.keys() == {"spans", "links", "edge_stats", "edge_hours", "trace_summaries", "span_days_dropped", "link_days_dropped"} and pruned["spans"] >= 2
     assert not Span.objects.filter(trace_id="b" * 32).exists()
 
 

@@ -104,6 +104,16 @@ def empty_shop_queue() -> Iterator[None]:
         purge("shop")
 
 
+@pytest.fixture(scope="module")
+def events_worker() -> Iterator[PlainWorker]:
+    """One worker sending events on the app's queue, shared by the tests that need such a worker
+    (its start and stop were a good part of each); each test starts its own watcher. The tests
+    with a worker of their own (one that sends no events, one on another broker) come before it
+    starts or use another broker: none has two workers on one queue."""
+    with PlainWorker(broker_url()) as shared:
+        yield shared
+
+
 def process_spans(n: int, **filters: object) -> list:
     return wait_for(lambda: (found := spans_where(kind=CONSUMER, **filters)) and len(found) >= n and found, timeout=60, what=f"{n} process spans where {filters}")
 
@@ -118,26 +128,39 @@ def tree_is_whole(spans: list) -> bool:
     return len({s.trace_id for s in spans}) == 1 and sum(1 for s in spans if not s.parent_span_id) == 1 and all(s.parent_span_id in ids for s in spans if s.parent_span_id)
 
 
-def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_traces_states_and_a_dead_letter_that_says_why_it_cannot_be_requeued(collector):
+def test_a_worker_that_sends_no_task_events_is_named_at_start_up(collector):
+    broker = broker_url()
+    watch = watcher(broker, "--check-seconds", "3")
+    try:
+        with PlainWorker(broker, events=False) as worker:
+            produce("from tests.attached_app import charge_card\nprint(charge_card.delay('quiet').id)", broker)
+            wait_for(lambda: f"worker {worker.node} ran" in watch.log_text(), timeout=60, what="the warning naming the worker")
+    finally:
+        watch.stop()
+    log = watch.log_text()
+    assert "sent no task events: start it with -E" in log and "does not turn them on" in log, log[-2000:]
+    assert not spans_where(service=APP)  # nothing to make spans of
+
+
+def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_traces_states_and_a_dead_letter_that_says_why_it_cannot_be_requeued(collector, events_worker):
     broker = broker_url()
     watch = watcher(broker)
     try:
-        with PlainWorker(broker) as worker:
-            order_id, broken_id = produce(
-                """
-                from celery import chain, group
-                from tests.attached_app import app, broken, charge_card, place_order
-                app.conf.task_send_sent_event = True  # the producer's own choice: task-sent events
-                chain(charge_card.s("chain-1"), charge_card.s(), group(charge_card.s(), charge_card.s())).apply_async()
-                print(place_order.delay("P-1").id)
-                print(broken.delay("B-1").id)
-                """,
-                broker,
-            )
-            # 3 sends from the producer; 4 runs of the chain, 2 of the order, 1 of the broken task.
-            spans = spans_of_app(10)
-            dead = wait_for(lambda: DeadLetter.objects.filter(app=APP).first(), timeout=60, what="the failed task's dead letter")
-            wait_for(lambda: LiveWorker.objects.filter(app=APP, hostname=worker.node).exists(), timeout=60, what="the worker in the live view")
+        order_id, broken_id = produce(
+            """
+            from celery import chain, group
+            from tests.attached_app import app, broken, charge_card, place_order
+            app.conf.task_send_sent_event = True  # the producer's own choice: task-sent events
+            chain(charge_card.s("chain-1"), charge_card.s(), group(charge_card.s(), charge_card.s())).apply_async()
+            print(place_order.delay("P-1").id)
+            print(broken.delay("B-1").id)
+            """,
+            broker,
+        )
+        # 3 sends from the producer; 4 runs of the chain, 2 of the order, 1 of the broken task.
+        spans = spans_of_app(10)
+        dead = wait_for(lambda: DeadLetter.objects.filter(app=APP).first(), timeout=60, what="the failed task's dead letter")
+        wait_for(lambda: LiveWorker.objects.filter(app=APP, hostname=events_worker.node).exists(), timeout=60, what="the worker in the live view")
     finally:
         watch.stop()
     log = watch.log_text()
@@ -157,7 +180,7 @@ def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_trace
         assert (a["messaging.system"], a["flowscope.app"], a["flowscope.source"], a["messaging.message.conversation_id"], s.service) == ("celery", APP, "celery-events", chain_root, APP), a
     for run in (s for s in in_chain if s.kind == CONSUMER):
         a = run.attributes
-        assert (a["flowscope.worker"], a["flowscope.state"], a["flowscope.outcome"], run.status_code, a["flowscope.attempt"]) == (worker.node, "SUCCESS", "succeeded", OK, 1), a
+        assert (a["flowscope.worker"], a["flowscope.state"], a["flowscope.outcome"], run.status_code, a["flowscope.attempt"]) == (events_worker.node, "SUCCESS", "succeeded", OK, 1), a
         assert a["flowscope.runtime_ms"] >= 0
 
     # A task sent from a task (the worker sends no task-sent events): the child's run is a child of its parent's run.
@@ -207,7 +230,7 @@ def test_a_chain_with_a_group_a_task_sent_from_a_task_and_a_failure_become_trace
         connection.default_channel.queue_declare(queue, passive=True)
 
 
-def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_goes_on(collector):
+def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_goes_on(collector, events_worker):
     broker = broker_url()
     watch = watcher(broker)
     try:
@@ -226,29 +249,14 @@ def test_malformed_and_oversized_events_are_counted_and_skipped_and_the_watch_go
             producer.publish(b"\xff not json", exchange=events, routing_key="task.failed", content_type="application/json", content_encoding="binary")
         wait_for(lambda: "skipped an event" in watch.log_text() and watch.log_text().count("skipped an event") >= 7, timeout=60, what="seven skipped events in the watcher's log")
         # Still watching: a real task after them is seen.
-        with PlainWorker(broker):
-            (order_id,) = produce("from tests.attached_app import charge_card\nprint(charge_card.delay('after').id)", broker)
-            process_spans(1, message_id=order_id)
+        (order_id,) = produce("from tests.attached_app import charge_card\nprint(charge_card.delay('after').id)", broker)
+        process_spans(1, message_id=order_id)
     finally:
         watch.stop()
     log = watch.log_text()
     assert "malformed 6, oversized 1" in log, log[-3000:]
     assert "uuid is int, not text" in log and "timestamp is 'yesterday'" in log and "timestamp 5.0 is not between 2000 and 2100" in log and "over 524288" in log
     assert not LiveTask.objects.filter(task_id__in=["x", "y", "big"]).exists()
-
-
-def test_a_worker_that_sends_no_task_events_is_named_at_start_up(collector):
-    broker = broker_url()
-    watch = watcher(broker, "--check-seconds", "3")
-    try:
-        with PlainWorker(broker, events=False) as worker:
-            produce("from tests.attached_app import charge_card\nprint(charge_card.delay('quiet').id)", broker)
-            wait_for(lambda: f"worker {worker.node} ran" in watch.log_text(), timeout=60, what="the warning naming the worker")
-    finally:
-        watch.stop()
-    log = watch.log_text()
-    assert "sent no task events: start it with -E" in log and "does not turn them on" in log, log[-2000:]
-    assert not spans_where(service=APP)  # nothing to make spans of
 
 
 def test_the_watcher_says_the_broker_went_away_and_picks_up_again_when_it_is_back(collector):
@@ -274,23 +282,22 @@ def test_the_watcher_says_the_broker_went_away_and_picks_up_again_when_it_is_bac
     assert "reconnects 1" in watch.log_text() or "reconnects 2" in watch.log_text()
 
 
-def test_a_retried_task_is_two_attempts_in_one_trace_and_one_that_runs_out_of_retries_is_a_dead_letter_of_its_last_attempt(collector):
+def test_a_retried_task_is_two_attempts_in_one_trace_and_one_that_runs_out_of_retries_is_a_dead_letter_of_its_last_attempt(collector, events_worker):
     broker = broker_url()
     watch = watcher(broker)
     try:
-        with PlainWorker(broker):
-            flaky_id, refund_id = produce(
-                """
-                import uuid
-                from tests.attached_app import flaky, refund
-                print(flaky.delay(f"flaky:{uuid.uuid4().hex}").id)
-                print(refund.delay("R-1").id)
-                """,
-                broker,
-            )
-            flaky_runs = process_spans(2, message_id=flaky_id)
-            refund_runs = process_spans(2, message_id=refund_id)
-            dead = wait_for(lambda: DeadLetter.objects.filter(app=APP, message_type="shop.refund").first(), timeout=60, what="the refund's dead letter")
+        flaky_id, refund_id = produce(
+            """
+            import uuid
+            from tests.attached_app import flaky, refund
+            print(flaky.delay(f"flaky:{uuid.uuid4().hex}").id)
+            print(refund.delay("R-1").id)
+            """,
+            broker,
+        )
+        flaky_runs = process_spans(2, message_id=flaky_id)
+        refund_runs = process_spans(2, message_id=refund_id)
+        dead = wait_for(lambda: DeadLetter.objects.filter(app=APP, message_type="shop.refund").first(), timeout=60, what="the refund's dead letter")
     finally:
         watch.stop()
     first, second = sorted(flaky_runs, key=lambda s: s.attributes["flowscope.attempt"])
@@ -334,17 +341,16 @@ def test_the_watcher_remembers_a_bounded_number_of_tasks():
     assert len(translator.tasks) == 100 and translator.forgotten == 900 and "t-999" in translator.tasks and "t-0" not in translator.tasks
 
 
-def test_spans_the_full_sink_refuses_are_counted_as_dropped_and_the_task_states_still_arrive(collector):
+def test_spans_the_full_sink_refuses_are_counted_as_dropped_and_the_task_states_still_arrive(collector, events_worker):
     broker = broker_url()
     # The watcher's bound is one span, and one is counted as waiting for the collector (which only
     # ever takes off what it read): every batch the watcher pushes is refused.
     get_redis().incrby(PENDING, 1)
     watch = watcher(broker, env={"TRACING_SINK_MAX_SPANS": "1"})
     try:
-        with PlainWorker(broker):
-            (order_id,) = produce("from tests.attached_app import place_order\nprint(place_order.delay('full').id)", broker)
-            wait_for(lambda: LiveTask.objects.filter(app=APP, state="succeeded").count() == 2, timeout=60, what="both tasks succeeded in the live list")
-            wait_for(lambda: "span sink holds its limit" in watch.log_text(), timeout=60, what="the watcher saying the sink is full")
+        (order_id,) = produce("from tests.attached_app import place_order\nprint(place_order.delay('full').id)", broker)
+        wait_for(lambda: LiveTask.objects.filter(app=APP, state="succeeded").count() == 2, timeout=60, what="both tasks succeeded in the live list")
+        wait_for(lambda: "span sink holds its limit" in watch.log_text(), timeout=60, what="the watcher saying the sink is full")
     finally:
         watch.stop()
         get_redis().decrby(PENDING, 1)

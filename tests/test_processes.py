@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.waiting import wait_for
 from tooling.devredis import free_port
-from tooling.processes import FailedToStart, LogLine, PortOpen, ProcessError, Supervisor, port_taken
+from tooling.processes import FailedToStart, LogLine, PortOpen, ProcessError, Supervisor, port_taken, spawn, wait_ready
 
 pytestmark = pytest.mark.worker  # starts processes
 
@@ -66,6 +66,20 @@ def test_a_process_that_exits_at_start_raises_with_the_tail_of_its_log(tmp_path)
     assert "line 39" in message and "line 10" not in message  # the last lines, not all of them
     assert "an earlier run's line" not in message  # only what this start wrote
     assert failed.value.name == "broken" and supervisor.children == {}
+
+
+def test_a_process_whose_log_says_ready_before_it_exits_was_started(tmp_path):
+    # A worker may take work and die of it (the saga chaos check kills whole nodes) between two
+    # polls: it was ready, and its end is the caller's to see, not a failure to start.
+    brief = spawn("brief", [PY, "-c", "import os; print('brief ready', flush=True); os._exit(9)"], log_path=tmp_path / "brief.log")
+    brief.popen.wait(timeout=20)  # ended before anyone looked
+    wait_ready({brief: LogLine("ready")}, timeout=5)
+    assert brief.returncode == 9
+    # Without the line it is still a failure to start, whatever it printed before.
+    early = spawn("early", [PY, "-c", "import os; print('warming', flush=True); os._exit(9)"], log_path=tmp_path / "early.log")
+    early.popen.wait(timeout=20)
+    with pytest.raises(FailedToStart, match="early exited with 9"):
+        wait_ready({early: LogLine("ready")}, timeout=5)
 
 
 def test_a_process_not_ready_by_its_deadline_is_stopped_and_raises_with_its_log(tmp_path):

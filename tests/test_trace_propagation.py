@@ -121,14 +121,17 @@ def test_a_requeue_is_one_span_rooting_a_new_trace_linked_to_the_old_with_the_co
     assert attempt.attributes["flowscope.attempt"] == 1 and attempt.attributes["flowscope.outcome"] == "ok"
 
 
+@pytest.mark.portable
 def test_pool_children_recycled_after_every_task_lose_no_spans(start_worker, collector):
     start_worker("recycler", ["t.work"], concurrency=1, args=["--max-tasks-per-child", "1"])
-    sent = [flows.send("test.work", {"key": f"r{i}"}) for i in range(10)]
+    # Four tasks: each one past the first runs in a child that replaced one gone with its spans
+    # (three recycles); ten only took longer to show the same.
+    sent = [flows.send("test.work", {"key": f"r{i}"}) for i in range(4)]
     ids = [str(e.message_id) for e in sent]
     # Replacing a pool child now and then takes the pool seconds; what counts is that none is lost.
-    processed = wait_spans(10, message_id__in=ids, kind=CONSUMER, timeout=120, what="ten consumer spans")
+    processed = wait_spans(4, message_id__in=ids, kind=CONSUMER, timeout=120, what="four consumer spans")
     assert sorted(s.message_id for s in processed) == sorted(ids)
-    assert len({s.attributes["flowscope.worker"] for s in processed}) == 10, "each task ran in a fresh child"
+    assert len({s.attributes["flowscope.worker"] for s in processed}) == 4, "each task ran in a fresh child"
 
 
 def test_captured_payloads_are_redacted_in_span_attributes(start_worker, collector):

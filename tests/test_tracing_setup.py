@@ -8,7 +8,8 @@ from tests.support.waiting import wait_for
 from tests.tracing_helpers import flush_here, spans_where, wait_spans
 from tracing import sink
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# The OTEL_* variables reach the SDK the same way whatever the database and the broker.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.portable]
 PRODUCER, CONSUMER = 3, 4
 
 

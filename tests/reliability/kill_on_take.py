@@ -1,5 +1,5 @@
 """Broker transports for the claim-window check (test_claim_window.py): each SIGKILLs its whole
-worker at the Nth message the worker takes, at the moment kombu records it as held (Redis) or
+worker at the Nth message of the check's that the worker takes, at the moment kombu records it as held (Redis) or
 first sees it (RabbitMQ).
 
 A worker runs on one of these when its environment names it in FLOWS_TEST_BROKER_TRANSPORT
@@ -43,9 +43,12 @@ def _payload_key(message: Any) -> str:
 
 def _took(message: Any, delivery_tag: str) -> None:
     global _taken
+    payload_key = _payload_key(message)
+    if not payload_key:
+        return  # not a message of the check's: a worker also takes control broadcasts and replies
     _taken += 1
     if str(_taken) == os.environ.get(KILL_AT_ENV):
-        get_redis().hset(KILLED_AT, mapping={"tag": delivery_tag, "key": _payload_key(message), "pid": os.getpid()})
+        get_redis().hset(KILLED_AT, mapping={"tag": delivery_tag, "key": payload_key, "pid": os.getpid()})
         os.killpg(os.getpgrp(), signal.SIGKILL)  # the worker runs in a process group of its own
 
 

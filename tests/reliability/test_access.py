@@ -32,7 +32,8 @@ from tests.people import client_for, token_for
 from tests.reliability.doors import SAFE, api_operations, call, console_routes
 from tests.support.brokers import purge
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Not the broker's concern: CI runs it on Redis only (marker in pyproject.toml).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.portable]
 QUEUE = "t.backlog.raise"
 
 # The doors an anonymous caller may open, each for a reason. Everything else must refuse.

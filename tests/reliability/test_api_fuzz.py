@@ -24,7 +24,8 @@ from tests.people import token_for
 from tests.reliability.conftest import sized
 from tracing.redis import get_redis
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Not the broker's concern: CI runs it on Redis only (marker in pyproject.toml).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.portable]
 
 EXAMPLES = sized(100, 12)  # per operation and generation mode
 MODES = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)

@@ -6,7 +6,11 @@ a host name, and none of the relaxations the test run puts in the environment (t
 
 from __future__ import annotations
 
+import pytest
+
 from tests.test_settings import manage
+
+pytestmark = pytest.mark.portable  # the settings, whatever the broker: CI checks them on Redis only
 
 PRODUCTION = {"DEBUG": "0", "SECRET_KEY": "s" * 20 + "0123456789abcdefghijklmnopqrstuvwxyzABCD", "ALLOWED_HOSTS": "flowscope.example.com"}
 COUNT_CHECKS = "from django.core.checks import registry; print(len(registry.registry.get_checks(include_deployment_checks=True)), len(registry.registry.get_checks()))"

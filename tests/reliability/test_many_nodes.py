@@ -40,7 +40,7 @@ from tests.support.workers import ManagedProcess, Worker
 from tooling.bench.websocket import LiveSocket, forget_bench_user, session_cookie
 from tooling.devredis import free_port
 from tracing.collector import RECLAIM_IDLE_MS
-from tracing.models import EdgeStat, Span
+from tracing.models import EdgeHour, EdgeStat, Span
 from tracing.redis import get_redis, key
 from tracing.sink import GROUP, STREAM, sink_status
 
@@ -155,6 +155,7 @@ def test_three_workers_two_collectors_and_two_web_nodes_agree(nodes, figure):
     by_message = set(process_spans.values_list("message_id", flat=True))
     sends = Span.objects.filter(name="send rel.node").count()
     counted = EdgeStat.objects.filter(source=EDGE[0], target=EDGE[1]).aggregate(total=Sum("count"))["total"] or 0
+    counted_by_hour = EdgeHour.objects.filter(source=EDGE[0], target=EDGE[1]).aggregate(total=Sum("count"))["total"] or 0
     spread = sorted(Span.objects.filter(name="process rel.node").values_list("attributes__flowscope.worker", flat=True).distinct())
 
     # Both web nodes' live frames come to the same count on the edge.
@@ -170,6 +171,7 @@ def test_three_workers_two_collectors_and_two_web_nodes_agree(nodes, figure):
     assert stored == n and len(by_message) == n, f"{stored} process spans for {len(by_message)} messages of {n}: none lost, none twice"
     assert sends == n, f"{sends} send spans for {n} sends"
     assert counted == n, f"the graph counted {counted} handlings of {n}: every span once"
+    assert counted_by_hour == n, f"the hourly sums counted {counted_by_hour} handlings of {n}"
     assert len(spread) == 3, f"the three nodes shared the work: {spread}"
     assert agree == [n, n]
 

@@ -143,6 +143,7 @@ def test_after_a_redis_restart_under_load_no_acknowledged_message_is_lost_and_co
     assert {line.split(" ", 1)[0] for line in refused}.isdisjoint(acknowledged)
 
 
+@pytest.mark.portable  # the channel layer is on Redis whatever the broker
 def test_browsers_reconnect_within_10s_of_a_redis_restart_and_get_a_whole_snapshot(stack, page, figure):  # noqa: F811
     frames: list[dict[str, Any]] = []
     sockets: list[Any] = []
