@@ -186,7 +186,7 @@ class Command(BaseCommand):
         per_round, rounds = (1_000, 3) if quick else (3_000, 6)
         n = 1_500 if quick else 6_000  # the other patterns' runs
         report = self._progress
-        collector = subprocess.Popen([sys.executable, "manage.py", "collector"], cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        collector = bench_processes.start_collector(log_dir=log_dir)
         try:
             collector_cpu = bench_processes.cpu_seconds(collector.pid)
             pairs = throughput.paired_rates(per_round, rounds, concurrency=concurrency, log_dir=log_dir, progress=report)
@@ -228,8 +228,7 @@ class Command(BaseCommand):
             figures["saga_per_s"] = round(patterns.saga_rate(60 if quick else 400, concurrency=concurrency, log_dir=log_dir, progress=report), 1)
             return figures
         finally:
-            collector.terminate()
-            collector.wait(30)
+            bench_processes.stop(collector)
 
     @contextmanager
     def _timed(self, figures: dict[str, Any], name: str) -> Iterator[None]:
