@@ -188,6 +188,8 @@ def test_the_broadcaster_sends_at_the_busy_pace_while_spans_arrive():
 def test_the_broadcaster_builds_no_frame_while_nobody_listens(monkeypatch):
     built = []
     monkeypatch.setattr(broadcast.live, "snapshot", lambda: built.append(1) or {"queues": []})
+    marks, span_mark = [], broadcast.span_mark
+    monkeypatch.setattr(broadcast, "span_mark", lambda: marks.append(1) or span_mark())
 
     async def go():
         stop = threading.Event()
@@ -198,8 +200,10 @@ def test_the_broadcaster_builds_no_frame_while_nobody_listens(monkeypatch):
         try:
             await asyncio.sleep(0.5)  # five intervals with nobody in the group
             assert built == [], "no snapshot built for an empty group"
+            assert marks == [], "nor the sink's mark polled"
             await layer.group_add(group, channel)
             assert (await asyncio.wait_for(layer.receive(channel), timeout=10))["type"] == "live.frame"
+            assert marks, "watched, the sink's mark is polled again"
         finally:
             stop.set()
             thread.join(10)
