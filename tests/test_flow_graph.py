@@ -137,3 +137,23 @@ def test_the_day_window_figure_reads_the_same_graph_both_ways_and_leaves_no_rows
     assert figures["p12_edges"] == 2 and figures["p12_buckets"] in (2 * 8_640, 2 * 8_639)
     assert figures["p12_day_window_ms"] > 0 and figures["p12_every_bucket_ms"] > 0
     assert not EdgeStat.objects.exists() and not EdgeHour.objects.exists()
+
+
+def test_batches_added_to_stored_rows_sum_to_what_one_batch_stores():
+    def wait(s: dict[str, Any], ms: float) -> dict[str, Any]:
+        s["a"]["flowscope.queue_wait_ms"] = ms
+        return s
+
+    spans = [wait(span(4, "b.q", consumer="b.h", trace=f"{i:032x}"), 3.0 * i) for i in range(1, 7)]
+    spans[2]["sc"] = 2  # one failed
+    spans.append(span(4, "b.q", consumer="b.h"))  # one that says no queue wait
+    columns = ("bucket", "app", "source", "target", "queue", "count", "errors", "histogram", "waits")
+    collector.store(spans)
+    whole = [list(model.objects.order_by("bucket", "source").values_list(*columns)) for model in (EdgeStat, EdgeHour)]
+    assert whole[0][0][5:7] == (7, 1) and sum(whole[0][0][8]) == 6
+
+    EdgeStat.objects.all().delete()
+    EdgeHour.objects.all().delete()
+    for one in (spans[-1:], spans[:2], spans[2:3], spans[3:-1]):  # each batch adds to the rows the last one wrote
+        collector.store([{**s, "s": f"{next(_ids):016x}"} for s in one])
+    assert [list(model.objects.order_by("bucket", "source").values_list(*columns)) for model in (EdgeStat, EdgeHour)] == whole
