@@ -91,7 +91,7 @@ class Outbox:
         self.items: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.waiting: dict[Hashable, dict[str, Any]] = {}  # key -> its report still in `items`, to fold a newer one into
         self.cond = threading.Condition()
-        self.counts = {"queued": 0, "folded": 0, "sent": 0, "failed": 0, "dropped": 0}
+        self.counts = {"queued": 0, "folded": 0, "superseded": 0, "sent": 0, "failed": 0, "dropped": 0}
         self.closing = False
         self.flushing = False  # close() is waiting: no lingering
         self.sending = 0
@@ -105,6 +105,11 @@ class Outbox:
     def fold(self, held: dict[str, Any], report: dict[str, Any]) -> None:
         """Fold `report` into `held`, an older report of the same key still waiting (in place)."""
         held.update(report)
+
+    def superseded(self, batch: list[tuple[str, dict[str, Any]]]) -> set[int]:
+        """Positions in `batch`, taken to be sent, of reports that another process's report now
+        says all of: counted as superseded, not sent. None here."""
+        return set()
 
     def put(self, kind: str, report: dict[str, Any]) -> bool:
         """Hand a report on; never waits beyond the lock. False when it was dropped (buffer full)."""
@@ -135,19 +140,26 @@ class Outbox:
     def _take(self) -> list[tuple[str, dict[str, Any]]] | None:
         """The next batch, once BATCH reports wait or the first has lingered; None when closed and empty."""
         with self.cond:
-            while not self.items and not self.closing:
-                self.cond.wait()
-            if self.LINGER > 0:
-                self.cond.wait_for(lambda: len(self.items) >= self.BATCH or self.closing or self.flushing, timeout=self.LINGER)
-            if not self.items:
-                return None
-            batch = [self.items.popleft() for _ in range(min(self.BATCH, len(self.items)))]
-            for kind, report in batch:  # on its way: a newer report is a new entry
-                key = self.key(kind, report)
-                if key is not None and self.waiting.get(key) is report:
-                    del self.waiting[key]
-            self.sending = len(batch)
-        return batch
+            while True:
+                while not self.items and not self.closing:
+                    self.cond.wait()
+                if self.LINGER > 0:
+                    self.cond.wait_for(lambda: len(self.items) >= self.BATCH or self.closing or self.flushing, timeout=self.LINGER)
+                if not self.items:
+                    return None
+                batch = [self.items.popleft() for _ in range(min(self.BATCH, len(self.items)))]
+                for kind, report in batch:  # on its way: a newer report is a new entry
+                    key = self.key(kind, report)
+                    if key is not None and self.waiting.get(key) is report:
+                        del self.waiting[key]
+                covered = self.superseded(batch)
+                if covered:
+                    self.counts["superseded"] += len(covered)
+                    batch = [item for i, item in enumerate(batch) if i not in covered]
+                if batch:
+                    self.sending = len(batch)
+                    return batch
+                self.cond.notify_all()  # close() may wait for the buffer to empty
 
     def _run(self) -> None:
         pause = 0.0

@@ -17,6 +17,11 @@ and every detail reported, carrying `started_at` (and `received_at`) when it fol
 one entry per task instead of "started" and "succeeded" apart. The console keeps the newest
 state per task, so changes sent by the main and pool processes in any order end in the right state.
 
+A receipt goes only while its task still waits in the worker: the pool process's "started"
+carries what the receipt said (the call's reprs, the queue, the trace, and the time of receipt,
+which the main process leaves on the request it hands the pool), so a task that has started or
+finished by the time the main process sends its batch is one change at the console, not two.
+
 The worker's main process also sends a heartbeat every FLOWSCOPE_HEARTBEAT_S (5) seconds from a
 thread of its own, off the task path: pool, concurrency, active and processed counts from
 Celery's worker state (what `celery inspect stats` reads), and this worker's dropped count; and
@@ -41,6 +46,8 @@ from flowscope_agent.deadletters import Outbox
 MAX_REPR = 1024  # Celery's own argsrepr bound (argsrepr_maxsize): a list row, not the call
 MAX_EXCEPTION = 2000
 MAX_TIMED = 4096  # tasks timed at once per process; past it the oldest is forgotten
+RECEIVED_AT = "flowscope_received_at"  # on a worker's request: when its main process received it
+RECEIPT = "receipt"  # a "received" change the process running the task may report for it (LiveOutbox.superseded)
 
 
 class LiveOutbox(Outbox):
@@ -57,7 +64,7 @@ class LiveOutbox(Outbox):
     WHAT = "task changes and heartbeats"
 
     def key(self, kind: str, report: dict[str, Any]) -> tuple[str, str] | None:
-        return (kind, report["id"]) if kind == "task" else (kind, report.get("hostname", "")) if kind == "worker" else None
+        return ("task", report["id"]) if kind in ("task", RECEIPT) else (kind, report.get("hostname", "")) if kind == "worker" else None
 
     def fold(self, held: dict[str, Any], report: dict[str, Any]) -> None:
         """A newer change of one task over its older one, in one process (so in order). The
@@ -69,7 +76,32 @@ class LiveOutbox(Outbox):
         held.update(report)
 
     def body(self, batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-        return {"app": self.app_name, "tasks": [r for k, r in batch if k == "task"], "workers": [r for k, r in batch if k == "worker"]}
+        return {"app": self.app_name, "tasks": [r for k, r in batch if k in ("task", RECEIPT)], "workers": [r for k, r in batch if k == "worker"]}
+
+    def superseded(self, batch: list[tuple[str, dict[str, Any]]]) -> set[int]:
+        """Receipts of tasks a pool process has taken or finished by now: its own change carries
+        everything the receipt said, its time included (Live.prerun), so the console stores one
+        change a task instead of two. A task still waiting in this worker keeps its receipt: it is
+        the only word of it until it starts. Read from Celery's worker state, as `celery inspect
+        reserved` does; a task held for its ETA or a rate limit is never a RECEIPT (Live.received)."""
+        receipts = [i for i, (kind, report) in enumerate(batch) if kind == RECEIPT and report.get("state") == "received"]
+        if not receipts:
+            return set()
+        reserved, active = _ids(worker_state.reserved_requests), _ids(worker_state.active_requests)
+        if reserved is None or active is None:
+            return set()  # not read: every receipt goes, as before
+        return {i for i in receipts if batch[i][1]["id"] in active or batch[i][1]["id"] not in reserved}
+
+
+def _ids(requests: Any) -> set[Any] | None:
+    """The ids in one of Celery's worker-state sets (weak sets, which the consumer changes while
+    this thread reads: an iteration it interrupts is tried again); None if it never held still."""
+    for _ in range(5):
+        try:
+            return {getattr(r, "id", None) for r in list(requests)}
+        except RuntimeError:  # changed size during iteration
+            continue
+    return None
 
 
 def _short(value: Any, limit: int) -> str | None:
@@ -129,7 +161,7 @@ class Live:
 
     def stats(self) -> dict[str, int]:
         outbox = self._outbox
-        return dict(outbox.counts) if outbox is not None and outbox.pid == os.getpid() else {"queued": 0, "folded": 0, "sent": 0, "failed": 0, "dropped": 0}
+        return dict(outbox.counts) if outbox is not None and outbox.pid == os.getpid() else {"queued": 0, "folded": 0, "superseded": 0, "sent": 0, "failed": 0, "dropped": 0}
 
     def close(self) -> dict[str, int] | None:
         beating, self.beating = self.beating, None
@@ -139,10 +171,10 @@ class Live:
         outbox, self._outbox = self._outbox, None
         return outbox.close() if outbox is not None and outbox.pid == os.getpid() else None
 
-    def _task(self, task_id: Any, state: str, **facts: Any) -> None:
+    def _task(self, task_id: Any, state: str, *, kind: str = "task", at: float | None = None, **facts: Any) -> None:
         if not self.config.url or not self.config.live or not task_id:
             return
-        self.outbox().put("task", {"id": str(task_id)[:200], "state": state, "at": time.time(), **{k: v for k, v in facts.items() if v is not None}})
+        self.outbox().put(kind, {"id": str(task_id)[:200], "state": state, "at": time.time() if at is None else at, **{k: v for k, v in facts.items() if v is not None}})
 
     def _runtime(self, task_id: Any) -> float | None:
         started = self.started.pop(str(task_id), None)
@@ -152,10 +184,22 @@ class Live:
 
     def received(self, request: Any = None, **_: Any) -> None:
         delivery = getattr(request, "delivery_info", None) or {}
-        headers = getattr(request, "request_dict", None) or {}
+        headers = getattr(request, "request_dict", None)
+        at = time.time()
+        # A task the worker runs at once may be reported by the process that runs it alone, which
+        # then needs the time of receipt: the request's dict goes to that process with the task
+        # (celery 5.7.0's Request.execute_using_pool passes request_dict; there is no public way
+        # to hand the pool a value). One held for an ETA or a rate limit keeps its own receipt.
+        held = bool(getattr(request, "eta", None)) or bool(getattr(getattr(request, "task", None), "rate_limit", None))
+        if isinstance(headers, dict):
+            headers[RECEIVED_AT] = at
+        else:
+            headers, held = {}, True
         self._task(
             getattr(request, "id", None),
             "received",
+            kind="task" if held else RECEIPT,
+            at=at,
             name=_short(getattr(request, "name", None), 200),
             args=_short(getattr(request, "argsrepr", None), MAX_REPR),
             kwargs=_short(getattr(request, "kwargsrepr", None), MAX_REPR),
@@ -172,7 +216,21 @@ class Live:
             self.started.pop(next(iter(self.started)))
         self.started[str(task_id)] = time.monotonic()
         request = getattr(task, "request", None)
-        self._task(task_id, "started", name=_short(getattr(task, "name", None), 200), worker=_short(getattr(request, "hostname", None), 200), retries=_retries(getattr(request, "retries", None)))
+        received_at = getattr(request, RECEIVED_AT, None)
+        delivery = getattr(request, "delivery_info", None) or {}
+        self._task(
+            task_id,
+            "started",
+            name=_short(getattr(task, "name", None), 200),
+            worker=_short(getattr(request, "hostname", None), 200),
+            retries=_retries(getattr(request, "retries", None)),
+            # What the receipt said, for when the main process leaves its receipt out (LiveOutbox.superseded).
+            received_at=received_at if isinstance(received_at, float) else None,
+            args=_short(getattr(request, "argsrepr", None), MAX_REPR),
+            kwargs=_short(getattr(request, "kwargsrepr", None), MAX_REPR),
+            queue=_short(delivery.get("routing_key") or None, 200) if isinstance(delivery, dict) else None,
+            trace_id=_trace_id(getattr(request, "traceparent", None)),
+        )
 
     def succeeded(self, sender: Any = None, **_: Any) -> None:
         request = getattr(sender, "request", None)
