@@ -162,6 +162,11 @@ def test_p8_drains_a_plain_celery_app_bare_and_through_the_agent_and_stores_the_
     assert figures["p8_bare_celery_cpu_ms"] > 0 and figures["p8_attached_cpu_ms"] > 0
     # The console did the storing: its web process took the live reports and spans, its collector stored them.
     assert figures["p8_console_web_cpu_ms"] > 0 and figures["p8_console_collector_cpu_ms"] > 0, figures
+    # The same rounds with the console on CPUs of its own and the app on the rest.
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= 2:
+        assert figures["p8_apart_cpus"] == f"app {cpus[: len(cpus) // 2]}, console {cpus[len(cpus) // 2 :]}" and figures["p8_apart_rounds"] == 2, figures
+        assert 0.2 < figures["p8_apart_attach_ratio"] < 5 and 0.2 < figures["p8_apart_attach_cpu_ratio"] < 5, figures
     # Every attached task of the memory run reached the console: a send and a process span each.
     assert figures["p8_spans_stored"] == 2 * 300, figures
     for kind in ("web", "collector", "worker"):
@@ -223,3 +228,12 @@ def test_a_bench_run_measures_on_a_database_and_redis_of_its_own_and_leaves_the_
         vhost = machine["run_broker"].rsplit("/", 1)[1]
         assert machine["run_broker"] != settings.CELERY_BROKER_URL and vhost.startswith("flowscope_bench_")
         assert vhost not in vhost_names()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_the_plain_apps_processes_start_on_the_cpus_they_are_given(tmp_path):
+    cpu = min(os.sched_getaffinity(0))
+    side = attach.Attached(url="http://127.0.0.1:9", token="", concurrency=1, log_dir=tmp_path, cpus={cpu})
+    shown = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], preexec_fn=side.pin(), capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == f"[{cpu}]"
+    assert attach.Attached(url="http://127.0.0.1:9", token="", concurrency=1, log_dir=tmp_path).pin() is None

@@ -57,8 +57,14 @@ def installed() -> bool:
 class Attached:
     """How the plain app's processes are started, with the agent reporting to `url` or bare."""
 
-    def __init__(self, *, url: str, token: str, concurrency: int, log_dir: Path) -> None:
+    def __init__(self, *, url: str, token: str, concurrency: int, log_dir: Path, cpus: set[int] | None = None) -> None:
         self.url, self.token, self.concurrency, self.log_dir = url, token, concurrency, log_dir
+        self.cpus = cpus  # the CPUs the app's processes may use (None: all)
+
+    def pin(self) -> Callable[[], None] | None:
+        """Run in the new process before it starts: the app's CPUs, inherited by its pool processes."""
+        cpus = self.cpus
+        return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
 
     def env(self, *, agent: bool) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
@@ -88,13 +94,17 @@ class Attached:
             "--without-gossip",
         ]
         log = open(self.log_dir / f"bench-plain-worker-{side}.log", "ab")  # noqa: SIM115 - lives as long as the worker
-        return subprocess.Popen([str(AGENT), *celery] if agent else celery, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(AGENT), *celery] if agent else celery, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.pin()
+        )
 
     def producer(self, run: str, n: int, *, agent: bool, backlog: int = 0) -> subprocess.Popen[bytes]:
         """A producer of the app's own (through the agent when attached) sending n no-op tasks."""
         command = [sys.executable, "-m", MODULE, str(n), str(backlog), *counting.keys(run)]
         log = open(self.log_dir / "bench-plain-producer.log", "ab")  # noqa: SIM115 - lives as long as the producer
-        return subprocess.Popen([str(AGENT), *command] if agent else command, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(AGENT), *command] if agent else command, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.pin()
+        )
 
     def send(self, run: str, n: int, *, agent: bool, backlog: int = 0) -> None:
         producer = self.producer(run, n, agent=agent, backlog=backlog)
@@ -151,21 +161,11 @@ def attach_ratio(n: int, rounds: int, total: int, first: int, *, concurrency: in
     side = Attached(url=f"http://127.0.0.1:{port}", token=secret, concurrency=concurrency, log_dir=log_dir)
     try:
         processes.wait_http(f"http://127.0.0.1:{port}/healthz", web)
-        bare, attached = [], []
-        console_ms: list[list[float]] = []
-        for i in range(rounds):
-            order = (False, True) if i % 2 == 0 else (True, False)
-            for agent in order:
-                progress(f"p8: round {i + 1} of {rounds}, {'attached' if agent else 'bare'}")
-                cpu_before = [processes.cpu_seconds(p.pid) for p in (web, collector)] if agent else []
-                drained = side.drain("p8-attached" if agent else "p8-bare", n, agent=agent, progress=progress)
-                if agent:  # what the console spent on this round's tasks: the producer's spans, the worker's spans and live reports
-                    spans.wait_sink_empty(progress, what="p8")
-                    console_ms.append([(processes.cpu_seconds(p.pid) - b) / n * 1000 for p, b in zip((web, collector), cpu_before)])
-                (attached if agent else bare).append(drained)
+        bare, attached, console_ms = _rounds(side, n, rounds, web=web, collector=collector, progress=progress)
         figures = _ratios(n, bare, attached)
         figures["p8_console_web_cpu_ms"] = round(statistics.median(w for w, _ in console_ms), 3)
         figures["p8_console_collector_cpu_ms"] = round(statistics.median(c for _, c in console_ms), 3)
+        figures.update(_apart(side, n, min(rounds, 3), web=web, collector=collector, progress=progress))
         figures.update(_memory(side, total, first, web=web, collector=collector, progress=progress))
     finally:
         for process in (collector, web):
@@ -173,6 +173,58 @@ def attach_ratio(n: int, rounds: int, total: int, first: int, *, concurrency: in
         token.delete()
         _clean()
     return figures
+
+
+def _rounds(
+    side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes], collector: subprocess.Popen[bytes], progress: ProgressFn, label: str = "p8"
+) -> tuple[list[throughput.Drained], list[throughput.Drained], list[list[float]]]:
+    """Bare and attached drains alternating, the side that goes first flipped each round; with the
+    console's CPU a task in each attached round."""
+    bare, attached = [], []
+    console_ms: list[list[float]] = []
+    for i in range(rounds):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for agent in order:
+            progress(f"{label}: round {i + 1} of {rounds}, {'attached' if agent else 'bare'}")
+            cpu_before = [processes.cpu_seconds(p.pid) for p in (web, collector)] if agent else []
+            drained = side.drain("p8-attached" if agent else "p8-bare", n, agent=agent, progress=progress)
+            if agent:  # what the console spent on this round's tasks: the producer's spans, the worker's spans and live reports
+                spans.wait_sink_empty(progress, what=label)
+                console_ms.append([(processes.cpu_seconds(p.pid) - b) / n * 1000 for p, b in zip((web, collector), cpu_before)])
+            (attached if agent else bare).append(drained)
+    return bare, attached, console_ms
+
+
+def _apart(side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes], collector: subprocess.Popen[bytes], progress: ProgressFn) -> dict[str, Any]:
+    """The same comparison with the console on CPUs of its own, as it is deployed (on another
+    machine, or cores set aside), the app's processes bare and attached on the rest: what the
+    agent alone costs the app. The machine's CPUs are split in two halves; on one CPU there is
+    nothing to split and the figure is left out."""
+    if not hasattr(os, "sched_setaffinity"):
+        return {"p8_apart": "left out: this system sets no CPU affinity (Linux does)"}
+    everything = os.sched_getaffinity(0)
+    if len(everything) < 2:
+        return {"p8_apart": "left out: one CPU, nothing to set aside for the console"}
+    ordered = sorted(everything)
+    app_cpus, console_cpus = set(ordered[: len(ordered) // 2]), set(ordered[len(ordered) // 2 :])
+    pinned = Attached(url=side.url, token=side.token, concurrency=side.concurrency, log_dir=side.log_dir, cpus=app_cpus)
+    try:
+        for process in (web, collector):
+            os.sched_setaffinity(process.pid, console_cpus)  # neither forks: their threads follow
+        bare, attached, _ = _rounds(pinned, n, rounds, web=web, collector=collector, progress=progress, label="p8 apart")
+    finally:
+        for process in (web, collector):
+            os.sched_setaffinity(process.pid, everything)
+    ratios = _ratios(n, bare, attached)
+    return {
+        "p8_apart_cpus": f"app {sorted(app_cpus)}, console {sorted(console_cpus)}",
+        "p8_apart_rounds": ratios["p8_rounds"],
+        "p8_apart_bare_celery_per_s": ratios["p8_bare_celery_per_s"],
+        "p8_apart_attached_per_s": ratios["p8_attached_per_s"],
+        "p8_apart_attach_ratio": ratios["p8_attach_ratio"],
+        "p8_apart_round_ratios": ratios["p8_round_ratios"],
+        "p8_apart_attach_cpu_ratio": ratios["p8_attach_cpu_ratio"],
+    }
 
 
 def _ratios(n: int, bare: list[throughput.Drained], attached: list[throughput.Drained]) -> dict[str, Any]:
