@@ -332,6 +332,34 @@ def test_the_agent_imports_and_starts_without_django_or_flowscope():
 
 
 @pytest.mark.portable
+def test_the_agents_resource_hashes_once_and_encodes_as_the_sdks_does(monkeypatch):
+    from flowscope_agent.export import KeptHashResource
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    sdk = Resource.create({"service.name": "shop", "flowscope.app": "shop"})
+    kept = KeptHashResource(sdk.attributes, sdk.schema_url)
+    assert kept == sdk and hash(kept) == hash(sdk) and dict(kept.attributes) == dict(sdk.attributes)
+    expected = hash(sdk)
+    monkeypatch.setattr(Resource, "__hash__", lambda self: pytest.fail("hashed again"))
+    assert hash(kept) == expected  # worked out when it was made, not per span
+    monkeypatch.undo()
+    encoded = []
+    for resource in (sdk, kept):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.get_tracer("t").start_span("process shop.tick", attributes={"flowscope.app": "shop"}).end()
+        (span,) = exporter.get_finished_spans()
+        # The same span but for its ids and times: compare what the encoder makes of the resource.
+        encoded.append(encode_spans([span]).resource_spans[0].resource.SerializeToString())
+    assert encoded[0] == encoded[1]
+
+
+@pytest.mark.portable
 def test_the_command_line_says_what_is_wrong_and_starts_the_command_otherwise(tmp_path):
     def agent(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([AGENT, *args], cwd=tmp_path, env=app_env(**env), capture_output=True, text=True, timeout=60)

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -104,6 +105,22 @@ class _BoundedBatchProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+class KeptHashResource(Resource):
+    """The SDK's Resource, its hash worked out once. The OTLP encoder groups a batch's spans by
+    resource, hashing it once a span, and Resource hashes by dumping its attributes to JSON every
+    time: about a fifth of encoding a batch (opentelemetry-sdk 1.45). A resource never changes."""
+
+    def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or super().__eq__(other)
+
+
 class Reporter:
     """This process's provider, tracer and counts."""
 
@@ -112,7 +129,8 @@ class Reporter:
         self.config = config
         self.app_name = app_name
         self.counts = Counts()
-        resource = Resource.create({"service.name": app_name, "flowscope.app": app_name, "flowscope.agent.version": VERSION})
+        made = Resource.create({"service.name": app_name, "flowscope.app": app_name, "flowscope.agent.version": VERSION})
+        resource = KeptHashResource(made.attributes, made.schema_url)
         # shutdown_on_exit=False: the agent flushes at the end of its own life (worker process
         # shutdown, interpreter exit) and says what became of the spans.
         self.provider = TracerProvider(resource=resource, shutdown_on_exit=False)
