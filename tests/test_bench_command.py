@@ -237,3 +237,18 @@ def test_the_plain_apps_processes_start_on_the_cpus_they_are_given(tmp_path):
     shown = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], preexec_fn=side.pin(), capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == f"[{cpu}]"
     assert attach.Attached(url="http://127.0.0.1:9", token="", concurrency=1, log_dir=tmp_path).pin() is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_pinning_a_running_process_moves_every_thread_of_it():
+    script = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); print('up', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        cpu = min(os.sched_getaffinity(0))
+        attach.pin_threads(child.pid, {cpu})
+        threads = psutil.Process(child.pid).threads()
+        assert len(threads) >= 2 and all(os.sched_getaffinity(t.id) == {cpu} for t in threads)
+    finally:
+        child.kill()
+        child.wait()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 from django.conf import settings
 
 from console.models import ApiToken, Role
@@ -210,11 +211,11 @@ def _apart(side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes],
     pinned = Attached(url=side.url, token=side.token, concurrency=side.concurrency, log_dir=side.log_dir, cpus=app_cpus)
     try:
         for process in (web, collector):
-            os.sched_setaffinity(process.pid, console_cpus)  # neither forks: their threads follow
+            pin_threads(process.pid, console_cpus)
         bare, attached, _ = _rounds(pinned, n, rounds, web=web, collector=collector, progress=progress, label="p8 apart")
     finally:
         for process in (web, collector):
-            os.sched_setaffinity(process.pid, everything)
+            pin_threads(process.pid, everything)
     ratios = _ratios(n, bare, attached)
     return {
         "p8_apart_cpus": f"app {sorted(app_cpus)}, console {sorted(console_cpus)}",
@@ -225,6 +226,16 @@ def _apart(side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes],
         "p8_apart_round_ratios": ratios["p8_round_ratios"],
         "p8_apart_attach_cpu_ratio": ratios["p8_attach_cpu_ratio"],
     }
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto `cpus` (Linux sets affinity per thread; those it
+    starts later inherit it from the thread that starts them)."""
+    for thread in psutil.Process(pid).threads():
+        try:
+            os.sched_setaffinity(thread.id, cpus)
+        except ProcessLookupError:  # ended meanwhile
+            pass
 
 
 def _ratios(n: int, bare: list[throughput.Drained], attached: list[throughput.Drained]) -> dict[str, Any]:
