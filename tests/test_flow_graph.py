@@ -15,7 +15,7 @@ from django.apps import apps as django_apps
 from tests.people import client_for
 from tooling.bench import graph_day
 from tracing import aggregates, collector
-from tracing.models import EdgeHour, EdgeStat
+from tracing.models import EdgeHour, EdgeStat, Span
 
 pytestmark = pytest.mark.django_db
 _ids = count(1)
@@ -157,3 +157,31 @@ def test_batches_added_to_stored_rows_sum_to_what_one_batch_stores():
     for one in (spans[-1:], spans[:2], spans[2:3], spans[3:-1]):  # each batch adds to the rows the last one wrote
         collector.store([{**s, "s": f"{next(_ids):016x}"} for s in one])
     assert [list(model.objects.order_by("bucket", "source").values_list(*columns)) for model in (EdgeStat, EdgeHour)] == whole
+
+
+def test_a_row_another_collector_inserted_after_the_read_refuses_the_batch_instead_of_being_overwritten(monkeypatch):
+    from django.db import IntegrityError
+
+    spans = [span(4, "r.q", consumer="r.h") for _ in range(3)]
+    real_upsert = aggregates.upsert_rows
+    raced = []
+
+    def other_collector_first(model, fields, rows, **kwargs):
+        # Between this batch's read (nothing there) and its insert, another collector stores one
+        # span of the same edge and commits.
+        if model is EdgeStat and not raced:
+            raced.append(True)
+            other = span(4, "r.q", consumer="r.h")
+            other["en"] = spans[0]["en"]
+            aggregates.apply([other])
+        real_upsert(model, fields, rows, **kwargs)
+
+    monkeypatch.setattr(aggregates, "upsert_rows", other_collector_first)
+    # Refused whole rather than written over the other's row: its transaction rolls back (here the
+    # other's insert with it, as both share this test's connection) and the batch, unacknowledged,
+    # comes again on the next round.
+    with pytest.raises(IntegrityError):
+        collector.store(spans)
+    assert not EdgeStat.objects.exists() and not Span.objects.filter(trace_id=spans[0]["t"]).exists()
+    assert collector.store(spans) == 3
+    assert list(EdgeStat.objects.values_list("count", flat=True)) == [3] and list(EdgeHour.objects.values_list("count", flat=True)) == [3]

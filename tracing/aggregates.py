@@ -28,7 +28,7 @@ from django.conf import settings
 from django.db.models import Q
 
 from tracing import histogram
-from tracing.bulk import datetime_adapter, upsert_rows
+from tracing.bulk import datetime_adapter, insert_rows, upsert_rows
 from tracing.models import EdgeCounts, EdgeHour, EdgeStat, Span
 
 PRODUCER, CONSUMER, ERROR = 3, 4, 2
@@ -193,9 +193,15 @@ EDGE_SUMS = ("count", "errors", "dead", "histogram", "waits")
 
 
 def _add_to_rows(model: type[EdgeCounts], tallies: dict[Key, _Tally]) -> None:
-    """Add the tallies to their rows: read (locked) once, written in one INSERT ... ON CONFLICT.
-    Django's bulk_update built a CASE expression per field and row; the two of a batch (buckets
-    and hours) were half the collector's time at the batch sizes a steady stream brings."""
+    """Add the tallies to their rows: read (locked) once; the rows found written back in one
+    INSERT ... ON CONFLICT DO UPDATE, the new ones inserted. Django's bulk_update built a CASE
+    expression per field and row; the two of a batch (buckets and hours) were half the collector's
+    time at the batch sizes a steady stream brings.
+
+    A new row is a plain insert, never an upsert: another collector may insert the same edge's
+    row after the read (nothing was there to lock), and overwriting its counts would lose them.
+    The unique constraint refuses the second insert instead, the batch's transaction rolls back
+    and the batch, unacknowledged, is stored again on the next round, adding to that row."""
     found = (
         model.objects.select_for_update()
         .filter(bucket__in={k[0] for k in tallies}, app__in={k[1] for k in tallies}, source__in={k[2] for k in tallies}, target__in={k[3] for k in tallies})
@@ -203,7 +209,7 @@ def _add_to_rows(model: type[EdgeCounts], tallies: dict[Key, _Tally]) -> None:
     )
     existing = {tuple(row[:5]): row[5:] for row in found}
     adapt, dumps = datetime_adapter(), json.dumps
-    rows = []
+    added, new = [], []
     for key, item in tallies.items():
         count, errors, dead, latencies, waits = item.count, item.errors, item.dead, item.histogram, item.waits
         stored = existing.get(key)
@@ -211,8 +217,9 @@ def _add_to_rows(model: type[EdgeCounts], tallies: dict[Key, _Tally]) -> None:
             count, errors, dead = count + stored[0], errors + stored[1], dead + stored[2]
             latencies = histogram.merge(list(stored[3]), latencies)
             waits = histogram.merge(list(stored[4]), waits) if waits else stored[4]
-        rows.append((adapt(key[0]), *key[1:], count, errors, dead, dumps(latencies), dumps(waits)))
-    upsert_rows(model, EDGE_KEY + EDGE_SUMS, rows, conflict=EDGE_KEY, update=EDGE_SUMS)
+        (new if stored is None else added).append((adapt(key[0]), *key[1:], count, errors, dead, dumps(latencies), dumps(waits)))
+    upsert_rows(model, EDGE_KEY + EDGE_SUMS, added, conflict=EDGE_KEY, update=EDGE_SUMS)
+    insert_rows(model._meta.db_table, tuple(model._meta.get_field(f).column for f in EDGE_KEY + EDGE_SUMS), new)
 
 
 Totals = dict[tuple[str, str, str, str], dict[str, Any]]  # (app, source, target, queue) -> count, errors, dead, histogram, waits
