@@ -23,7 +23,7 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 from flowscope_agent import config as agent_config
-from flowscope_agent.live import RECEIPT, LiveOutbox
+from flowscope_agent.live import RECEIPT, RECEIVED_AT, Live, LiveOutbox
 
 from console.models import ApiToken, AuditEntry
 from flows.models import DeadLetter, LiveTask, LiveWorker, RevokeOrder
@@ -452,6 +452,25 @@ def test_a_receipt_is_left_out_once_a_pool_process_has_taken_its_task_and_kept_w
         worker_state.active_requests.discard(running)
     assert [(t["id"], t["state"]) for body in counting_console.bodies for t in body["tasks"]] == [("waiting", "received"), ("later", "received"), ("revoked", "revoked")]
     assert counts == {"queued": 5, "folded": 1, "superseded": 2, "sent": 3, "failed": 0, "dropped": 0}
+
+
+class _Received:
+    """What task_received hands the agent in a worker's main process: the request and its dict."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id, self.name, self.eta, self.task = task_id, "shop.tick", None, None
+        self.request_dict = {"id": task_id, "task": "shop.tick"}
+
+
+def test_the_receipt_time_rides_on_the_request_only_while_task_changes_are_reported(counting_console):
+    url = f"http://127.0.0.1:{counting_console.server_port}"
+    quiet, reporting = Live(agent_config.read({"FLOWSCOPE_LIVE_TASKS": "0"}, url=url), lambda: "shop"), Live(agent_config.read({}, url=url), lambda: "shop")
+    left_alone, marked = _Received("q1"), _Received("r1")
+    quiet.received(request=left_alone)
+    reporting.received(request=marked)
+    assert left_alone.request_dict == {"id": "q1", "task": "shop.tick"}
+    assert isinstance(marked.request_dict.pop(RECEIVED_AT), float) and marked.request_dict == {"id": "r1", "task": "shop.tick"}
+    assert quiet.close() is None and reporting.close()["queued"] == 1
 
 
 # --- end to end: a real agent-wrapped worker reporting to the real console ---

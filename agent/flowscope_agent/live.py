@@ -190,6 +190,8 @@ class Live:
         # then needs the time of receipt: the request's dict goes to that process with the task
         # (celery 5.7.0's Request.execute_using_pool passes request_dict; there is no public way
         # to hand the pool a value). One held for an ETA or a rate limit keeps its own receipt.
+        if not self.config.url or not self.config.live:
+            return  # nothing reported: the request is left as it came
         held = bool(getattr(request, "eta", None)) or bool(getattr(getattr(request, "task", None), "rate_limit", None))
         if isinstance(headers, dict):
             headers[RECEIVED_AT] = at
