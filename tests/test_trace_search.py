@@ -124,6 +124,17 @@ def test_each_filter_narrows_the_search_and_they_combine(traces):
     assert ids(viewer, service="billing", status="error") == []
 
 
+def test_a_value_that_reads_as_no_json_number_is_searched_as_text(traces):
+    # A hex id such as 15276e346782 reads as a float too big for one (inf); NaN and Infinity are
+    # no JSON values either. Each is looked for as the text it is (PostgreSQL refused them whole).
+    exponent_id = trace(5_000, **{"order.id": "15276e346782"})
+    viewer = client_for("viewer")
+    assert ids(viewer, attr="order.id=15276e346782") == [exponent_id]
+    for text in ("1e999", "-1e999", "NaN", "Infinity", "-Infinity"):
+        assert ids(viewer, attr=f"order.id={text}") == [], text
+    assert ids(viewer, attr="flowscope.attempt=2.0") == [traces["failed"]]  # a finite float is still a number
+
+
 def test_the_old_lookups_by_conversation_message_and_saga_narrow_the_same_search(traces):
     viewer = client_for("viewer")
     conversation = os.urandom(16).hex()

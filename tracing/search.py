@@ -12,6 +12,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -130,7 +131,9 @@ def _typed(value: str) -> list[Any]:
         parsed = json.loads(value)
     except ValueError:
         return candidates
-    if isinstance(parsed, bool | int | float) and parsed is not None:
+    # Not an overflowing float ("15276e346782", a hex id, reads as inf) nor NaN: no JSON value
+    # spells them, and PostgreSQL refused the search whole with a 500.
+    if isinstance(parsed, bool | int) or (isinstance(parsed, float) and math.isfinite(parsed)):
         candidates.append(parsed)
     return candidates
 
