@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
-from tooling.processes import START_TIMEOUT, Check, Child, LogLine, http_answers, spawn, wait_ready
+from tooling.processes import START_TIMEOUT, Check, Child, FailedToStart, LogLine, http_answers, spawn, wait_ready
 from tooling.processes import stop as stop_children
 
 MIB = 1024 * 1024
@@ -44,7 +44,11 @@ def start_collector(*, log_dir: Path) -> subprocess.Popen[bytes]:
     """The collector, once it says it is ready: its start-up (imports, Django's checks: about two
     seconds of CPU here) neither competes with the first round measured nor counts in its CPU."""
     collector = start("collector", [sys.executable, "manage.py", "collector"], log_dir=log_dir)
-    wait_ready({_child(collector): LogLine(r"^collector \S+ ready$")})
+    try:
+        wait_ready({_child(collector): LogLine(r"^collector \S+ ready$")})
+    except FailedToStart:
+        stop(collector)  # not ready in time: not left running behind the bench's error
+        raise
     return collector
 
 
