@@ -258,6 +258,10 @@ class Translator:
             "name": memo.name,
             "state": STATES[event["type"]][0],
             "at": at,
+            # The attempt, so the live list orders a retry's copy after the attempt that sent it
+            # whatever the clocks say: the copy may succeed in one pool process before the other
+            # process's task-retried is sent.
+            "retries": attempt.retries,
             "worker": attempt.worker or memo.worker,
             "queue": memo.queue or memo.routing_key,
             "runtime_s": event.get("runtime"),
