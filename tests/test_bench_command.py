@@ -154,6 +154,9 @@ def test_p8_drains_a_plain_celery_app_bare_and_through_the_agent_and_stores_the_
     # p8 at a tiny size on the run's broker: the plain app's worker bare and through
     # flowscope-agent, reporting to a daphne and a collector of the measurement's own. Two
     # rounds (the order flipped in the second), a hundred tasks a drain, a memory run of 300.
+    # OpenTelemetry's instrumentation is the third side (the test extra installs it).
+    if not attach.otel_installed():
+        pytest.fail(attach.OTEL_NOT_INSTALLED)
     monkeypatch.setenv("DATABASE_URL", worker_database_url())
     figures = attach.attach_ratio(100, 2, 300, 100, concurrency=1, log_dir=tmp_path, progress=lambda text: None)
     assert (figures["p8_tasks"], figures["p8_rounds"], figures["p8_memory_tasks"], figures["p8_memory_baseline_tasks"]) == (100, 2, 300, 100)
@@ -162,6 +165,11 @@ def test_p8_drains_a_plain_celery_app_bare_and_through_the_agent_and_stores_the_
     assert figures["p8_bare_celery_cpu_ms"] > 0 and figures["p8_attached_cpu_ms"] > 0
     # The console did the storing: its web process took the live reports and spans, its collector stored them.
     assert figures["p8_console_web_cpu_ms"] > 0 and figures["p8_console_collector_cpu_ms"] > 0, figures
+    assert figures["p8_spans_a_task"] == 2, figures  # a send and a process span, every round
+    # OpenTelemetry's Celery instrumentation in the same rounds, exporting to the same console:
+    # its publish and run spans were stored too, so the console's cost is measured on both sides.
+    assert figures["p8_otel_spans_a_task"] == 2 and figures["p8_otel_console_collector_cpu_ms"] > 0, figures
+    assert 0.2 < figures["p8_otel_ratio"] < 5 and 0.2 < figures["p8_otel_cpu_ratio"] < 5 and 0.2 < figures["p8_agent_vs_otel_ratio"] < 5, figures
     # The same rounds with the console on CPUs of its own and the app on the rest.
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) >= 2:
@@ -174,7 +182,7 @@ def test_p8_drains_a_plain_celery_app_bare_and_through_the_agent_and_stores_the_
         assert early > 20 and late > 20, figures
     assert figures["p8_attach_rss_growth_pct"] == max(figures[f"p8_{kind}_rss_growth_pct"] for kind in ("web", "collector", "worker"))
     logs = {path.name for path in tmp_path.iterdir()}
-    assert {"bench-plain-worker-bare.log", "bench-plain-worker-attached.log", "bench-plain-producer.log"} <= logs
+    assert {"bench-plain-worker-bare.log", "bench-plain-worker-attached.log", "bench-plain-worker-otel.log", "bench-plain-producer.log"} <= logs
     assert not Span.objects.filter(service=attach.APP).exists(), "the measurement removed its spans"
     assert not ApiToken.objects.filter(created_by="manage.py bench").exists(), "and its agent token"
     assert waiting(attach.QUEUE) == 0

@@ -10,12 +10,16 @@ app's would, so the console stores a send and a process span for every task.
 1. Rounds alternate bare and attached (the order flipped each round), each a full drain timed
    between its first and last completion (tooling.bench.throughput.drain); the ratio is the
    median of the rounds' ratios, so the machine's drift between minutes cancels out.
-2. Memory: the attached worker, daphne and the collector after a warm-up, then after the whole
+2. A third side in the same rounds, where the bench extra is installed: the app with
+   OpenTelemetry's own Celery instrumentation (tooling.bench.otel_app), exporting to the same
+   console with the same token, so the agent is read beside what a team would otherwise use.
+3. Memory: the attached worker, daphne and the collector after a warm-up, then after the whole
    run, both at rest (every task done, every span stored), as tooling.bench.memory does.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -41,6 +45,7 @@ ProgressFn = Callable[[str], None]
 APP = "bench_plain"  # the plain app's main name: the service its spans are stored under
 QUEUE = "bench.plain"
 MODULE = "tooling.bench.plain_app"
+OTEL_MODULE = "tooling.bench.otel_app"
 BIN = Path(sys.executable).parent
 AGENT, CELERY = BIN / "flowscope-agent", BIN / "celery"
 SETTLED = 15.0  # seconds the spans stored may stay short of every task's, nothing waiting, before the run counts them as all that came
@@ -55,8 +60,18 @@ def installed() -> bool:
     return AGENT.exists() and CELERY.exists()
 
 
+def otel_installed() -> bool:
+    """OpenTelemetry's Celery instrumentation, the bench extra's: p8's other peer."""
+    return importlib.util.find_spec("opentelemetry.instrumentation.celery") is not None
+
+
+OTEL_NOT_INSTALLED = "opentelemetry-instrumentation-celery is not installed (pip install -c requirements.lock -e '.[test,bench]', as make bench does)"
+BARE, AGENT_SIDE, OTEL = "bare", "attached", "otel"  # the sides: the plain app alone, through the agent, with OpenTelemetry's instrumentation
+
+
 class Attached:
-    """How the plain app's processes are started, with the agent reporting to `url` or bare."""
+    """How the plain app's processes are started: bare, with the agent reporting to `url`, or with
+    OpenTelemetry's Celery instrumentation exporting to the same console with the same token."""
 
     def __init__(self, *, url: str, token: str, concurrency: int, log_dir: Path, cpus: set[int] | None = None) -> None:
         self.url, self.token, self.concurrency, self.log_dir = url, token, concurrency, log_dir
@@ -67,19 +82,28 @@ class Attached:
         cpus = self.cpus
         return None if cpus is None else lambda: os.sched_setaffinity(0, cpus)
 
-    def env(self, *, agent: bool) -> dict[str, str]:
+    def env(self, side: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
         env.update(PLAIN_BROKER_URL=settings.CELERY_BROKER_URL, PLAIN_REDIS_URL=settings.REDIS_URL, PLAIN_QUEUE=QUEUE)
-        if agent:
+        if side == AGENT_SIDE:
             env.update(FLOWSCOPE_URL=self.url, FLOWSCOPE_TOKEN=self.token)
+        elif side == OTEL:
+            env.update(
+                OTEL_SERVICE_NAME=APP,
+                OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"{self.url}/v1/traces",
+                OTEL_EXPORTER_OTLP_TRACES_HEADERS=f"Authorization=Bearer%20{self.token}",  # OpenTelemetry's env format: URL-encoded values
+            )
         return env
 
-    def worker(self, *, agent: bool) -> subprocess.Popen[bytes]:
-        side = "attached" if agent else "bare"
+    def _start(self, command: list[str], side: str, log: str) -> subprocess.Popen[bytes]:
+        out = open(self.log_dir / log, "ab")  # noqa: SIM115 - lives as long as the process
+        return subprocess.Popen(command, cwd=settings.BASE_DIR, env=self.env(side), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.pin())
+
+    def worker(self, side: str) -> subprocess.Popen[bytes]:
         celery = [
             str(CELERY),
             "-A",
-            MODULE,
+            OTEL_MODULE if side == OTEL else MODULE,
             "worker",
             "-Q",
             QUEUE,
@@ -94,21 +118,15 @@ class Attached:
             "--without-mingle",
             "--without-gossip",
         ]
-        log = open(self.log_dir / f"bench-plain-worker-{side}.log", "ab")  # noqa: SIM115 - lives as long as the worker
-        return subprocess.Popen(
-            [str(AGENT), *celery] if agent else celery, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.pin()
-        )
+        return self._start([str(AGENT), *celery] if side == AGENT_SIDE else celery, side, f"bench-plain-worker-{side}.log")
 
-    def producer(self, run: str, n: int, *, agent: bool, backlog: int = 0) -> subprocess.Popen[bytes]:
-        """A producer of the app's own (through the agent when attached) sending n no-op tasks."""
-        command = [sys.executable, "-m", MODULE, str(n), str(backlog), *counting.keys(run)]
-        log = open(self.log_dir / "bench-plain-producer.log", "ab")  # noqa: SIM115 - lives as long as the producer
-        return subprocess.Popen(
-            [str(AGENT), *command] if agent else command, cwd=settings.BASE_DIR, env=self.env(agent=agent), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=self.pin()
-        )
+    def producer(self, run: str, n: int, side: str, *, backlog: int = 0) -> subprocess.Popen[bytes]:
+        """A producer of the app's own (through the agent, or instrumented, as the side's worker is) sending n no-op tasks."""
+        command = [sys.executable, "-m", OTEL_MODULE if side == OTEL else MODULE, str(n), str(backlog), *counting.keys(run)]
+        return self._start([str(AGENT), *command] if side == AGENT_SIDE else command, side, "bench-plain-producer.log")
 
-    def send(self, run: str, n: int, *, agent: bool, backlog: int = 0) -> None:
-        producer = self.producer(run, n, agent=agent, backlog=backlog)
+    def send(self, run: str, n: int, side: str, *, backlog: int = 0) -> None:
+        producer = self.producer(run, n, side, backlog=backlog)
         try:
             returncode = producer.wait(3600)
         finally:
@@ -116,8 +134,8 @@ class Attached:
         if returncode != 0:
             raise RuntimeError(f"the plain app's producer exited with {returncode}; see {self.log_dir / 'bench-plain-producer.log'}")
 
-    def drain(self, run: str, n: int, *, agent: bool, progress: ProgressFn) -> throughput.Drained:
-        return throughput.drain(run, [QUEUE], n, lambda: self.send(run, n, agent=agent), concurrency=self.concurrency, log_dir=self.log_dir, progress=progress, start=lambda: self.worker(agent=agent))
+    def drain(self, run: str, n: int, side: str, *, progress: ProgressFn) -> throughput.Drained:
+        return throughput.drain(run, [QUEUE], n, lambda: self.send(run, n, side), concurrency=self.concurrency, log_dir=self.log_dir, progress=progress, start=lambda: self.worker(side))
 
 
 def _stored() -> int:
@@ -149,7 +167,7 @@ def _at_rest(run: str, done: int, worker: subprocess.Popen[bytes], progress: Pro
 def _clean() -> None:
     Span.objects.filter(service=APP)._raw_delete(Span.objects.db)
     purge(QUEUE)
-    for run in ("p8-bare", "p8-attached", "p8-memory"):
+    for run in (f"p8-{BARE}", f"p8-{AGENT_SIDE}", f"p8-{OTEL}", "p8-memory"):
         counting.reset(run)
 
 
@@ -162,10 +180,13 @@ def attach_ratio(n: int, rounds: int, total: int, first: int, *, concurrency: in
     side = Attached(url=f"http://127.0.0.1:{port}", token=secret, concurrency=concurrency, log_dir=log_dir)
     try:
         processes.wait_http(f"http://127.0.0.1:{port}/healthz", web)
-        bare, attached, console_ms = _rounds(side, n, rounds, web=web, collector=collector, progress=progress)
-        figures = _ratios(n, bare, attached)
-        figures["p8_console_web_cpu_ms"] = round(statistics.median(w for w, _ in console_ms), 3)
-        figures["p8_console_collector_cpu_ms"] = round(statistics.median(c for _, c in console_ms), 3)
+        sides = (BARE, AGENT_SIDE, OTEL) if otel_installed() else (BARE, AGENT_SIDE)
+        drained, console_ms = _rounds(side, n, rounds, web=web, collector=collector, progress=progress, sides=sides)
+        figures = _ratios(n, drained[BARE], drained[AGENT_SIDE])
+        figures["p8_console_web_cpu_ms"] = round(statistics.median(w for w, _, _ in console_ms[AGENT_SIDE]), 3)
+        figures["p8_console_collector_cpu_ms"] = round(statistics.median(c for _, c, _ in console_ms[AGENT_SIDE]), 3)
+        figures["p8_spans_a_task"] = round(min(s for _, _, s in console_ms[AGENT_SIDE]), 3)  # 2 when every round reached the console
+        figures.update(_otel(drained, console_ms) if OTEL in drained else {"p8_otel": f"left out: {OTEL_NOT_INSTALLED}"})
         figures.update(_apart(side, n, min(rounds, 3), web=web, collector=collector, progress=progress))
         figures.update(_memory(side, total, first, web=web, collector=collector, progress=progress))
     finally:
@@ -177,23 +198,22 @@ def attach_ratio(n: int, rounds: int, total: int, first: int, *, concurrency: in
 
 
 def _rounds(
-    side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes], collector: subprocess.Popen[bytes], progress: ProgressFn, label: str = "p8"
-) -> tuple[list[throughput.Drained], list[throughput.Drained], list[list[float]]]:
-    """Bare and attached drains alternating, the side that goes first flipped each round; with the
-    console's CPU a task in each attached round."""
-    bare, attached = [], []
-    console_ms: list[list[float]] = []
+    side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes], collector: subprocess.Popen[bytes], progress: ProgressFn, label: str = "p8", sides: tuple[str, ...] = (BARE, AGENT_SIDE)
+) -> tuple[dict[str, list[throughput.Drained]], dict[str, list[list[float]]]]:
+    """The sides' drains in turn, the order reversed each round so none always drains first; with
+    the console's CPU a task (web, collector) and the spans it stored a task, in each round of a
+    side that reports to it."""
+    drained: dict[str, list[throughput.Drained]] = {s: [] for s in sides}
+    console_ms: dict[str, list[list[float]]] = {s: [] for s in sides if s != BARE}
     for i in range(rounds):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        for agent in order:
-            progress(f"{label}: round {i + 1} of {rounds}, {'attached' if agent else 'bare'}")
-            cpu_before = [processes.cpu_seconds(p.pid) for p in (web, collector)] if agent else []
-            drained = side.drain("p8-attached" if agent else "p8-bare", n, agent=agent, progress=progress)
-            if agent:  # what the console spent on this round's tasks: the producer's spans, the worker's spans and live reports
+        for kind in sides if i % 2 == 0 else sides[::-1]:
+            progress(f"{label}: round {i + 1} of {rounds}, {kind}")
+            cpu_before, stored = [processes.cpu_seconds(p.pid) for p in (web, collector)], _stored()
+            drained[kind].append(side.drain(f"p8-{kind}", n, kind, progress=progress))
+            if kind != BARE:  # what the console spent on this round's tasks: the producer's spans, the worker's spans and live reports
                 spans.wait_sink_empty(progress, what=label)
-                console_ms.append([(processes.cpu_seconds(p.pid) - b) / n * 1000 for p, b in zip((web, collector), cpu_before)])
-            (attached if agent else bare).append(drained)
-    return bare, attached, console_ms
+                console_ms[kind].append([*((processes.cpu_seconds(p.pid) - b) / n * 1000 for p, b in zip((web, collector), cpu_before)), (_stored() - stored) / n])
+    return drained, console_ms
 
 
 def _apart(side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes], collector: subprocess.Popen[bytes], progress: ProgressFn) -> dict[str, Any]:
@@ -212,11 +232,11 @@ def _apart(side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes],
     try:
         for process in (web, collector):
             pin_threads(process.pid, console_cpus)
-        bare, attached, _ = _rounds(pinned, n, rounds, web=web, collector=collector, progress=progress, label="p8 apart")
+        drained, _ = _rounds(pinned, n, rounds, web=web, collector=collector, progress=progress, label="p8 apart")
     finally:
         for process in (web, collector):
             pin_threads(process.pid, everything)
-    ratios = _ratios(n, bare, attached)
+    ratios = _ratios(n, drained[BARE], drained[AGENT_SIDE])
     return {
         "p8_apart_cpus": f"app {sorted(app_cpus)}, console {sorted(console_cpus)}",
         "p8_apart_rounds": ratios["p8_rounds"],
@@ -225,6 +245,23 @@ def _apart(side: Attached, n: int, rounds: int, *, web: subprocess.Popen[bytes],
         "p8_apart_attach_ratio": ratios["p8_attach_ratio"],
         "p8_apart_round_ratios": ratios["p8_round_ratios"],
         "p8_apart_attach_cpu_ratio": ratios["p8_attach_cpu_ratio"],
+    }
+
+
+def _otel(drained: dict[str, list[throughput.Drained]], console_ms: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """OpenTelemetry's Celery instrumentation on the same app, console and rounds: the agent's
+    figures beside the instrumentation a team would otherwise reach for."""
+    bare, otel, agent = drained[BARE], drained[OTEL], drained[AGENT_SIDE]
+    return {
+        "p8_otel_per_s": round(statistics.median(d.rate for d in otel), 1),
+        "p8_otel_ratio": round(statistics.median(o.rate / b.rate for o, b in zip(otel, bare)), 3),
+        "p8_otel_cpu_ms": round(statistics.median(d.cpu_ms for d in otel), 3),
+        "p8_otel_cpu_ratio": round(statistics.median(b.cpu_ms / o.cpu_ms for o, b in zip(otel, bare)), 3),
+        "p8_otel_console_web_cpu_ms": round(statistics.median(w for w, _, _ in console_ms[OTEL]), 3),
+        "p8_otel_console_collector_cpu_ms": round(statistics.median(c for _, c, _ in console_ms[OTEL]), 3),
+        "p8_otel_spans_a_task": round(min(s for _, _, s in console_ms[OTEL]), 3),
+        # Above 1: the agent's worker drained faster than the instrumented one in the same round.
+        "p8_agent_vs_otel_ratio": round(statistics.median(a.rate / o.rate for a, o in zip(agent, otel)), 3),
     }
 
 
@@ -260,7 +297,7 @@ def _memory(side: Attached, total: int, first: int, *, web: subprocess.Popen[byt
     run = "p8-memory"
     counting.reset(run)
     purge(QUEUE)
-    worker = side.worker(agent=True)
+    worker = side.worker(AGENT_SIDE)
     kinds = {"web": web, "collector": collector, "worker": worker}
     trend = side.log_dir / "bench-p8-rss.jsonl"
     sender: subprocess.Popen[bytes] | None = None
@@ -268,11 +305,11 @@ def _memory(side: Attached, total: int, first: int, *, web: subprocess.Popen[byt
     spans.wait_sink_empty(progress, what="p8")
     before = _stored()
     try:
-        side.send(run, first, agent=True, backlog=BACKLOG)
+        side.send(run, first, AGENT_SIDE, backlog=BACKLOG)
         _at_rest(run, first, worker, progress, before=before)
         early = {kind: processes.rss_mib(p.pid) for kind, p in kinds.items()}
         started = time.monotonic()
-        sender = side.producer(run, total - first, agent=True, backlog=BACKLOG)
+        sender = side.producer(run, total - first, AGENT_SIDE, backlog=BACKLOG)
         while sender.poll() is None:  # the trend on the way, in the log: a long run stopped early still tells
             with open(trend, "a") as out:
                 out.write(json.dumps({"done": counting.progress(run)[0], **{kind: round(processes.rss_mib(p.pid), 1) for kind, p in kinds.items()}}) + "\n")
