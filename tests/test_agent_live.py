@@ -47,7 +47,7 @@ def test_a_task_keeps_its_newest_state_and_an_older_event_arriving_later_never_m
     record_tasks("shop", [event("t1", "started", T0 + 1)])
     row = LiveTask.objects.get(app="shop", task_id="t1")
     assert (row.state, row.state_at.timestamp(), row.runtime_s, row.worker) == ("succeeded", T0 + 2, 0.5, "w1@h")
-    assert (row.name, row.args, row.kwargs, row.queue, row.source) == ("shop.ship", "['O-1']", "{'carrier': 'ups'}", "shop", "agent")
+    assert (row.name, row.args, row.kwargs, row.queue, row.source) == ("shop.ship", "('O-1',)", "{'carrier': 'ups'}", "shop", "agent")
     assert (row.received_at.timestamp(), row.started_at.timestamp()) == (T0, T0 + 1)
     # A retry's run is newer: the task moves on again.
     record_tasks("shop", [event("t1", "retried", T0 + 3, exception="ConnectionError('gateway')"), event("t1", "started", T0 + 4)])
@@ -94,11 +94,15 @@ def test_args_and_kwargs_are_stored_redacted():
         [
             event("t3", "received", T0, args="('ann@example.com', '4111 1111 1111 1111')", kwargs="{'password': 'hunter2', 'amount': 3}"),
             event("t4", "received", T0, args="(<User password=hunter2>,)", kwargs="{}"),
+            # No sensitive name in the text: masked by value where it stands, the literal left unparsed.
+            event("t5", "received", T0, args="(<User ann@example.com>, 4111111111111111)", kwargs="{'customerEmail': 'x', 'nested': ('b@c.io', 1)}"),
         ],
     )
-    t3, t4 = LiveTask.objects.get(task_id="t3"), LiveTask.objects.get(task_id="t4")
-    assert (t3.args, t3.kwargs) == ("['[redacted]', '[redacted]']", "{'password': '[redacted]', 'amount': 3}")
+    t3, t4, t5 = (LiveTask.objects.get(task_id=t) for t in ("t3", "t4", "t5"))
+    # The app's own form is kept: its tuple stays a tuple.
+    assert (t3.args, t3.kwargs) == ("('[redacted]', '[redacted]')", "{'password': '[redacted]', 'amount': 3}")
     assert "hunter2" not in t4.args and t4.args.startswith("[redacted]")
+    assert (t5.args, t5.kwargs) == ("(<User [redacted]>, [redacted])", "{'customerEmail': '[redacted]', 'nested': ['[redacted]', 1]}")
 
 
 @pytest.mark.django_db
@@ -357,7 +361,7 @@ def test_the_outbox_folds_the_changes_of_a_task_that_wait_together_into_one_entr
         outbox.put("worker", beat(processed=20))
     assert outbox.close() == {"queued": 21, "folded": 41, "superseded": 0, "sent": 21, "failed": 0, "dropped": 0}
     rows = sorted(LiveTask.objects.filter(app="shop"), key=lambda r: int(r.task_id[1:]))
-    assert [(r.state, r.name, r.args, r.worker, r.runtime_s) for r in rows] == [("succeeded", "shop.tick", f"[{i}]", "w1@h", 0.25) for i in range(20)]
+    assert [(r.state, r.name, r.args, r.worker, r.runtime_s) for r in rows] == [("succeeded", "shop.tick", f"({i},)", "w1@h", 0.25) for i in range(20)]
     assert [(r.received_at.timestamp(), r.started_at.timestamp(), r.state_at.timestamp()) for r in rows] == [pytest.approx((now + i, now + i + 0.25, now + i + 0.5)) for i in range(20)]
     assert LiveWorker.objects.get(app="shop", hostname="w1@h").processed == 20
 
@@ -529,7 +533,7 @@ def test_an_attached_worker_is_online_with_its_pool_its_tasks_are_listed_by_stat
         by_worker = api("GET", f"/api/v1/tasks?worker={worker.node}&name=shop.tick", viewer).json()["items"]
         assert [t["id"] for t in by_worker] == [tick_id]
     assert (shipped.name, shipped.worker, shipped.queue, shipped.source) == ("shop.ship", worker.node, "shop", "agent")
-    assert (shipped.args, shipped.kwargs) == ("['[redacted]']", "{'carrier': 'nowhere'}"), (shipped.args, shipped.kwargs)
+    assert (shipped.args, shipped.kwargs) == ("('[redacted]',)", "{'carrier': 'nowhere'}"), (shipped.args, shipped.kwargs)
     assert shipped.exception.startswith("LookupError: no carrier named 'nowhere'") and shipped.runtime_s is not None and len(shipped.trace_id) == 32
     assert shipped.received_at is not None and shipped.started_at is not None and shipped.received_at <= shipped.started_at <= shipped.state_at
     assert ticked.runtime_s is not None and ticked.runtime_s >= 0

@@ -137,19 +137,27 @@ def _check_source(source: str) -> str:
 
 
 def redact_repr(text: str) -> str:
-    """The project's redaction on a repr of args or kwargs: read back as a Python literal when it
-    is one (sensitive keys masked by name, e-mails and card numbers anywhere); when it is not
-    (an object's repr), masked by value, and whole if it names a sensitive field at all."""
+    """The project's redaction on a repr of args or kwargs, kept in the form the app gave it.
+
+    Where no sensitive field name occurs anywhere in the text, no key can be one, and what is
+    left to mask (e-mails, card numbers) is masked in the text as it is: the literal is not
+    parsed. Otherwise it is read back as a Python literal when it is one (sensitive keys masked by
+    name, e-mails and card numbers anywhere); when it is not (an object's repr), masked by value,
+    and whole, since it names a sensitive field. Parsing every repr was a third of storing a
+    change."""
+    if not _names_a_sensitive_field(text):
+        return redact_text(text)[:MAX_TEXT]
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        lowered = text.lower().replace("-", "").replace("_", "")
-        if any(name.lower().replace("-", "").replace("_", "") in lowered for name in settings.FLOWSCOPE_REDACT_FIELDS):
-            return f"{MASK} (not a plain literal, and it names a sensitive field)"
-        return redact_text(text)
-    if isinstance(value, tuple):
-        value = list(value)
-    return repr(redact(value))[:MAX_TEXT]
+        return f"{MASK} (not a plain literal, and it names a sensitive field)"
+    redacted = redact(value)
+    return repr(tuple(redacted) if isinstance(value, tuple) else redacted)[:MAX_TEXT]
+
+
+def _names_a_sensitive_field(text: str) -> bool:
+    lowered = text.lower().replace("-", "").replace("_", "")
+    return any(name.lower().replace("-", "").replace("_", "") in lowered for name in settings.FLOWSCOPE_REDACT_FIELDS)
 
 
 # --- tasks ---
