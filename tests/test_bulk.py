@@ -76,6 +76,17 @@ def test_an_upsert_larger_than_one_statement_stores_every_row():
     assert LiveTask.objects.filter(app="bulk", task_id__startswith="many-").count() == 2_500
 
 
+def test_an_upsert_returns_the_rows_it_inserted_and_not_the_ones_it_found_across_statements():
+    at = datetime(2026, 3, 4, tzinfo=UTC)
+    upsert_rows(LiveTask, FIELDS, [_row(f"old-{i}", "received", at) for i in range(0, 2_500, 2)], conflict=("app", "task_id"))
+    # Every second row is there already; 2,500 rows take SQLite more than one statement.
+    mixed = [_row(f"old-{i}", "started", at) for i in range(2_500)]
+    written = upsert_rows(LiveTask, FIELDS, mixed, conflict=("app", "task_id"), returning="task_id")
+    assert sorted(written) == sorted(f"old-{i}" for i in range(1, 2_500, 2))
+    assert LiveTask.objects.filter(app="bulk", state="received").count() == 1_250  # the ones found were left as they were
+    assert upsert_rows(LiveTask, FIELDS, mixed[:3], conflict=("app", "task_id")) == []  # nothing asked back
+
+
 def test_text_with_the_characters_arrays_and_literals_quote_round_trips_unchanged():
     # PostgreSQL gets each column as one array literal: commas, braces, quotes, backslashes and
     # NULL-looking words inside a value must come back as they went in.

@@ -55,7 +55,7 @@ def insert_rows(table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]
             cursor.executemany(f"INSERT INTO {connection.ops.quote_name(table)} ({names}) VALUES ({', '.join(['%s'] * len(columns))})", rows)
 
 
-def upsert_rows(model: type[Model], fields: tuple[str, ...], rows: list[tuple[Any, ...]], *, conflict: tuple[str, ...], update: tuple[str, ...] = ()) -> None:
+def upsert_rows(model: type[Model], fields: tuple[str, ...], rows: list[tuple[Any, ...]], *, conflict: tuple[str, ...], update: tuple[str, ...] = (), returning: str | None = None) -> list[Any]:
     """INSERT ... ON CONFLICT below the ORM: each row (its values in `fields`' order, datetimes
     already as db_datetime gives them) taken where `conflict` matches none, else `update`'s fields
     set from it (nothing done with no `update`). Django's bulk_create with update_conflicts
@@ -65,21 +65,29 @@ def upsert_rows(model: type[Model], fields: tuple[str, ...], rows: list[tuple[An
     PostgreSQL gets one array a column through UNNEST, as Django 5.2's bulk_create does: the
     statement's text stays the same whatever the batch, where a VALUES list of a few thousand
     placeholders cost psycopg more to split than the database took to run it. SQLite (3.24+) gets
-    the VALUES list, in chunks under its bound on parameters (32,766 since 3.32)."""
+    the VALUES list, in chunks under its bound on parameters (32,766 since 3.32).
+
+    With `returning`, that field's value of every row the statement wrote (with no `update`: the
+    rows it inserted, not the ones it found there), in no particular order; else an empty list."""
     if not rows:
-        return
+        return []
     quote = connection.ops.quote_name
     columns = [model._meta.get_field(f).column for f in fields]
     target = f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(c) for c in columns)})"
     keys = ", ".join(quote(model._meta.get_field(f).column) for f in conflict)
     action = "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in (model._meta.get_field(f).column for f in update)) if update else "DO NOTHING"
+    back = f" RETURNING {quote(model._meta.get_field(returning).column)}" if returning else ""
+    written: list[Any] = []
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             arrays = ", ".join(f"%s::{model._meta.get_field(f).db_type(connection)}[]" for f in fields)
-            cursor.execute(f"{target} SELECT * FROM UNNEST({arrays}) ON CONFLICT ({keys}) {action}", [list(column) for column in zip(*rows)])
-            return
+            cursor.execute(f"{target} SELECT * FROM UNNEST({arrays}) ON CONFLICT ({keys}) {action}{back}", [list(column) for column in zip(*rows)])
+            return [r[0] for r in cursor.fetchall()] if returning else written
         one = "(" + ", ".join(["%s"] * len(fields)) + ")"
         per_statement = max(1, 30_000 // len(fields))
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
-            cursor.execute(f"{target} VALUES {', '.join([one] * len(chunk))} ON CONFLICT ({keys}) {action}", [value for row in chunk for value in row])
+            cursor.execute(f"{target} VALUES {', '.join([one] * len(chunk))} ON CONFLICT ({keys}) {action}{back}", [value for row in chunk for value in row])
+            if returning:
+                written.extend(r[0] for r in cursor.fetchall())
+    return written

@@ -16,7 +16,8 @@ the args from "received" stay when "succeeded" comes first. Args and kwargs are 
 they are stored, so a secret in a call never reaches the database.
 
 Concurrent batches for one task (two processes of one worker) meet on the row: each inserts the
-rows it lacks (ON CONFLICT DO NOTHING), then locks its rows in task id order and merges.
+rows it lacks as its own events make them (ON CONFLICT DO NOTHING, in task id order), then locks
+the rows it found there, in the same order, and merges into them.
 
 History is bounded: rows older than LIVE_TASKS_RETENTION_HOURS and, per app, beyond the newest
 LIVE_TASKS_MAX are pruned, from the ingest itself (at most every PRUNE_EVERY_S per process) and by
@@ -207,6 +208,14 @@ def _values(row: LiveTask, adapt: Callable[[datetime], Any]) -> tuple[Any, ...]:
     return (row.app, row.task_id, *(adapt(v) if v is not None and f in DATETIMES else v for f, v in ((f, getattr(row, f)) for f in MERGED)))
 
 
+def _fresh(app: str, task_id: str, events: list[dict[str, Any]], source: str, now: datetime) -> LiveTask:
+    """A task's row as its first events make it: any event is newer than the blank it starts from."""
+    row = LiveTask(app=app, task_id=task_id, **{**BLANK, "state": "received", "state_at": PLACEHOLDER_AT, "source": source, "updated_at": now})
+    for event in events:
+        _merge(row, event, source)
+    return row
+
+
 def record_tasks(app: str, events: list[dict[str, Any]], *, source: str = LiveSource.AGENT) -> int:
     """Store a batch of task state changes of `app`, each
     {"id", "name", "state", "at" (epoch seconds), "worker", "queue", "runtime_s", "args", "kwargs",
@@ -227,9 +236,14 @@ def record_tasks(app: str, events: list[dict[str, Any]], *, source: str = LiveSo
     now = timezone.now()
     with transaction.atomic():
         adapt = datetime_adapter()
-        placeholder = {**BLANK, "state": "received", "state_at": adapt(PLACEHOLDER_AT), "source": source, "updated_at": adapt(now)}
-        upsert_rows(LiveTask, COLUMNS, [(app, i, *(placeholder[c] for c in MERGED)) for i in ids], conflict=KEY)
-        rows = list(LiveTask.objects.select_for_update().filter(app=app, task_id__in=ids).order_by("task_id"))
+        # Most tasks are new here (an agent sends one change a task): each is merged onto a blank
+        # row in memory and inserted as it ends up, one statement for the batch. A row that is
+        # there already (an earlier change, or another batch's insert, which this one waits for)
+        # is not written by it (ON CONFLICT DO NOTHING) and is merged under its lock below.
+        fresh = {task_id: _fresh(app, task_id, by_id[task_id], source, now) for task_id in ids}
+        inserted = set(upsert_rows(LiveTask, COLUMNS, [_values(row, adapt) for row in fresh.values()], conflict=KEY, returning="task_id"))
+        known = [task_id for task_id in ids if task_id not in inserted]
+        rows = list(LiveTask.objects.select_for_update().filter(app=app, task_id__in=known).order_by("task_id")) if known else []
         changed = []
         for row in rows:
             before = [getattr(row, f) for f in MERGED]
@@ -243,7 +257,7 @@ def record_tasks(app: str, events: list[dict[str, Any]], *, source: str = LiveSo
         # bulk_create prepared every value through its field, half of each event's cost (tracing.bulk).
         upsert_rows(LiveTask, COLUMNS, [_values(row, adapt) for row in changed], conflict=KEY, update=tuple(MERGED))
     prune_now_and_then()
-    return len(changed)
+    return len(inserted) + len(changed)
 
 
 # --- workers ---
