@@ -314,20 +314,29 @@ def test_a_retried_task_is_two_attempts_in_one_trace_and_one_that_runs_out_of_re
     wait_for(lambda: LiveTask.objects.get(app=APP, task_id=flaky_id).state == "succeeded", timeout=30, what="the flaky task succeeded in the live list")
 
 
+def flaky_events(task: str, *events: tuple[str, float, dict[str, object]]) -> Output:
+    """One worker's events of a retried task `shop.flaky`, in the order given, through a translator."""
+    translator, out = Translator(APP), Output()
+    for kind, at, extra in events:
+        if kind == "task-received":
+            extra = {"name": "shop.flaky", "args": "('k',)", **extra}
+        translator.take(checked({"type": kind, "uuid": task, "timestamp": 1_800_000_000 + at, "hostname": "w@h", **extra}), out)
+    return out
+
+
 def test_a_retry_received_before_the_retried_event_of_the_attempt_that_sent_it_still_makes_two_attempts():
     """The order a worker's events came in (the copy is published while the first attempt runs):
     only task-received names the attempt, so each end goes to the attempt it belongs to."""
-    translator, out = Translator(APP), Output()
     task = str(uuid.uuid4())
-    for kind, at, extra in (
-        ("task-received", 1.0, {"retries": 0, "name": "shop.flaky", "args": "('k',)"}),
+    out = flaky_events(
+        task,
+        ("task-received", 1.0, {"retries": 0}),
         ("task-started", 1.1, {}),
-        ("task-received", 1.2, {"retries": 1, "name": "shop.flaky", "args": "('k',)"}),
+        ("task-received", 1.2, {"retries": 1}),
         ("task-retried", 1.3, {"exception": "ConnectionError('payment gateway timed out')"}),
         ("task-started", 1.4, {}),
         ("task-succeeded", 1.5, {"runtime": 0.1}),
-    ):
-        translator.take(checked({"type": kind, "uuid": task, "timestamp": 1_800_000_000 + at, "hostname": "w@h", **extra}), out)
+    )
     first, second = out.spans
     assert (first["a"]["flowscope.attempt"], first["a"]["flowscope.outcome"], second["a"]["flowscope.attempt"], second["a"]["flowscope.outcome"]) == (1, "retried", 2, "succeeded")
     assert first["s"] != second["s"] and second["p"] == first["s"] and first["t"] == second["t"] == uuid.UUID(task).hex
@@ -339,17 +348,16 @@ def test_a_retry_received_before_the_retried_event_of_the_attempt_that_sent_it_s
 def test_a_retry_that_succeeds_before_the_first_attempt_says_retried_is_still_succeeded_in_the_live_list():
     """Two pool processes: the retry's copy runs and succeeds before the process that asked for
     it sends task-retried, whose clock is the latest. The attempt, not the clock, orders them."""
-    translator, out = Translator(APP), Output()
     task = str(uuid.uuid4())
-    for kind, at, extra in (
-        ("task-received", 1.0, {"retries": 0, "name": "shop.flaky", "args": "('k',)"}),
+    out = flaky_events(
+        task,
+        ("task-received", 1.0, {"retries": 0}),
         ("task-started", 1.1, {}),
-        ("task-received", 1.2, {"retries": 1, "name": "shop.flaky", "args": "('k',)"}),
+        ("task-received", 1.2, {"retries": 1}),
         ("task-started", 1.3, {}),
         ("task-succeeded", 1.4, {"runtime": 0.1}),
         ("task-retried", 1.5, {"exception": "ConnectionError('payment gateway timed out')"}),
-    ):
-        translator.take(checked({"type": kind, "uuid": task, "timestamp": 1_800_000_000 + at, "hostname": "w@h", **extra}), out)
+    )
     assert [(r["state"], r["retries"]) for r in out.tasks] == [("received", 0), ("started", 0), ("received", 1), ("started", 1), ("succeeded", 1), ("retried", 0)]
     for row in out.tasks:  # one batch a change, in the order they came
         record_tasks(APP, [row], source=LiveSource.EVENTS)
