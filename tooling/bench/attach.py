@@ -10,7 +10,7 @@ app's would, so the console stores a send and a process span for every task.
 1. Rounds alternate bare and attached (the order flipped each round), each a full drain timed
    between its first and last completion (tooling.bench.throughput.drain); the ratio is the
    median of the rounds' ratios, so the machine's drift between minutes cancels out.
-2. A third side in the same rounds, where the bench extra is installed: the app with
+2. A third side in the same rounds, where it is installed (the test extra): the app with
    OpenTelemetry's own Celery instrumentation (tooling.bench.otel_app), exporting to the same
    console with the same token, so the agent is read beside what a team would otherwise use.
 3. Memory: the attached worker, daphne and the collector after a warm-up, then after the whole
@@ -61,7 +61,7 @@ def installed() -> bool:
 
 
 def otel_installed() -> bool:
-    """OpenTelemetry's Celery instrumentation, the bench extra's: p8's other peer."""
+    """OpenTelemetry's Celery instrumentation (the test extra installs it): p8's other peer."""
     return importlib.util.find_spec("opentelemetry.instrumentation.celery") is not None
 
 
