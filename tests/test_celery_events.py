@@ -314,6 +314,10 @@ def test_a_retried_task_is_two_attempts_in_one_trace_and_one_that_runs_out_of_re
     wait_for(lambda: LiveTask.objects.get(app=APP, task_id=flaky_id).state == "succeeded", timeout=30, what="the flaky task succeeded in the live list")
 
 
+# The first attempt received and started, and the retry's copy received while it runs.
+RETRY_RECEIVED_WHILE_THE_FIRST_RUNS = (("task-received", 1.0, {"retries": 0}), ("task-started", 1.1, {}), ("task-received", 1.2, {"retries": 1}))
+
+
 def flaky_events(task: str, *events: tuple[str, float, dict[str, object]]) -> Output:
     """One worker's events of a retried task `shop.flaky`, in the order given, through a translator."""
     translator, out = Translator(APP), Output()
@@ -330,9 +334,7 @@ def test_a_retry_received_before_the_retried_event_of_the_attempt_that_sent_it_s
     task = str(uuid.uuid4())
     out = flaky_events(
         task,
-        ("task-received", 1.0, {"retries": 0}),
-        ("task-started", 1.1, {}),
-        ("task-received", 1.2, {"retries": 1}),
+        *RETRY_RECEIVED_WHILE_THE_FIRST_RUNS,
         ("task-retried", 1.3, {"exception": "ConnectionError('payment gateway timed out')"}),
         ("task-started", 1.4, {}),
         ("task-succeeded", 1.5, {"runtime": 0.1}),
@@ -351,9 +353,7 @@ def test_a_retry_that_succeeds_before_the_first_attempt_says_retried_is_still_su
     task = str(uuid.uuid4())
     out = flaky_events(
         task,
-        ("task-received", 1.0, {"retries": 0}),
-        ("task-started", 1.1, {}),
-        ("task-received", 1.2, {"retries": 1}),
+        *RETRY_RECEIVED_WHILE_THE_FIRST_RUNS,
         ("task-started", 1.3, {}),
         ("task-succeeded", 1.4, {"runtime": 0.1}),
         ("task-retried", 1.5, {"exception": "ConnectionError('payment gateway timed out')"}),
