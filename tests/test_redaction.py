@@ -1,6 +1,6 @@
 import pytest
 
-from tracing.redaction import MASK, redact, redact_text
+from tracing.redaction import MASK, mentions_sensitive_field, redact, redact_text
 
 
 def test_configured_fields_are_masked_at_any_depth_whatever_their_spelling():
@@ -32,3 +32,10 @@ def test_the_field_list_comes_from_settings(settings):
 def test_a_longer_name_that_starts_or_ends_with_a_sensitive_one_is_masked_too():
     payload = {"access_token": "t-1", "customerEmail": "x", "password_hash": "h", "tokens_used": 3, "business_name": "Acme", "session": "s"}
     assert redact(payload) == {"access_token": MASK, "customerEmail": MASK, "password_hash": MASK, "tokens_used": MASK, "business_name": "Acme", "session": "s"}
+
+
+def test_a_text_mentions_a_sensitive_field_whatever_its_spelling_and_only_then(settings):
+    assert mentions_sensitive_field("{'customer_E-mail': 'x'}") and mentions_sensitive_field("(<User Password=…>,)")
+    assert not mentions_sensitive_field("{'carrier': 'ups', 'to': 'ann@example.com'}")  # an address, not a field name
+    settings.FLOWSCOPE_REDACT_FIELDS = ["carrier"]
+    assert mentions_sensitive_field("{'carrier': 'ups'}") and not mentions_sensitive_field("{'password': 'x'}")

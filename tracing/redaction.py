@@ -41,6 +41,13 @@ def _sensitive(name: str, names: frozenset[str]) -> bool:
     return any(norm == n or norm.startswith(n) or norm.endswith(n) for n in names)
 
 
+def mentions_sensitive_field(text: str) -> bool:
+    """Whether any configured field name occurs anywhere in `text`, matched as keys are (without
+    regard to case, `-` or `_`): where none does, no key in it can be sensitive."""
+    flat = _norm(text)
+    return any(name in flat for name in _sensitive_names())
+
+
 def _luhn(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):

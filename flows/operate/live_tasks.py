@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from flows.models import LiveSource, LiveTask, LiveWorker, RevokeOrder
 from tracing.bulk import datetime_adapter, upsert_rows
-from tracing.redaction import MASK, redact, redact_text
+from tracing.redaction import MASK, mentions_sensitive_field, redact, redact_text
 
 # Rank of a state at one instant: a later step wins a tie, so "started" never goes back to
 # "received", and a finished task stays finished unless a newer event (a retry's run) comes.
@@ -146,7 +146,7 @@ def redact_repr(text: str) -> str:
     name, e-mails and card numbers anywhere); when it is not (an object's repr), masked by value,
     and whole, since it names a sensitive field. Parsing every repr was a third of storing a
     change."""
-    if not _names_a_sensitive_field(text):
+    if not mentions_sensitive_field(text):
         return redact_text(text)[:MAX_TEXT]
     try:
         value = ast.literal_eval(text)
@@ -154,11 +154,6 @@ def redact_repr(text: str) -> str:
         return f"{MASK} (not a plain literal, and it names a sensitive field)"
     redacted = redact(value)
     return repr(tuple(redacted) if isinstance(value, tuple) else redacted)[:MAX_TEXT]
-
-
-def _names_a_sensitive_field(text: str) -> bool:
-    lowered = text.lower().replace("-", "").replace("_", "")
-    return any(name.lower().replace("-", "").replace("_", "") in lowered for name in settings.FLOWSCOPE_REDACT_FIELDS)
 
 
 # --- tasks ---
